@@ -1,0 +1,40 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build of torch; on a CUDA machine use e.g. `make TORCH=torch==2.13.0+cu128 ...`.
+TORCH ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Without a screen, run napari under a virtual one.
+XVFB := $(if $(DISPLAY),,$(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a -s "-screen 0 1600x1000x24"))
+
+.PHONY: install demo demo-headless test test-slow bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) setup.cfg pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[testing]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(XVFB) $(VENV)/bin/napari-wsl-al demo
+
+demo-headless: $(STAMP)
+	$(VENV)/bin/napari-wsl-al demo --headless
+
+test: $(STAMP)
+	$(XVFB) $(PY) -m pytest
+
+test-slow: $(STAMP)
+	$(XVFB) $(PY) -m pytest -m slow
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_io.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``napari-wsl-al`` command line, one module each."""

@@ -1,0 +1,1 @@
+"""Active learning: superpixels, acquisition, label store, region losses, rounds."""

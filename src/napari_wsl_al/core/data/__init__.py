@@ -1,0 +1,1 @@
+"""Patch data sets, the synthetic H&E generator, tiling and tissue masks."""

@@ -1,0 +1,1 @@
+"""Tiled slide inference writing maps to OME-Zarr."""

@@ -1,0 +1,5 @@
+"""Slide access: one protocol (:class:`SlideReader`) over OpenSlide, tifffile, zarr, images and memory."""
+
+from .base import SlideReader
+
+__all__ = ["SlideReader"]

@@ -1,0 +1,361 @@
+"""The slide protocol shared by every backend: levels, microns per pixel, regions, lazy arrays.
+
+A backend subclasses :class:`SlideReader` and implements :meth:`SlideReader._read_native`
+(a region of one of the file's own levels) plus a few attributes. The base class adds what
+every slide offers: reads at level-0 coordinates or at an explicit resolution, padding outside
+the image, a lazy pyramid for images that have none, lazy dask arrays chunked on the file's
+tiles, thumbnails and napari-ready metadata.
+
+Conventions (those of OpenSlide): sizes are ``(width, height)``, locations are ``(x, y)`` in
+level-0 pixels, arrays are ``(height, width, 3)`` uint8 RGB.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from ..errors import SlideError
+
+#: Pixels outside the image (and transparent pixels) read as white glass.
+BACKGROUND_VALUE = 255
+
+#: A lazy pyramid is added until the smallest level fits in this many pixels per side.
+SMALLEST_LEVEL_SIZE = 1024
+
+#: Chunk side used for levels whose file is not tiled.
+DEFAULT_CHUNK = 512
+
+
+class _LevelView:
+    """Array-like view of one level; slicing it reads exactly the requested window."""
+
+    def __init__(self, reader: SlideReader, level: int):
+        self.reader = reader
+        self.level = level
+        width, height = reader.level_dimensions[level]
+        self.shape = (height, width, 3)
+        self.dtype = np.dtype(np.uint8)
+        self.ndim = 3
+
+    def __getitem__(self, key) -> np.ndarray:
+        if not isinstance(key, tuple):
+            key = (key,)
+        key = key + (slice(None),) * (3 - len(key))
+        rows, cols, channels = key
+        (y0, y1, ys), (x0, x1, xs) = rows.indices(self.shape[0]), cols.indices(self.shape[1])
+        if ys != 1 or xs != 1 or y1 <= y0 or x1 <= x0:
+            # Rare: strided, reversed or empty selections. Read the bounding window, then pick.
+            ry, rx = np.arange(y0, y1, ys), np.arange(x0, x1, xs)
+            if ry.size == 0 or rx.size == 0:
+                return np.empty((ry.size, rx.size, 3), np.uint8)[..., channels]
+            ylo, xlo = int(ry.min()), int(rx.min())
+            window = self.reader.read_level(
+                self.level, xlo, ylo, int(rx.max()) - xlo + 1, int(ry.max()) - ylo + 1
+            )
+            return window[np.ix_(ry - ylo, rx - xlo)][..., channels]
+        window = self.reader.read_level(self.level, x0, y0, x1 - x0, y1 - y0)
+        return window[..., channels]
+
+
+class SlideReader(ABC):
+    """A whole-slide image (or any image) read lazily, one region at a time.
+
+    Subclasses set, in their ``__init__``, :attr:`path`, :attr:`name`, :attr:`format`,
+    :attr:`native_dimensions` (``(width, height)`` per file level, largest first),
+    :attr:`native_downsamples`, and optionally :attr:`mpp`, :attr:`objective_power`,
+    :attr:`properties` and :attr:`native_tile_sizes`, then call :meth:`_finish_init`.
+
+    Attributes
+    ----------
+    path : Path or None
+        The file or folder read; None for in-memory slides.
+    name : str
+        Display name (file name without its extension).
+    format : str
+        The backend and format, e.g. ``"openslide:aperio"``.
+    mpp : tuple of float or None
+        Microns per pixel at level 0 as ``(x, y)``; None when the file does not say. The user
+        can set it with :meth:`set_mpp`.
+    objective_power : float or None
+        Scanner objective magnification at level 0, when known.
+    properties : dict of str
+        Raw metadata of the file.
+    """
+
+    path: Path | None = None
+    name: str = "slide"
+    format: str = "unknown"
+    mpp: tuple[float, float] | None = None
+    objective_power: float | None = None
+
+    def __init__(self) -> None:
+        self.properties: dict[str, str] = {}
+        self.native_dimensions: list[tuple[int, int]] = []
+        self.native_downsamples: list[float] = []
+        self.native_tile_sizes: list[tuple[int, int] | None] = []
+        self._arrays: dict[int, da.Array] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # ------------------------------------------------------------------ backend API
+    @abstractmethod
+    def _read_native(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read a window of a file level, in that level's pixels, fully inside the level.
+
+        Must return ``(height, width, 3)`` uint8 RGB and be safe to call from several threads.
+        """
+
+    def associated_image_names(self) -> list[str]:
+        """Names of the associated images (``label``, ``macro``, ``thumbnail`` ...)."""
+        return []
+
+    def read_associated(self, name: str) -> np.ndarray:
+        """An associated image as ``(height, width, 3)`` uint8."""
+        raise KeyError(f"{self.name} has no associated image {name!r}")
+
+    def _close(self) -> None:
+        """Release file handles (backends override)."""
+
+    # ------------------------------------------------------------------ set-up
+    def _finish_init(self) -> None:
+        """Validate what the backend set and add a lazy pyramid below its last level."""
+        if not self.native_dimensions:
+            raise SlideError("the file holds no image", path=self.path)
+        if not self.native_downsamples:
+            w0 = self.native_dimensions[0][0]
+            self.native_downsamples = [w0 / w for w, _ in self.native_dimensions]
+        if len(self.native_tile_sizes) != len(self.native_dimensions):
+            self.native_tile_sizes = [None] * len(self.native_dimensions)
+        dims = list(self.native_dimensions)
+        downs = list(self.native_downsamples)
+        while max(dims[-1]) > SMALLEST_LEVEL_SIZE and min(dims[-1]) >= 2:
+            w, h = dims[-1]
+            dims.append((w // 2, h // 2))
+            downs.append(downs[-1] * 2.0)
+        self.level_dimensions: tuple[tuple[int, int], ...] = tuple(dims)
+        self.level_downsamples: tuple[float, ...] = tuple(downs)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def level_count(self) -> int:
+        """Number of levels, the lazy ones included."""
+        return len(self.level_dimensions)
+
+    @property
+    def dimensions(self) -> tuple[int, int]:
+        """``(width, height)`` of level 0."""
+        return self.level_dimensions[0]
+
+    def is_native(self, level: int) -> bool:
+        """Whether the level is stored in the file (and not computed on the fly)."""
+        return level < len(self.native_dimensions)
+
+    def level_mpp(self, level: int) -> tuple[float, float] | None:
+        """Microns per pixel of a level, or None when the slide's resolution is unknown."""
+        if self.mpp is None:
+            return None
+        d = self.level_downsamples[level]
+        return (self.mpp[0] * d, self.mpp[1] * d)
+
+    def set_mpp(self, mpp: float | tuple[float, float]) -> None:
+        """Set the level-0 resolution of a slide whose file does not give it."""
+        mx, my = (mpp, mpp) if np.isscalar(mpp) else mpp
+        if not (mx > 0 and my > 0 and math.isfinite(mx) and math.isfinite(my)):
+            raise ValueError(f"microns per pixel must be positive numbers, got {mpp!r}")
+        self.mpp = (float(mx), float(my))
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The deepest level whose downsample does not exceed ``downsample``."""
+        best = 0
+        for level, d in enumerate(self.level_downsamples):
+            if d <= downsample * (1 + 1e-6):
+                best = level
+        return best
+
+    def level_for_mpp(self, mpp: float) -> tuple[int, float]:
+        """The level to read for a target resolution, and the extra downscale still needed.
+
+        Returns ``(level, factor)`` with ``factor >= 1``: read at ``level`` and shrink by
+        ``factor`` to reach ``mpp``.
+        """
+        if self.mpp is None:
+            raise SlideError(
+                "the slide's microns per pixel are unknown",
+                path=self.path,
+                hint="set them with set_mpp() or read by level instead",
+            )
+        downsample = mpp / self.mpp[0]
+        level = self.best_level_for_downsample(downsample)
+        return level, max(1.0, downsample / self.level_downsamples[level])
+
+    def tile_size(self, level: int) -> tuple[int, int]:
+        """``(height, width)`` of the chunks of a level's lazy array."""
+        if self.is_native(level) and self.native_tile_sizes[level]:
+            th, tw = self.native_tile_sizes[level]
+            # Very small tiles make huge dask graphs: group them.
+            k = max(1, math.ceil(256 / max(1, min(th, tw))))
+            return th * k, tw * k
+        return DEFAULT_CHUNK, DEFAULT_CHUNK
+
+    # ------------------------------------------------------------------ reading
+    def read_level(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """Read a window in a level's own pixel coordinates, padding outside with white."""
+        self._check_open()
+        if not 0 <= level < self.level_count:
+            raise ValueError(f"{self.name} has levels 0..{self.level_count - 1}, not {level}")
+        width, height = int(width), int(height)
+        if width < 0 or height < 0:
+            raise ValueError(f"region size must be non-negative, got {(width, height)}")
+        lw, lh = self.level_dimensions[level]
+        x0, y0 = max(0, int(x)), max(0, int(y))
+        x1, y1 = min(lw, int(x) + width), min(lh, int(y) + height)
+        if x0 == int(x) and y0 == int(y) and x1 - x0 == width and y1 - y0 == height:
+            return self._read_any(level, x0, y0, width, height)
+        out = np.full((height, width, 3), BACKGROUND_VALUE, np.uint8)
+        if x1 > x0 and y1 > y0:
+            out[y0 - int(y) : y1 - int(y), x0 - int(x) : x1 - int(x)] = self._read_any(
+                level, x0, y0, x1 - x0, y1 - y0
+            )
+        return out
+
+    def read_region(
+        self, location: tuple[int, int], level: int, size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read ``size=(width, height)`` pixels of ``level`` at level-0 ``location=(x, y)``.
+
+        The same signature as ``openslide.OpenSlide.read_region``, returning RGB uint8.
+        """
+        d = self.level_downsamples[level]
+        return self.read_level(
+            level, int(round(location[0] / d)), int(round(location[1] / d)), size[0], size[1]
+        )
+
+    def read_region_mpp(
+        self, location: tuple[int, int], mpp: float, size: tuple[int, int]
+    ) -> np.ndarray:
+        """Read ``size=(width, height)`` pixels at resolution ``mpp`` from level-0 ``location``."""
+        from skimage.transform import resize
+
+        level, factor = self.level_for_mpp(mpp)
+        if factor <= 1.0 + 1e-3:
+            return self.read_region(location, level, size)
+        w = int(math.ceil(size[0] * factor))
+        h = int(math.ceil(size[1] * factor))
+        window = self.read_region(location, level, (w, h))
+        out = resize(window, (size[1], size[0]), order=1, anti_aliasing=True, preserve_range=True)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    def _read_any(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        if self.is_native(level):
+            region = self._read_native(level, x, y, width, height)
+        else:
+            region = np.asarray(self.level_array(level)[y : y + height, x : x + width])
+        if region.shape != (height, width, 3) or region.dtype != np.uint8:
+            raise SlideError(
+                f"backend returned {region.shape} {region.dtype} for a {height}x{width} window",
+                path=self.path,
+            )
+        return region
+
+    # ------------------------------------------------------------------ lazy arrays
+    def level_array(self, level: int) -> da.Array:
+        """Level ``level`` as a lazy ``(height, width, 3)`` uint8 dask array on the file's tiles.
+
+        Lazy levels (below the file's own pyramid) are 2x2 means of the level above.
+        """
+        with self._lock:
+            if level in self._arrays:
+                return self._arrays[level]
+        if self.is_native(level):
+            view = _LevelView(self, level)
+            th, tw = self.tile_size(level)
+            array = da.from_array(
+                view,
+                chunks=(th, tw, 3),
+                asarray=False,
+                lock=False,
+                fancy=False,
+                name=f"wslal-{id(self):x}-{self.name}-level{level}",
+                meta=np.empty((0, 0, 0), np.uint8),
+            )
+        else:
+            above = self.level_array(level - 1)
+            w, h = self.level_dimensions[level]
+            above = above[: 2 * h, : 2 * w]
+            above = above.rechunk({0: DEFAULT_CHUNK * 2, 1: DEFAULT_CHUNK * 2, 2: 3})
+            array = da.coarsen(np.mean, above, {0: 2, 1: 2}, trim_excess=True, dtype=np.float32)
+            array = da.round(array).astype(np.uint8)
+        with self._lock:
+            self._arrays.setdefault(level, array)
+            return self._arrays[level]
+
+    def levels(self) -> list[da.Array]:
+        """Every level as a lazy array, largest first: napari's multiscale ``data``."""
+        return [self.level_array(level) for level in range(self.level_count)]
+
+    def thumbnail(self, max_size: int = 1024) -> np.ndarray:
+        """The whole slide scaled so that its longer side is at most ``max_size`` pixels."""
+        from skimage.transform import resize
+
+        w0, h0 = self.dimensions
+        factor = max(1.0, max(w0, h0) / max_size)
+        level = self.best_level_for_downsample(factor)
+        lw, lh = self.level_dimensions[level]
+        image = self.read_level(level, 0, 0, lw, lh)
+        tw, th = max(1, int(round(w0 / factor))), max(1, int(round(h0 / factor)))
+        if (tw, th) == (lw, lh):
+            return image
+        out = resize(image, (th, tw), order=1, anti_aliasing=True, preserve_range=True)
+        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+    # ------------------------------------------------------------------ metadata
+    def metadata(self) -> dict[str, Any]:
+        """A JSON-serialisable summary, stored in the napari layer's ``metadata``."""
+        return {
+            "path": None if self.path is None else str(self.path),
+            "name": self.name,
+            "format": self.format,
+            "dimensions": list(self.dimensions),
+            "level_dimensions": [list(d) for d in self.level_dimensions],
+            "level_downsamples": list(self.level_downsamples),
+            "native_levels": len(self.native_dimensions),
+            "mpp": None if self.mpp is None else list(self.mpp),
+            "objective_power": self.objective_power,
+            "associated_images": self.associated_image_names(),
+            "properties": dict(self.properties),
+        }
+
+    def napari_scale(self) -> tuple[float, float]:
+        """Level-0 ``(y, x)`` scale for napari: microns when known, else pixels (1, 1)."""
+        if self.mpp is None:
+            return (1.0, 1.0)
+        return (self.mpp[1], self.mpp[0])
+
+    # ------------------------------------------------------------------ life cycle
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SlideError("the slide was closed", path=self.path)
+
+    def close(self) -> None:
+        """Close the file; further reads raise :class:`SlideError`."""
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> SlideReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        mpp = "unknown mpp" if self.mpp is None else f"{self.mpp[0]:.3g} um/px"
+        return f"<{type(self).__name__} {self.name!r} {w}x{h}, {self.level_count} levels, {mpp}>"

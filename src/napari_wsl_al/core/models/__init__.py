@@ -1,0 +1,1 @@
+"""Backbones, pooling/CAM heads, the Max-Min and joint models, and checkpoints."""

@@ -1,0 +1,63 @@
+"""What every model of napari-wsl-al offers to training, inference and active learning.
+
+A model is a ``torch.nn.Module`` subclassing :class:`WslModel`. Its ``forward`` takes a batch
+of normalised RGB images ``(B, 3, H, W)`` and returns a ``dict`` of tensors:
+
+``"logits"``
+    ``(B, C)`` image-level class scores (before softmax); always present.
+``"cams"``
+    ``(B, C, h, w)`` class activation maps (class scores per location before pooling) at
+    ``1 / output_stride`` of the input; always present.
+``"fg"``
+    ``(B, 1, h', w')`` foreground probability in ``[0, 1]`` (Max-Min's M+); optional. Its
+    resolution may be that of ``cams`` or of the input.
+``"seg_logits"``
+    ``(B, K, H, W)`` segmentation class scores at input resolution (joint model); optional.
+
+Inference code must use only these keys and the attributes below.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+#: ImageNet statistics: the default input normalisation.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class WslModel(nn.Module):
+    """Base of the classification-and-localisation models.
+
+    Attributes
+    ----------
+    classes : tuple of str
+        Image-level class names, in the order of ``logits``.
+    output_stride : int
+        Input pixels per ``cams`` pixel.
+    mean, std : tuple of float
+        Per-channel normalisation applied to images scaled to ``[0, 1]``.
+    mpp : float or None
+        Microns per pixel of the images the model was trained on; inference reads slides
+        at this resolution.
+    """
+
+    classes: tuple[str, ...] = ()
+    output_stride: int = 32
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    mpp: float | None = None
+
+    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3)`` or ``(B, 3, H, W)`` uint8 images to normalised float ``(B, 3, H, W)``."""
+        x = images_uint8
+        if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.permute(0, 3, 1, 2)
+        x = x.float().div_(255.0)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Weakly-supervised losses and training loops."""
