@@ -61,3 +61,26 @@ class WslModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def training_step(
+        self, images: torch.Tensor, labels: torch.Tensor, epoch: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one batch of normalised images with image-level labels.
+
+        The default is cross-entropy on ``logits``; models with their own objective (Max-Min,
+        min-max entropy with erasing) override it. Training loops call only this method, so
+        they work with every model.
+
+        Returns
+        -------
+        loss : torch.Tensor
+            Scalar to back-propagate.
+        parts : dict of str to float
+            Named terms of the loss, for logging.
+        """
+        output = self(images)
+        loss = nn.functional.cross_entropy(output["logits"], labels)
+        return loss, {"ce": float(loss.detach())}
+
+    def end_epoch(self, epoch: int) -> None:
+        """Called by training loops after each epoch (schedules such as Max-Min's t)."""
