@@ -82,5 +82,20 @@ class WslModel(nn.Module):
         loss = nn.functional.cross_entropy(output["logits"], labels)
         return loss, {"ce": float(loss.detach())}
 
+    def localize(self, output: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """Foreground probability ``(B, 1, H, W)`` in ``[0, 1]`` at input size ``(H, W)``.
+
+        The default, for the CAM family: the CAM of the predicted class, min-max normalised per
+        image and upsampled bilinearly. Models with an explicit mask (Max-Min's M+, the joint
+        model's segmentation) override it.
+        """
+        cams = output["cams"]
+        predicted = output["logits"].argmax(dim=1)
+        cam = cams[torch.arange(cams.shape[0], device=cams.device), predicted].unsqueeze(1)
+        low = cam.amin(dim=(2, 3), keepdim=True)
+        high = cam.amax(dim=(2, 3), keepdim=True)
+        cam = (cam - low) / (high - low).clamp_min(1e-6)
+        return nn.functional.interpolate(cam, size=size, mode="bilinear", align_corners=False)
+
     def end_epoch(self, epoch: int) -> None:
         """Called by training loops after each epoch (schedules such as Max-Min's t)."""
