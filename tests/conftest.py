@@ -1,0 +1,32 @@
+"""Shared fixtures: the repository's sample data and the team's real data in ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    """The repository's top folder."""
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def cmu1_path() -> Path:
+    """The real Aperio sample slide committed under sample_data/."""
+    path = REPO_ROOT / "sample_data" / "CMU-1-Small-Region.svs"
+    assert path.exists(), f"{path} is missing from the repository"
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data sets beside the repository (GlaS training images, an Aperio slide)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is not present on this machine")
+    return SHARED_DATA
