@@ -33,6 +33,24 @@ SMALLEST_LEVEL_SIZE = 1024
 DEFAULT_CHUNK = 512
 
 
+def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize ``(H, W, 3)`` uint8 RGB to ``size=(width, height)``, antialiased when shrinking.
+
+    Pillow's bilinear filter widens its support with the scale factor, so shrinking averages
+    every source pixel (no aliasing); it works on uint8 directly and is several times faster
+    than a float resize.
+    """
+    from PIL import Image
+
+    width, height = int(size[0]), int(size[1])
+    if image.shape[:2] == (height, width):
+        return image
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    return np.array(resized)
+
+
 class _LevelView:
     """Array-like view of one level; slicing it reads exactly the requested window."""
 
@@ -241,16 +259,13 @@ class SlideReader(ABC):
         self, location: tuple[int, int], mpp: float, size: tuple[int, int]
     ) -> np.ndarray:
         """Read ``size=(width, height)`` pixels at resolution ``mpp`` from level-0 ``location``."""
-        from skimage.transform import resize
-
         level, factor = self.level_for_mpp(mpp)
         if factor <= 1.0 + 1e-3:
             return self.read_region(location, level, size)
         w = int(math.ceil(size[0] * factor))
         h = int(math.ceil(size[1] * factor))
         window = self.read_region(location, level, (w, h))
-        out = resize(window, (size[1], size[0]), order=1, anti_aliasing=True, preserve_range=True)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return resize_rgb(window, size)
 
     def _read_any(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
         if self.is_native(level):
@@ -302,8 +317,6 @@ class SlideReader(ABC):
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """The whole slide scaled so that its longer side is at most ``max_size`` pixels."""
-        from skimage.transform import resize
-
         w0, h0 = self.dimensions
         factor = max(1.0, max(w0, h0) / max_size)
         level = self.best_level_for_downsample(factor)
@@ -312,8 +325,7 @@ class SlideReader(ABC):
         tw, th = max(1, int(round(w0 / factor))), max(1, int(round(h0 / factor)))
         if (tw, th) == (lw, lh):
             return image
-        out = resize(image, (th, tw), order=1, anti_aliasing=True, preserve_range=True)
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        return resize_rgb(image, (tw, th))
 
     # ------------------------------------------------------------------ metadata
     def metadata(self) -> dict[str, Any]:
