@@ -1,0 +1,262 @@
+"""The ``train-wsl`` sub-command: train a weakly-supervised model from image-level labels."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+NAME = "train-wsl"
+HELP = (
+    "train a weakly-supervised localisation model (CAM, WILDCAT, Max-Min, ...) on a folder of "
+    "image-level labelled patches (GlaS layout or one folder per class)"
+)
+
+ARCHITECTURE_CHOICES = (
+    "cam-avg", "cam-max", "cam-lse", "wildcat", "deepmil", "maxmin", "minmax-entropy", "joint",
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``napari-wsl-al train-wsl``."""
+    parser.add_argument("data", metavar="DATA", help="data set folder (GlaS layout or class folders)")
+    model = parser.add_argument_group("model")
+    model.add_argument("--arch", default="maxmin", choices=ARCHITECTURE_CHOICES)
+    model.add_argument("--depth", type=int, default=18, choices=(18, 34, 50), help="ResNet depth")
+    model.add_argument("--width", type=float, default=0.25, help="channel multiplier of the ResNet")
+    model.add_argument("--dropout", type=float, default=0.0, help="backbone feature dropout")
+    model.add_argument(
+        "--head", action="append", default=[], metavar="NAME=VALUE",
+        help="head hyper-parameter override (JSON value), e.g. --head sigma=0.15; repeatable",
+    )
+    model.add_argument(
+        "--pretrained", metavar="PATH|imagenet",
+        help="backbone weights: a torchvision ResNet state dict, or 'imagenet' (downloads)",
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--val-fraction", type=float, default=0.2,
+                      help="fraction held out for validation, split by patient when known")
+    data.add_argument("--mpp", type=float, default=None,
+                      help="microns per pixel of the images (default: 0.62 for the GlaS layout)")
+    data.add_argument("--target-mpp", type=float, default=None,
+                      help="rescale images to this resolution (default: keep)")
+    data.add_argument("--data-note", default="",
+                      help="provenance of the data (name, licence, citation), stored in the checkpoint")
+    training = parser.add_argument_group("training")
+    training.add_argument("--epochs", type=int, default=30)
+    training.add_argument("--batch-size", type=int, default=8)
+    training.add_argument("--crop-size", type=int, default=224)
+    training.add_argument("--lr", type=float, default=0.01)
+    training.add_argument("--weight-decay", type=float, default=1e-4)
+    training.add_argument("--lr-schedule", default="cosine", choices=("cosine", "step", "constant"))
+    training.add_argument("--patience", type=int, default=10,
+                          help="early stopping on the validation error (0: off)")
+    training.add_argument("--seed", type=int, default=0)
+    training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    training.add_argument("--num-workers", type=int, default=0)
+    training.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    training.add_argument("--max-minutes", type=float, default=None, help="wall-time bound")
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", default="model.pt", help="checkpoint of the best epoch")
+    output.add_argument("--log", default=None,
+                        help="per-epoch CSV log (default: OUT with .csv); a .json log goes beside it")
+    output.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parse_head(items: list[str]) -> dict:
+    head = {}
+    for item in items:
+        name, separator, value = item.partition("=")
+        if not separator or not name:
+            raise SystemExit(f"--head expects NAME=VALUE, got {item!r}")
+        try:
+            head[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            head[name.strip()] = value
+    return head
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The full ``napari-wsl-al train-wsl`` command equivalent to ``args`` (every option spelt out)."""
+    words = ["napari-wsl-al", NAME, str(args.data)]
+    for name, value in vars(args).items():
+        if name in ("data", "command", "verbose", "quiet") or name.startswith("_"):
+            continue
+        option = "--" + name.replace("_", "-")
+        if value is None or value is False or value == "" or value == []:
+            continue
+        if value is True:
+            words.append(option)
+        elif isinstance(value, list):
+            for item in value:
+                words += [option, str(item)]
+        else:
+            words += [option, str(value)]
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def _write_csv(path: Path, history: list[dict]) -> None:
+    columns: list[str] = []
+    for record in history:
+        columns += [key for key in record if key not in columns]
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(temporary, path)
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=str))
+    os.replace(temporary, path)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train, save the best checkpoint and the logs, print the validation figures."""
+    import torch
+    from tqdm import tqdm
+
+    from ..core.data.glas import GLAS_MPP, load_dataset, split_by_patient
+    from ..core.models.checkpoint import save_checkpoint
+    from ..core.models.factory import ModelConfig, build_model
+    from ..core.progress import run_to_end
+    from ..core.wsl.train import TrainConfig, evaluate, seed_everything, train_wsl
+
+    command = command_line(args)
+    dataset = load_dataset(args.data)
+    layout = "glas" if (Path(args.data) / "grade.csv").exists() else "class-folders"
+    data_mpp = args.mpp if args.mpp is not None else (GLAS_MPP if layout == "glas" else None)
+    if args.target_mpp and not data_mpp:
+        raise SystemExit(f"{NAME}: --target-mpp needs the resolution of the images (--mpp)")
+    split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
+    model_mpp = args.target_mpp or data_mpp
+    train_config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        crop_size=args.crop_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        patience=args.patience or None,
+        seed=args.seed,
+        device=args.device,
+        num_workers=args.num_workers,
+        max_minutes=args.max_minutes,
+        num_threads=args.threads,
+        target_mpp=args.target_mpp,
+    )
+    model_config = ModelConfig(
+        arch=args.arch,
+        classes=dataset.classes,
+        depth=args.depth,
+        width=args.width,
+        dropout=args.dropout,
+        mpp=model_mpp,
+        head=_parse_head(args.head),
+    )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_everything(args.seed)
+    model = build_model(model_config)
+    pretrained = None
+    if args.pretrained:
+        from ..core.models.backbones import load_backbone_weights
+
+        report = load_backbone_weights(model.backbone, args.pretrained)
+        pretrained = {"source": str(args.pretrained), "report": str(report)}
+
+    # mpp of the files, so that target_mpp rescales them
+    split_train = split.train if data_mpp is None else _with_mpp(split.train, data_mpp)
+    split_val = split.val if data_mpp is None else _with_mpp(split.val, data_mpp)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log_csv = Path(args.log) if args.log else out.with_suffix(".csv")
+    log_json = log_csv.with_suffix(".json")
+    print(
+        f"{NAME}: {len(dataset)} images {dataset.class_counts()} from {args.data}; "
+        f"validation: {len(split.val)} images ({split.grouped_by} split, "
+        f"{', '.join(split.val_groups) if split.grouped_by == 'patient' else 'by image'})",
+        file=sys.stderr,
+    )
+    history_so_far: list[dict] = []
+    bar = tqdm(total=args.epochs, desc=args.arch, unit="epoch", disable=args.quiet, file=sys.stderr)
+
+    def on_progress(record):
+        history_so_far.append(record.metrics)
+        shown = {"loss": record.metrics.get("train_loss")}
+        for key, short in (("val_error", "err"), ("val_f1_pos", "F1+"), ("val_f1_neg", "F1-")):
+            if key in record.metrics:
+                shown[short] = record.metrics[key]
+        bar.set_postfix({k: f"{v:.3f}" for k, v in shown.items() if v is not None})
+        bar.update(1)
+        _write_csv(log_csv, history_so_far)
+
+    started = time.perf_counter()
+    try:
+        result = run_to_end(
+            train_wsl(model, split_train, split_val, train_config, model_config=model_config),
+            on_progress,
+        )
+    finally:
+        bar.close()
+    final = evaluate(model, split_val, train_config.device, config=train_config) if len(split_val) else {}
+    extra = {
+        "command": command,
+        "data": {
+            "path": str(Path(args.data).resolve()),
+            "layout": layout,
+            "note": args.data_note,
+            "n_images": len(dataset),
+            "class_counts": dataset.class_counts(),
+            "mpp": data_mpp,
+        },
+        "split": split.to_dict(),
+        "val_metrics": {k: v for k, v in final.items()},
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped": result.stopped,
+        "train_seconds": round(result.seconds, 1),
+        "train_config": train_config.to_dict(),
+        "pretrained": pretrained,
+        "environment": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+            "threads": torch.get_num_threads(),
+        },
+        "history": result.history,
+    }
+    save_checkpoint(out, model, model_config, extra=extra)
+    _write_csv(log_csv, result.history)
+    _write_json(
+        log_json,
+        {**extra, "model_config": model_config.to_dict(), "checkpoint": str(out),
+         "wall_seconds": round(time.perf_counter() - started, 1)},
+    )
+    print(f"best epoch {result.best_epoch + 1} of {len(result.history)} ({result.stopped}); "
+          f"{result.seconds / 60:.1f} min; checkpoint {out}; logs {log_csv}, {log_json}")
+    if final:
+        line = f"validation ({final['n_images']} images): error {100 * final['error']:.2f}%"
+        if "f1_pos" in final:
+            line += (
+                f"  F1+ {100 * final['f1_pos']:.2f}%  F1- {100 * final['f1_neg']:.2f}%"
+                f"  (all-ones F1+ {100 * final['all_ones_f1_pos']:.2f}%"
+                f" F1- {100 * final['all_ones_f1_neg']:.2f}%)"
+            )
+        print(line)
+    return 0
+
+
+def _with_mpp(dataset, mpp):
+    from dataclasses import replace
+
+    return replace(dataset, mpp=mpp)

@@ -1,0 +1,217 @@
+"""Tests of the WSL training loop, evaluation and the train-wsl command on tiny synthetic data."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from napari_wsl_al.core.data.glas import load_glas, split_by_patient
+from napari_wsl_al.core.data.patches import NO_AUGMENTATION
+from napari_wsl_al.core.models.base import WslModel
+from napari_wsl_al.core.progress import Progress, run_to_end
+from napari_wsl_al.core.wsl.train import TrainConfig, evaluate, seed_everything, train_wsl
+
+HEADER = "name,patient ID, grade (GlaS), grade (Sirinukunwattana et al. 2015)\n"
+
+
+class TinyCamModel(WslModel):
+    """Three convolutions and average pooling of the class maps (CAM-Avg), output stride 4."""
+
+    output_stride = 4
+    mean = (0.5, 0.5, 0.5)
+    std = (0.25, 0.25, 0.25)
+
+    def __init__(self, classes=("plain", "blob")):
+        super().__init__()
+        self.classes = tuple(classes)
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        )
+        self.classifier = nn.Conv2d(8, len(self.classes), 1)
+        self.epochs_ended = []
+
+    def forward(self, x):
+        cams = self.classifier(self.features(x))
+        return {"logits": cams.mean(dim=(2, 3)), "cams": cams}
+
+    def end_epoch(self, epoch):
+        self.epochs_ended.append(epoch)
+
+
+def write_blob_glas(root: Path, count: int = 24, size: int = 48, seed: int = 0) -> Path:
+    """GlaS-layout folder: class 'blob' images hold a bright disc (the mask), 'plain' do not."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    lines = [HEADER]
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(count):
+        has_blob = i % 2 == 1
+        image = rng.normal(90, 12, (size, size, 3)).clip(0, 255)
+        image[..., 2] += 40  # a pinkish-purple background
+        mask = np.zeros((size, size), np.uint8)
+        if has_blob:
+            cy, cx = rng.integers(12, size - 12, 2)
+            disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(6, 10) ** 2
+            image[disc] = rng.normal(235, 8, (int(disc.sum()), 3))
+            mask[disc] = 255
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(root / "images" / f"img_{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"img_{i}.png")
+        lines.append(f"img_{i},{i // 2}, {'blob' if has_blob else 'plain'}, x\n")
+    (root / "grade.csv").write_text("".join(lines))
+    return root
+
+
+@pytest.fixture(scope="module")
+def blob_split(tmp_path_factory):
+    root = write_blob_glas(tmp_path_factory.mktemp("blobs") / "data")
+    dataset = load_glas(root, classes=("plain", "blob"), mpp=None)
+    return split_by_patient(dataset, val_fraction=0.25, seed=0)
+
+
+def quick_config(**changes) -> TrainConfig:
+    values = dict(
+        epochs=8, batch_size=6, crop_size=32, lr=0.05, lr_schedule="constant", patience=None,
+        seed=0, device="cpu", augment=NO_AUGMENTATION, num_threads=1,
+    )
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def train(split, config, model=None, **kwargs):
+    seed_everything(config.seed)
+    model = model or TinyCamModel()
+    records = []
+    result = run_to_end(train_wsl(model, split.train, split.val, config, **kwargs), records.append)
+    return model, result, records
+
+
+def test_tiny_model_learns_the_blob_class_and_beats_all_ones(blob_split):
+    model, result, records = train(blob_split, quick_config(epochs=10))
+    assert all(isinstance(r, Progress) for r in records) and len(records) == len(result.history)
+    assert records[-1].step == len(records) and records[0].total == 10
+    assert model.epochs_ended == list(range(len(result.history)))
+    losses = [record["train_loss"] for record in result.history]
+    assert losses[-1] < losses[0]
+    scores = evaluate(model, blob_split.val, "cpu")
+    assert scores["error"] <= 1 / 6 + 1e-9
+    assert scores["n_images"] == len(blob_split.val) and scores["n_masks"] == len(blob_split.val)
+    assert scores["all_ones_f1_neg"] == 0.0
+    assert scores["f1_neg"] > scores["all_ones_f1_neg"] + 0.3
+    assert result.best_metrics["val_error"] == min(r["val_error"] for r in result.history)
+    for key in ("train_ce", "val_f1_pos", "val_f1_neg", "seconds", "lr"):
+        assert key in result.history[0]
+
+
+def test_training_is_reproducible_on_cpu(blob_split):
+    config = quick_config(epochs=3, augment=TrainConfig().augment)
+    _, first, _ = train(blob_split, config)
+    _, second, _ = train(blob_split, config)
+    assert [r["train_loss"] for r in first.history] == [r["train_loss"] for r in second.history]
+    assert [r["val_loss"] for r in first.history] == [r["val_loss"] for r in second.history]
+    _, other, _ = train(blob_split, quick_config(epochs=3, seed=1, augment=config.augment))
+    assert [r["train_loss"] for r in other.history] != [r["train_loss"] for r in first.history]
+
+
+def test_early_stopping_and_best_state_restored(blob_split):
+    # lr 0 and frozen batch-norm statistics: nothing changes, so the first epoch stays best
+    # and training stops after `patience` epochs without improvement
+    seed_everything(0)
+    frozen = TinyCamModel()
+    for module in frozen.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = 0.0
+    model, result, _ = train(blob_split, quick_config(epochs=10, lr=0.0, patience=2), frozen)
+    assert result.stopped == "early-stopping"
+    assert len(result.history) == 3 and result.best_epoch == 0
+
+
+def test_best_epoch_weights_are_restored(blob_split):
+    model, result, _ = train(blob_split, quick_config(epochs=4))
+    again = evaluate(model, blob_split.val, "cpu")
+    assert again["loss"] == pytest.approx(result.best_metrics["val_loss"], rel=1e-5)
+
+
+def test_time_limit_and_no_validation(blob_split):
+    _, result, _ = train(blob_split, quick_config(epochs=5, max_minutes=1e-6))
+    assert result.stopped == "time-limit" and len(result.history) == 1
+    seed_everything(0)
+    model = TinyCamModel()
+    result = run_to_end(train_wsl(model, blob_split.train, None, quick_config(epochs=2)))
+    assert result.best_epoch == 1 and "val_error" not in result.history[-1]
+
+
+def test_lr_schedules():
+    cosine = TrainConfig(epochs=11, lr=0.1, lr_schedule="cosine", lr_min_factor=0.0)
+    assert cosine.learning_rate(0) == pytest.approx(0.1)
+    assert cosine.learning_rate(5) == pytest.approx(0.05)
+    assert cosine.learning_rate(10) == pytest.approx(0.0, abs=1e-12)
+    step = TrainConfig(lr=0.1, lr_schedule="step", lr_step_epochs=3, lr_step_gamma=0.5)
+    assert [step.learning_rate(e) for e in (0, 2, 3, 6)] == pytest.approx([0.1, 0.1, 0.05, 0.025])
+    with pytest.raises(ValueError):
+        TrainConfig(lr_schedule="exp")
+    assert TrainConfig.from_dict(step.to_dict()) == step
+
+
+def test_checkpoints_with_the_real_factory(blob_split, tmp_path):
+    from napari_wsl_al.core.models.checkpoint import load_checkpoint
+    from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+    model_config = ModelConfig(arch="cam-avg", classes=("plain", "blob"), width=0.0625)
+    seed_everything(0)
+    model = build_model(model_config)
+    result = run_to_end(
+        train_wsl(model, blob_split.train, blob_split.val, quick_config(epochs=2),
+                  checkpoint_dir=tmp_path, extra={"note": "test"})
+    )
+    assert result.checkpoint_path == tmp_path / "best.pt"
+    loaded, config, extra = load_checkpoint(result.checkpoint_path)
+    assert config == model_config and extra["note"] == "test"
+    assert extra["best_epoch"] == result.best_epoch
+
+
+def test_cli_trains_end_to_end_on_a_tiny_glas_folder(tmp_path, capsys):
+    from napari_wsl_al.cli import main
+    from napari_wsl_al.core.models.checkpoint import load_checkpoint
+
+    data = write_blob_glas(tmp_path / "glas", count=16, size=64)
+    out = tmp_path / "run" / "model.pt"
+    log = tmp_path / "run" / "train.csv"
+    code = main([
+        "train-wsl", str(data), "--arch", "maxmin", "--depth", "18", "--width", "0.0625",
+        "--epochs", "3", "--batch-size", "4", "--crop-size", "64", "--device", "cpu",
+        "--val-fraction", "0.25", "--out", str(out), "--log", str(log), "--threads", "1",
+        "--quiet", "--head", "t_init=5.0",
+    ])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "validation" in printed and "F1+" in printed and "F1-" in printed
+    with open(log, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 and "train_loss" in rows[0] and "val_error" in rows[0]
+    payload = json.loads(log.with_suffix(".json").read_text())
+    assert payload["split"]["grouped_by"] == "patient" and len(payload["history"]) == 3
+    model, config, extra = load_checkpoint(out)
+    assert config.arch == "maxmin" and config.classes == ("blob", "plain")
+    assert config.mpp == pytest.approx(0.62)
+    assert extra["command"].startswith("napari-wsl-al train-wsl ")
+    assert "--arch maxmin" in extra["command"] and "--epochs 3" in extra["command"]
+    assert set(extra["val_metrics"]) >= {"error", "f1_pos", "f1_neg"}
+    with torch.inference_mode():
+        output = model(torch.zeros(1, 3, 64, 64))
+    assert output["logits"].shape == (1, 2)
+
+
+def test_cli_reports_a_broken_data_folder(tmp_path, capsys):
+    from napari_wsl_al.cli import main
+
+    assert main(["train-wsl", str(tmp_path / "absent"), "--epochs", "1"]) == 1
+    assert "not found" in capsys.readouterr().err
