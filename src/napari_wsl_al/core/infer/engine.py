@@ -1,0 +1,570 @@
+"""Tiled whole-slide inference as a generator: prefetching reader, batched model, blended maps on disk.
+
+:func:`infer_slide` is the one job behind the GUI worker, the CLI and the tests. It reads tiles
+in a thread pool (the slide backends release the GIL) while the model runs on the previous
+batch, hands each batch's outputs to a writer thread (:class:`MapStore`) and yields a
+:class:`~napari_wsl_al.core.progress.Progress` per batch. Stopping the iteration (``close()``,
+a napari worker's ``quit()``) stops the reader, lets the writer finish the batches already
+computed and leaves a store that resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+import warnings
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from ..device import resolve_device
+from ..io.base import SlideReader
+from ..models.base import WslModel
+from ..progress import Progress
+from .errors import InferenceError
+from .store import MapHandle, MapSpec, MapStore
+from .tiling import TileGrid, TissueLike, tile_grid
+
+log = logging.getLogger(__name__)
+
+#: Maps that :class:`InferenceConfig` can ask for (``"uncertainty"`` names the whole family).
+MAP_CHOICES = ("cam", "fg", "bg", "probs", "entropy", "margin", "ovr_entropy", "mc_variance")
+
+#: What ``"uncertainty"`` stands for in :attr:`InferenceConfig.maps`.
+UNCERTAINTY_MAPS = ("entropy", "margin", "ovr_entropy")
+
+_OOM_ERRORS = tuple(
+    error for error in (getattr(torch, "OutOfMemoryError", None),
+                        getattr(torch.cuda, "OutOfMemoryError", None)) if error is not None
+)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Parameters of a tiled slide inference (saved with the maps).
+
+    Attributes
+    ----------
+    mpp : float or None
+        Target resolution in microns per pixel. With neither ``mpp`` nor ``level``, the
+        model's training resolution is used when both it and the slide's are known, else
+        level 0.
+    level : int or None
+        Read this slide level as is (instead of ``mpp``).
+    tile_size : int
+        Tile side in target pixels; a multiple of the model's output stride.
+    overlap : int
+        Pixels shared by neighbouring tiles (rounded down to a multiple of the stride).
+    batch_size : int
+        Tiles per forward pass (halved automatically on CUDA out-of-memory).
+    device : str
+        ``"auto"`` (cuda, then mps, then cpu), or a torch device name.
+    amp : bool
+        Mixed precision (float16 autocast); used on CUDA only.
+    maps : tuple of str
+        Maps to write: names of :data:`MAP_CHOICES`, or ``"uncertainty"`` for entropy, margin
+        and one-vs-rest entropy (plus ``mc_variance`` when ``mc_passes >= 2``).
+    mc_passes : int
+        MC-dropout passes T for the ``mc_variance`` map (0: none).
+    tissue_threshold : float
+        Least tissue fraction of a processed tile (0: every tile, no tissue mask).
+    prefetch : int
+        Batches read ahead of the model.
+    readers : int
+        Reader threads.
+    cam_normalisation : {"softmax", "sigmoid", "none"}
+        How raw CAM scores become maps: softmax over classes at each location (a per-location
+        class posterior in [0, 1], independent of the tile, hence seam-free), a per-class
+        sigmoid, or the raw scores.
+    dtype : {"float32", "float16"}
+        Storage type of the maps.
+    """
+
+    mpp: float | None = None
+    level: int | None = None
+    tile_size: int = 512
+    overlap: int = 64
+    batch_size: int = 8
+    device: str = "auto"
+    amp: bool = True
+    maps: tuple[str, ...] = ("cam", "fg", "bg", "probs", "uncertainty")
+    mc_passes: int = 0
+    tissue_threshold: float = 0.05
+    prefetch: int = 2
+    readers: int = 2
+    cam_normalisation: str = "softmax"
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        object.__setattr__(self, "maps", tuple(self.maps))
+        if self.mpp is not None and self.level is not None:
+            raise ValueError("give mpp or level, not both")
+        if self.batch_size < 1 or self.prefetch < 0 or self.readers < 1:
+            raise ValueError("batch_size and readers must be >= 1, prefetch >= 0")
+        if self.cam_normalisation not in ("softmax", "sigmoid", "none"):
+            raise ValueError(f"unknown cam_normalisation {self.cam_normalisation!r}")
+        if self.dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be float32 or float16, got {self.dtype!r}")
+        unknown = set(self.maps) - set(MAP_CHOICES) - {"uncertainty"}
+        if unknown:
+            raise ValueError(f"unknown maps {sorted(unknown)}; choose from "
+                             f"{MAP_CHOICES + ('uncertainty',)}")
+        if "mc_variance" in self.maps and self.mc_passes < 2:
+            raise ValueError("the mc_variance map needs mc_passes >= 2")
+
+    def expanded_maps(self) -> tuple[str, ...]:
+        """The individual maps asked for, ``"uncertainty"`` expanded, in a fixed order."""
+        wanted = set(self.maps)
+        if "uncertainty" in wanted:
+            wanted |= set(UNCERTAINTY_MAPS)
+            if self.mc_passes >= 2:
+                wanted.add("mc_variance")
+        return tuple(name for name in MAP_CHOICES if name in wanted)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict."""
+        data = asdict(self)
+        data["maps"] = list(self.maps)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InferenceConfig:
+        """Inverse of :meth:`to_dict` (unknown keys refused)."""
+        return cls(**{**data, "maps": tuple(data.get("maps", cls.maps))})
+
+    def replace(self, **changes: Any) -> InferenceConfig:
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+@dataclass
+class InferenceResult:
+    """What :func:`infer_slide` returns.
+
+    Attributes
+    ----------
+    path : Path
+        The map store.
+    maps : dict of str to MapHandle
+        The maps, ready for napari layers.
+    tiles_total : int
+        Tiles of the requested region with tissue.
+    tiles_computed : int
+        Tiles computed by this run (the others were done before).
+    seconds : float
+        Wall time of this run.
+    grid : TileGrid
+        The tiles.
+    device : str
+        The device the model ran on at the end (after any fallback).
+    """
+
+    path: Path
+    maps: dict[str, MapHandle]
+    tiles_total: int
+    tiles_computed: int
+    seconds: float
+    grid: TileGrid
+    device: str = "cpu"
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- model outputs
+def _to_map_size(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Resample ``(B, C, h, w)`` to ``(B, C, n, n)``: area mean when shrinking, else bilinear."""
+    if tuple(x.shape[-2:]) == (n, n):
+        return x
+    if x.shape[-2] >= n and x.shape[-1] >= n:
+        return F.adaptive_avg_pool2d(x, n)
+    return F.interpolate(x, size=(n, n), mode="bilinear", align_corners=False)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Channels of the raw tile outputs and the maps derived from them."""
+
+    tile_channels: dict[str, tuple[int, int]]
+    maps: list[MapSpec]
+    class_names: tuple[str, ...]
+    prob_names: tuple[str, ...]
+    has_fg: bool
+    has_seg: bool
+
+    @property
+    def channel_total(self) -> int:
+        return max(stop for _, stop in self.tile_channels.values())
+
+
+def _layout(model: WslModel, probe: dict[str, torch.Tensor], wanted: tuple[str, ...]) -> _Layout:
+    classes = tuple(model.classes) or tuple(f"class_{i}" for i in range(probe["logits"].shape[1]))
+    has_seg = "seg_logits" in probe
+    if has_seg:
+        k = probe["seg_logits"].shape[1]
+        seg_names = tuple(getattr(model, "seg_classes", ()) or ())
+        prob_names = seg_names if len(seg_names) == k else tuple(f"seg_{i}" for i in range(k))
+    else:
+        prob_names = classes
+    channels: dict[str, tuple[int, int]] = {}
+    cursor = 0
+
+    def add(key: str, count: int) -> None:
+        nonlocal cursor
+        channels[key] = (cursor, cursor + count)
+        cursor += count
+
+    if "cam" in wanted:
+        add("cam", len(classes))
+    if "fg" in wanted or "bg" in wanted:
+        add("fg", 1)
+    if set(wanted) & {"probs", "entropy", "margin", "ovr_entropy"}:
+        add("probs", len(prob_names))
+    if "mc_variance" in wanted:
+        add("mc_variance", 1)
+    maps = []
+    for name in wanted:
+        if name == "cam":
+            maps.append(MapSpec("cam", classes, "cam"))
+        elif name in ("fg", "bg"):
+            maps.append(MapSpec(name, None, name))
+        elif name == "probs":
+            maps.append(MapSpec("probs", prob_names, "probs"))
+        elif name == "ovr_entropy":
+            maps.append(MapSpec("uncertainty/ovr_entropy", prob_names, "uncertainty"))
+            maps.append(MapSpec("uncertainty/ovr_entropy_max", None, "uncertainty"))
+        else:
+            maps.append(MapSpec(f"uncertainty/{name}", None, "uncertainty"))
+    return _Layout(channels, maps, classes, prob_names, "fg" in probe, has_seg)
+
+
+def model_fingerprint(model: WslModel) -> str:
+    """A short hash of a model's type, classes and weights (a store's maps belong to one model)."""
+    digest = hashlib.sha1()
+    digest.update(type(model).__qualname__.encode())
+    digest.update(repr((tuple(model.classes), model.output_stride, model.mean, model.std)).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        flat = tensor.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 64)][:64]
+        digest.update(sample.to("cpu", torch.float64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class _ModelRunner:
+    """Runs the model on batches: AMP on CUDA, out-of-memory recovery, outputs at map size."""
+
+    def __init__(self, model: WslModel, device: torch.device, config: InferenceConfig,
+                 layout: _Layout | None, map_size: int, tile_size: int):
+        self.model = model
+        self.device = device
+        self.config = config
+        self.layout = layout
+        self.map_size = map_size
+        self.tile_size = tile_size
+        self.micro_batch = config.batch_size
+        self.messages: list[str] = []
+
+    @property
+    def autocast(self) -> bool:
+        return bool(self.config.amp and self.device.type == "cuda")
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast("cuda", dtype=torch.float16, enabled=self.autocast):
+            output = self.model(images)
+        return {key: value.float() for key, value in output.items()}
+
+    def _probs(self, output: dict[str, torch.Tensor]) -> torch.Tensor:
+        n = self.map_size
+        if "seg_logits" in output:
+            return _to_map_size(torch.softmax(output["seg_logits"], dim=1), n)
+        probs = torch.softmax(output["logits"], dim=1)
+        return probs[:, :, None, None].expand(-1, -1, n, n)
+
+    def tile_outputs(self, images: torch.Tensor) -> np.ndarray:
+        """``(B, channels, n, n)`` float32 raw tile outputs of a batch (with OOM recovery)."""
+        parts, start = [], 0
+        while start < images.shape[0]:
+            chunk = images[start : start + self.micro_batch]
+            try:
+                parts.append(self._tile_outputs(chunk))
+            except _OOM_ERRORS as error:
+                self._recover_from_oom(error)
+                continue
+            start += chunk.shape[0]
+        return np.concatenate(parts, axis=0)
+
+    def _recover_from_oom(self, error: BaseException) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        if self.micro_batch > 1:
+            self.micro_batch = max(1, self.micro_batch // 2)
+            message = f"out of memory on {self.device}; batch size reduced to {self.micro_batch}"
+        elif self.device.type != "cpu":
+            self.device = torch.device("cpu")
+            self.model.to(self.device)
+            self.micro_batch = self.config.batch_size
+            message = "out of memory even with one tile per batch; continuing on the CPU"
+        else:
+            raise error
+        self.messages.append(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _tile_outputs(self, images: torch.Tensor) -> np.ndarray:
+        layout, n = self.layout, self.map_size
+        images = images.to(self.device, non_blocking=True)
+        output = self.forward(images)
+        parts: list[torch.Tensor] = []
+        channels = layout.tile_channels
+        if "cam" in channels:
+            cams = _to_map_size(output["cams"], n)
+            if self.config.cam_normalisation == "softmax":
+                cams = torch.softmax(cams, dim=1)
+            elif self.config.cam_normalisation == "sigmoid":
+                cams = torch.sigmoid(cams)
+            parts.append(cams)
+        if "fg" in channels:
+            if "fg" in output:
+                fg = _to_map_size(output["fg"], n)
+            else:
+                fg = _to_map_size(self.model.localize(output, tuple(images.shape[-2:])), n)
+            parts.append(fg.clamp(0.0, 1.0))
+        if "probs" in channels:
+            parts.append(self._probs(output))
+        if "mc_variance" in channels:
+            parts.append(self._mc_variance(images))
+        return torch.cat(parts, dim=1).float().cpu().numpy()
+
+    def _mc_variance(self, images: torch.Tensor) -> torch.Tensor:
+        """Variance of the class probabilities over T dropout passes, averaged over classes."""
+        from ..models.backbones import enable_mc_dropout
+
+        enable_mc_dropout(self.model)
+        try:
+            passes = torch.stack([self._probs(self.forward(images))
+                                  for _ in range(self.config.mc_passes)])
+        finally:
+            self.model.eval()
+        return passes.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
+
+
+# ---------------------------------------------------------------------- reading tiles
+class _TileReader:
+    """Reads and normalises one batch of tiles (called from the reader threads)."""
+
+    def __init__(self, reader: SlideReader, grid: TileGrid, model: WslModel, pin: bool):
+        self.reader = reader
+        self.grid = grid
+        self.model = model
+        self.pin = pin
+
+    def read_tile(self, row: int, col: int) -> np.ndarray:
+        grid, res = self.grid, self.grid.resolution
+        x, y = grid.position(row, col)
+        size = grid.tile_size
+        if res.level_scale == 1.0:
+            return self.reader.read_level(res.level, x, y, size, size)
+        f = res.level_scale
+        window = self.reader.read_level(res.level, int(round(x * f)), int(round(y * f)),
+                                        int(math.ceil(size * f)), int(math.ceil(size * f)))
+        tensor = torch.from_numpy(window).permute(2, 0, 1)[None].float()
+        tensor = F.interpolate(tensor, size=(size, size), mode="area")
+        return tensor[0].round_().clamp_(0, 255).byte().permute(1, 2, 0).numpy()
+
+    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        with torch.inference_mode():
+            pixels = np.stack([self.read_tile(int(r), int(c)) for r, c in tiles])
+            images = self.model.normalize(torch.from_numpy(pixels))
+            if self.pin:
+                images = images.pin_memory()
+        return tiles, images
+
+
+# ---------------------------------------------------------------------- the job
+def _resolve_target(reader: SlideReader, model: WslModel,
+                    config: InferenceConfig) -> tuple[float | None, int | None]:
+    if config.mpp is not None or config.level is not None:
+        return config.mpp, config.level
+    if model.mpp is not None and reader.mpp is not None:
+        return float(model.mpp), None
+    return None, 0
+
+
+def _geometry(reader: SlideReader, grid: TileGrid, stride: int):
+    factor = stride * grid.resolution.downsample
+    map_shape = (max(1, math.ceil(grid.height / stride)), max(1, math.ceil(grid.width / stride)))
+    if reader.mpp is None:
+        unit_x, unit_y, unit = 1.0, 1.0, None
+    else:
+        unit_x, unit_y, unit = reader.mpp[0], reader.mpp[1], "micrometer"
+    scale = (factor * unit_y, factor * unit_x)
+    translate = ((factor - 1) / 2 * unit_y, (factor - 1) / 2 * unit_x)
+    return map_shape, scale, translate, unit
+
+
+def infer_slide(
+    reader: SlideReader,
+    model: WslModel,
+    config: InferenceConfig,
+    output: MapStore,
+    region: tuple[int, int, int, int] | None = None,
+    tissue: TissueLike | None = None,
+):
+    """Run a model over a slide's tissue, tile by tile, writing blended maps to ``output``.
+
+    Parameters
+    ----------
+    reader : SlideReader
+        The slide.
+    model : WslModel
+        The model; put in eval mode and moved to the device (it stays there; on a CUDA
+        out-of-memory with one tile per batch it is moved to the CPU).
+    config : InferenceConfig
+        Resolution, tiles, batches, device, maps.
+    output : MapStore
+        Where the maps go. Tiles already done there with the same settings are skipped
+        (resume); maps computed with other settings are replaced.
+    region : (x, y, w, h), optional
+        Level-0 box to process (the current view, a drawn rectangle); whole tissue by default.
+    tissue : TissueMask, optional
+        Tissue mask; computed with :func:`~napari_wsl_al.core.data.tissue.tissue_mask` when
+        ``config.tissue_threshold > 0`` and none is given.
+
+    Yields
+    ------
+    Progress
+        After every batch: ``step`` tiles done of ``total``; ``metrics`` has ``tiles_per_s``,
+        ``batch`` and ``computed`` (tiles computed by this run).
+
+    Returns
+    -------
+    InferenceResult
+        With the map handles (via ``StopIteration.value``, or from
+        :func:`~napari_wsl_al.core.progress.run_to_end`).
+
+    Raises
+    ------
+    NoTissueError
+        No tile of the slide or region holds enough tissue.
+    DiskFullError
+        The disk filled up; finished tiles are kept and a new run resumes.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    stride = int(model.output_stride)
+    if config.tile_size % stride:
+        raise InferenceError(f"the tile size {config.tile_size} is not a multiple of the "
+                             f"model's output stride {stride}")
+    overlap = (config.overlap // stride) * stride
+    if 2 * overlap >= config.tile_size:
+        raise InferenceError(f"overlap {config.overlap} must be less than half the tile size")
+    mpp, level = _resolve_target(reader, model, config)
+    if tissue is None and config.tissue_threshold > 0:
+        from ..data.tissue import tissue_mask
+
+        tissue = tissue_mask(reader)
+    grid = tile_grid(reader, config.tile_size, overlap, mpp=mpp, level=level, region=region,
+                     tissue=tissue, tissue_threshold=config.tissue_threshold)
+    map_size = config.tile_size // stride
+    wanted = config.expanded_maps()
+    with torch.inference_mode():
+        probe_input = torch.zeros(1, 3, config.tile_size, config.tile_size, device=device)
+        with torch.autocast("cuda", dtype=torch.float16,
+                            enabled=bool(config.amp and device.type == "cuda")):
+            probe = model(probe_input)
+    layout = _layout(model, probe, wanted)
+    map_shape, scale, translate, unit = _geometry(reader, grid, stride)
+    spec = {
+        "grid": grid.describe(),
+        "output_stride": stride,
+        "model": model_fingerprint(model),
+        "model_type": type(model).__name__,
+        "maps": list(wanted),
+        "cam_normalisation": config.cam_normalisation,
+        "mc_passes": config.mc_passes if "mc_variance" in wanted else 0,
+        "dtype": config.dtype,
+        "slide": {"name": reader.name, "path": None if reader.path is None else str(reader.path),
+                  "mpp": None if reader.mpp is None else list(reader.mpp)},
+    }
+    done = output.prepare(spec, layout.maps, layout.tile_channels, (grid.rows, grid.cols),
+                          map_size, (config.tile_size - overlap) // stride, map_shape, scale,
+                          translate, unit, config.dtype)
+    todo = np.array([t for t in grid.tiles if not done[t[0], t[1]]], dtype=np.int64).reshape(-1, 2)
+    total = len(grid)
+    finished = total - len(todo)
+    runner = _ModelRunner(model, device, config, layout, map_size, config.tile_size)
+    if len(todo) == 0:
+        yield Progress(total, total, f"{total}/{total} tiles (already computed)",
+                       {"tiles_per_s": 0.0, "batch": 0, "computed": 0})
+        model.train(was_training)
+        return InferenceResult(output.path, output.handles(), total, 0,
+                               time.perf_counter() - started, grid, str(device))
+
+    batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
+    tile_reader = _TileReader(reader, grid, model, pin=device.type == "cuda")
+    reading = ThreadPoolExecutor(max_workers=config.readers, thread_name_prefix="wslal-read")
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wslal-write")
+    pending_reads: deque[Future] = deque()
+    pending_writes: deque[Future] = deque()
+    computed = 0
+    next_batch = 0
+    loop_started = time.perf_counter()
+    completed = False
+    try:
+        while next_batch < len(batches) and len(pending_reads) <= config.prefetch:
+            pending_reads.append(reading.submit(tile_reader, batches[next_batch]))
+            next_batch += 1
+        for index in range(len(batches)):
+            tiles, images = pending_reads.popleft().result()
+            if next_batch < len(batches):
+                pending_reads.append(reading.submit(tile_reader, batches[next_batch]))
+                next_batch += 1
+            with torch.inference_mode():
+                outputs = runner.tile_outputs(images)
+            pending_writes.append(writing.submit(output.write_tiles, tiles, outputs))
+            while len(pending_writes) > 2 or (pending_writes and pending_writes[0].done()):
+                pending_writes.popleft().result()
+            computed += len(tiles)
+            elapsed = time.perf_counter() - loop_started
+            yield Progress(
+                finished + computed, total, f"{finished + computed}/{total} tiles",
+                {"tiles_per_s": computed / max(elapsed, 1e-9), "batch": index + 1,
+                 "computed": computed},
+            )
+        while pending_writes:
+            pending_writes.popleft().result()
+        output.flush()
+        completed = True
+    finally:
+        for future in pending_reads:
+            future.cancel()
+        reading.shutdown(wait=True, cancel_futures=True)
+        if not completed:
+            # Cancelled or failed: finish the writes of computed batches, keep the store sane.
+            for future in pending_writes:
+                try:
+                    future.result()
+                except Exception as error:  # already failing or closing: log, don't mask
+                    log.warning("while stopping inference: %s", error)
+            try:
+                output.flush()
+            except Exception as error:  # the original error (if any) matters more
+                log.warning("while stopping inference: %s", error)
+        writing.shutdown(wait=True)
+        model.train(was_training)
+    return InferenceResult(output.path, output.handles(), total, computed,
+                           time.perf_counter() - started, grid, str(runner.device),
+                           list(runner.messages))
+
+
+__all__ = ["InferenceConfig", "InferenceResult", "infer_slide", "MAP_CHOICES",
+           "model_fingerprint"]

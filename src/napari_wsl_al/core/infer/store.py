@@ -1,0 +1,598 @@
+"""OME-Zarr map store of one slide: blended maps as multiscale arrays, written tile by tile, resumable.
+
+Layout of ``maps/<slide>.zarr`` (zarr format 2, OME-NGFF 0.4 ``multiscales`` on every map)::
+
+    .zattrs                 {"wslal": {spec, map list, geometry}}
+    cam/0 cam/1 ...         (C, Y, X) per-class CAMs, pyramid levels 0, 1, ...
+    fg/  bg/                (Y, X) foreground / background probability
+    probs/                  (K, Y, X) class probabilities
+    uncertainty/entropy/ uncertainty/margin/ uncertainty/ovr_entropy/ (K, Y, X)
+    uncertainty/ovr_entropy_max/ uncertainty/mc_variance/
+    _tiles                  (rows, cols, channels, n, n) raw tile outputs, one chunk per tile
+    _done                   (rows, cols) uint8: 1 where a tile is stored *and* blended
+
+Blending. Each tile's outputs (at map resolution, ``n = tile_size / output_stride`` pixels)
+are kept in ``_tiles``. A map pixel is the weighted mean of the finished tiles covering it,
+weighted by a cosine-tapered window (flat inside, ``sin^2`` ramps over the overlap; the ramps
+of two neighbours sum to one), so no seams show. A finished batch rewrites the map pixels its
+tiles cover from ``_tiles`` (and the neighbours already finished). Every write is idempotent,
+and ``_done`` is written last: a run killed at any moment resumes by recomputing only the tiles
+not marked, and zarr replaces each chunk file atomically, so what was finished stays intact.
+
+Memory is bounded by tiles: a batch touches a strip of the map one tile high, and a small
+cache keeps the tiles of the current and the previous tile row.
+
+Coordinates. Map pixel ``(j, i)`` covers level-0 pixels ``[i * f, (i + 1) * f)`` with
+``f = output_stride * downsample``. ``scale`` is ``f`` times the slide's microns per pixel
+(level-0 pixels when unknown) and ``translate`` is ``(f - 1) / 2`` times the same unit, so that
+pixel centres line up with the slide layer in napari (whose level-0 pixel centres sit at
+``index * mpp``).
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+
+from .errors import DiskFullError, MapStoreError
+
+#: Version of the map store layout.
+STORE_FORMAT_VERSION = 1
+
+#: Side of the chunks of the map arrays.
+MAP_CHUNK = 256
+
+#: Pyramid levels are added until the smallest fits in this many pixels per side.
+SMALLEST_MAP_LEVEL = 256
+
+#: Seconds between updates of the lower pyramid levels while a run goes on.
+PYRAMID_INTERVAL_S = 2.0
+
+_DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One output map.
+
+    Attributes
+    ----------
+    name : str
+        Group path in the store (``"cam"``, ``"uncertainty/entropy"``).
+    channels : tuple of str or None
+        Channel names of a multi-channel map ``(C, Y, X)``; None for a ``(Y, X)`` map.
+    kind : str
+        What the values are (``cam``, ``fg``, ``bg``, ``probs``, ``uncertainty``): the GUI
+        picks colormaps and contrast from it.
+    """
+
+    name: str
+    channels: tuple[str, ...] | None
+    kind: str
+
+
+@dataclass(frozen=True)
+class MapHandle:
+    """A map on disk, ready for a napari image layer.
+
+    Attributes
+    ----------
+    name : str
+        Map name (group path).
+    kind : str
+        See :class:`MapSpec`.
+    channels : tuple of str or None
+        Channel names (axis 0 of every level) or None.
+    levels : list of dask.array.Array
+        Pyramid levels, largest first.
+    scale : (float, float)
+        ``(y, x)`` size of a level-0 map pixel in microns (or slide pixels without mpp).
+    translate : (float, float)
+        ``(y, x)`` offset of the first pixel centre, same unit.
+    unit : str or None
+        ``"micrometer"``, or None when the slide's resolution is unknown.
+    """
+
+    name: str
+    kind: str
+    channels: tuple[str, ...] | None
+    levels: list[da.Array]
+    scale: tuple[float, float]
+    translate: tuple[float, float]
+    unit: str | None
+
+
+def blend_window(n: int, ramp: int) -> np.ndarray:
+    """1-D cosine-tapered window: ``sin^2`` ramps of ``ramp`` pixels at both ends, 1 inside.
+
+    Two neighbours overlapping by ``ramp`` pixels have weights summing to exactly one there.
+    """
+    window = np.ones(n, np.float32)
+    ramp = min(int(ramp), n // 2)
+    if ramp > 0:
+        rising = np.sin(0.5 * np.pi * (np.arange(ramp) + 0.5) / ramp) ** 2
+        window[:ramp] = rising
+        window[n - ramp :] = rising[::-1]
+    return window
+
+
+def _pyramid_shapes(shape: tuple[int, int]) -> list[tuple[int, int]]:
+    shapes = [tuple(int(s) for s in shape)]
+    while max(shapes[-1]) > SMALLEST_MAP_LEVEL and min(shapes[-1]) > 1:
+        h, w = shapes[-1]
+        shapes.append(((h + 1) // 2, (w + 1) // 2))
+    return shapes
+
+
+def _downsample_2x(block: np.ndarray) -> np.ndarray:
+    """2 x 2 mean over the last two axes, replicating the edge of odd sizes."""
+    h, w = block.shape[-2:]
+    if h % 2 or w % 2:
+        pad = [(0, 0)] * (block.ndim - 2) + [(0, h % 2), (0, w % 2)]
+        block = np.pad(block, pad, mode="edge")
+        h, w = block.shape[-2:]
+    shaped = block.reshape(block.shape[:-2] + (h // 2, 2, w // 2, 2))
+    return shaped.mean(axis=(-3, -1), dtype=np.float32)
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+class MapStore:
+    """The maps of one slide in an OME-Zarr folder, written incrementally by tiled inference.
+
+    Parameters
+    ----------
+    path : str or Path
+        The ``.zarr`` folder (``Project.maps_path(slide)``); created on :meth:`prepare`.
+
+    Notes
+    -----
+    One writer at a time: :func:`~napari_wsl_al.core.infer.engine.infer_slide` calls
+    :meth:`prepare`, then :meth:`write_tiles` from its writer thread, then :meth:`flush`.
+    Readers (napari layers) may read :meth:`handles` meanwhile.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._group = None
+        self._info: dict[str, Any] | None = None
+        self._maps: list[MapSpec] = []
+        self._arrays: dict[str, list[Any]] = {}
+        self._tiles = None
+        self._done_array = None
+        self.done: np.ndarray | None = None
+        self._tile_cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._dirty: list[int] | None = None
+        self._last_pyramid = 0.0
+
+    # ------------------------------------------------------------------ opening
+    def exists(self) -> bool:
+        """Whether a map store was written here."""
+        return (self.path / ".zattrs").is_file() or (self.path / "zarr.json").is_file()
+
+    def _open_group(self, mode: str):
+        import zarr
+
+        return zarr.open_group(str(self.path), mode=mode, zarr_format=2)
+
+    def read_info(self) -> dict[str, Any] | None:
+        """The store's ``wslal`` attributes, or None when there is no store."""
+        if not self.exists():
+            return None
+        try:
+            group = self._open_group("r")
+            return dict(group.attrs.asdict().get("wslal", {})) or None
+        except (OSError, ValueError, KeyError) as error:
+            raise MapStoreError(f"cannot read the map store: {error}", path=self.path) from error
+
+    def prepare(
+        self,
+        spec: dict[str, Any],
+        maps: list[MapSpec],
+        tile_channels: dict[str, tuple[int, int]],
+        grid_shape: tuple[int, int],
+        tile_map_size: int,
+        step_map: int,
+        map_shape: tuple[int, int],
+        scale: tuple[float, float],
+        translate: tuple[float, float],
+        unit: str | None,
+        dtype: str = "float32",
+    ) -> np.ndarray:
+        """Open the store for writing, creating it (or resetting it when ``spec`` changed).
+
+        Parameters
+        ----------
+        spec : dict
+            Everything that must match for tiles of an earlier run to be reused (geometry,
+            model, maps, options). A store with another spec is deleted and recreated, with a
+            warning: maps are derived data.
+        maps : list of MapSpec
+            The maps to write.
+        tile_channels : dict of str to (int, int)
+            Channel ranges ``[start, stop)`` of the raw tile outputs (``cam``, ``fg``,
+            ``probs``, ``mc_variance``) inside ``_tiles``.
+        grid_shape : (int, int)
+            ``(rows, cols)`` of the tile grid.
+        tile_map_size, step_map : int
+            Tile side and tile step in map pixels.
+        map_shape : (int, int)
+            ``(Y, X)`` of the level-0 maps.
+        scale, translate : (float, float)
+            Level-0 map pixel size and first pixel centre, ``(y, x)``.
+        unit : str or None
+            Unit of ``scale`` and ``translate``.
+        dtype : str
+            ``"float32"`` or ``"float16"``.
+
+        Returns
+        -------
+        ndarray
+            The ``(rows, cols)`` bool bitmap of tiles already done.
+        """
+        info = self.read_info()
+        if info is not None and info.get("spec") != spec:
+            warnings.warn(
+                f"{self.path}: the maps were computed with other settings; recomputing them",
+                stacklevel=3,
+            )
+            self._guard(lambda: shutil.rmtree(self.path))
+            info = None
+        channel_total = max(stop for _, stop in tile_channels.values())
+        rows, cols = grid_shape
+        n = int(tile_map_size)
+        if info is None:
+            self._guard(lambda: self._create(spec, maps, tile_channels, grid_shape, n, step_map,
+                                             map_shape, scale, translate, unit, dtype,
+                                             channel_total))
+        self._group = self._open_group("r+")
+        self._info = dict(self._group.attrs["wslal"])
+        self._maps = [MapSpec(m["name"], None if m["channels"] is None else tuple(m["channels"]),
+                              m["kind"]) for m in self._info["maps"]]
+        self._arrays = {
+            m.name: [self._group[f"{m.name}/{level}"]
+                     for level in range(len(self._info["level_shapes"]))]
+            for m in self._maps
+        }
+        self._tiles = self._group["_tiles"]
+        self._done_array = self._group["_done"]
+        self.done = np.asarray(self._done_array[...]).astype(bool)
+        self._tile_cache.clear()
+        self._cache_size = 2 * cols + 8
+        self._window = np.outer(blend_window(n, n - step_map), blend_window(n, n - step_map))
+        self._dirty = None
+        self._last_pyramid = time.monotonic()
+        return self.done.copy()
+
+    def _create(self, spec, maps, tile_channels, grid_shape, n, step_map, map_shape, scale,
+                translate, unit, dtype, channel_total) -> None:
+        import zarr
+
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Build in a temporary folder, then rename: a half-created store never looks valid.
+        building = self.path.with_name(f".{self.path.name}.{uuid.uuid4().hex[:8]}.partial")
+        try:
+            group = zarr.open_group(str(building), mode="w", zarr_format=2)
+            shapes = _pyramid_shapes(map_shape)
+            for m in maps:
+                sub = group.require_group(m.name)
+                lead = () if m.channels is None else (len(m.channels),)
+                for level, shape in enumerate(shapes):
+                    sub.create_array(
+                        str(level), shape=lead + shape, dtype=dtype, fill_value=0,
+                        chunks=(1,) * len(lead) + (MAP_CHUNK, MAP_CHUNK),
+                    )
+                sub.attrs.update(self._ngff(m, shapes, scale, translate, unit, map_shape))
+            rows, cols = grid_shape
+            group.create_array("_tiles", shape=(rows, cols, channel_total, n, n), dtype=dtype,
+                               chunks=(1, 1, channel_total, n, n), fill_value=0)
+            group.create_array("_done", shape=(rows, cols), dtype="uint8", fill_value=0,
+                               chunks=(rows, cols))
+            group.attrs["wslal"] = {
+                "format_version": STORE_FORMAT_VERSION,
+                "spec": spec,
+                "maps": [{"name": m.name, "channels": None if m.channels is None
+                          else list(m.channels), "kind": m.kind} for m in maps],
+                "tile_channels": {k: list(v) for k, v in tile_channels.items()},
+                "grid_shape": list(grid_shape),
+                "tile_map_size": n,
+                "step_map": int(step_map),
+                "map_shape": list(map_shape),
+                "level_shapes": [list(s) for s in shapes],
+                "scale": list(scale),
+                "translate": list(translate),
+                "unit": unit,
+                "dtype": dtype,
+                "tiles_done": 0,
+            }
+            building.rename(self.path)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+
+    @staticmethod
+    def _ngff(m: MapSpec, shapes, scale, translate, unit, map_shape) -> dict[str, Any]:
+        space = {"type": "space"} if unit is None else {"type": "space", "unit": unit}
+        axes = [{"name": "y", **space}, {"name": "x", **space}]
+        if m.channels is not None:
+            axes.insert(0, {"name": "c", "type": "channel"})
+        datasets = []
+        for level, shape in enumerate(shapes):
+            fy, fx = map_shape[0] / shape[0], map_shape[1] / shape[1]
+            level_scale = [scale[0] * fy, scale[1] * fx]
+            level_translate = [translate[0] + scale[0] * (fy - 1) / 2,
+                               translate[1] + scale[1] * (fx - 1) / 2]
+            if m.channels is not None:
+                level_scale, level_translate = [1.0] + level_scale, [0.0] + level_translate
+            datasets.append({
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": level_scale},
+                    {"type": "translation", "translation": level_translate},
+                ],
+            })
+        return {
+            "multiscales": [{"version": "0.4", "name": m.name, "axes": axes,
+                             "datasets": datasets, "type": "mean"}],
+            "wslal": {"kind": m.kind,
+                      "channels": None if m.channels is None else list(m.channels)},
+        }
+
+    # ------------------------------------------------------------------ writing
+    def _guard(self, action):
+        """Run a write, turning a full disk into :class:`DiskFullError`."""
+        try:
+            return action()
+        except OSError as error:
+            if _is_disk_full(error):
+                raise DiskFullError(
+                    "the disk is full; maps finished so far are kept and the run can resume",
+                    path=self.path, hint="free some space, then run inference again",
+                ) from error
+            raise MapStoreError(f"cannot write maps: {error}", path=self.path) from error
+        except Exception as error:  # zarr may wrap OSErrors raised by its store
+            if _is_disk_full(error):
+                raise DiskFullError(
+                    "the disk is full; maps finished so far are kept and the run can resume",
+                    path=self.path, hint="free some space, then run inference again",
+                ) from error
+            raise
+
+    def write_tiles(self, tiles: np.ndarray, outputs: np.ndarray) -> None:
+        """Store a batch of tile outputs, blend the map pixels they cover, mark them done.
+
+        Parameters
+        ----------
+        tiles : ndarray
+            ``(B, 2)`` ``(row, col)`` of the tiles.
+        outputs : ndarray
+            ``(B, channels, n, n)`` raw outputs at map resolution.
+        """
+        self._guard(lambda: self._write_tiles(np.asarray(tiles), np.asarray(outputs)))
+
+    def _write_tiles(self, tiles: np.ndarray, outputs: np.ndarray) -> None:
+        dtype = self._tiles.dtype
+        order = np.lexsort((tiles[:, 1], tiles[:, 0]))
+        tiles, outputs = tiles[order], outputs[order]
+        # 1. raw tile outputs, one call per run of neighbours in a row
+        start = 0
+        for stop in range(1, len(tiles) + 1):
+            if (stop == len(tiles) or tiles[stop, 0] != tiles[start, 0]
+                    or tiles[stop, 1] != tiles[stop - 1, 1] + 1):
+                r, c0, c1 = int(tiles[start, 0]), int(tiles[start, 1]), int(tiles[stop - 1, 1]) + 1
+                self._tiles[r, c0:c1] = outputs[start:stop].astype(dtype, copy=False)
+                start = stop
+        for (r, c), data in zip(tiles, outputs):
+            self._remember((int(r), int(c)), data.astype(np.float32, copy=False))
+        newly_done = self.done.copy()
+        newly_done[tiles[:, 0], tiles[:, 1]] = True
+        # 2. blended maps over the strip each tile row of the batch covers
+        n, step = self._info["tile_map_size"], self._info["step_map"]
+        for r in np.unique(tiles[:, 0]):
+            cols = tiles[tiles[:, 0] == r, 1]
+            box = (int(r) * step, int(cols.min()) * step,
+                   int(r) * step + n, int(cols.max()) * step + n)
+            self._blend_box(box, newly_done)
+        # 3. the done bitmap, last
+        self._done_array[...] = newly_done.astype(np.uint8)
+        self.done = newly_done
+        if time.monotonic() - self._last_pyramid > PYRAMID_INTERVAL_S:
+            self._update_pyramid()
+
+    def _remember(self, key: tuple[int, int], data: np.ndarray) -> None:
+        self._tile_cache[key] = data
+        self._tile_cache.move_to_end(key)
+        while len(self._tile_cache) > self._cache_size:
+            self._tile_cache.popitem(last=False)
+
+    def _tile(self, key: tuple[int, int]) -> np.ndarray:
+        data = self._tile_cache.get(key)
+        if data is None:
+            data = np.asarray(self._tiles[key[0], key[1]], dtype=np.float32)
+            self._remember(key, data)
+        return data
+
+    def _blend_box(self, box: tuple[int, int, int, int], done: np.ndarray) -> None:
+        """Recompute every map over a box of level-0 map pixels from the finished tiles."""
+        map_h, map_w = self._info["map_shape"]
+        n, step = self._info["tile_map_size"], self._info["step_map"]
+        y0, x0 = max(0, box[0]), max(0, box[1])
+        y1, x1 = min(map_h, box[2]), min(map_w, box[3])
+        if y1 <= y0 or x1 <= x0:
+            return
+        rows, cols = done.shape
+        r0, r1 = max(0, (y0 - n) // step + 1), min(rows, -(-y1 // step))
+        c0, c1 = max(0, (x0 - n) // step + 1), min(cols, -(-x1 // step))
+        channels = self._tiles.shape[2]
+        total = np.zeros((channels, y1 - y0, x1 - x0), np.float32)
+        weight = np.zeros((y1 - y0, x1 - x0), np.float32)
+        for r in range(r0, r1):
+            for c in range(c0, c1):
+                if not done[r, c]:
+                    continue
+                ty, tx = r * step, c * step
+                sy0, sx0 = max(y0, ty), max(x0, tx)
+                sy1, sx1 = min(y1, ty + n), min(x1, tx + n)
+                if sy1 <= sy0 or sx1 <= sx0:
+                    continue
+                w = self._window[sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+                data = self._tile((r, c))[:, sy0 - ty : sy1 - ty, sx0 - tx : sx1 - tx]
+                total[:, sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += data * w
+                weight[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] += w
+        covered = weight > 0
+        blended = np.where(covered, total / np.where(covered, weight, 1.0), 0.0)
+        values = derived_maps(blended, self._info["tile_channels"], [m.name for m in self._maps])
+        for m in self._maps:
+            value = np.where(covered, values[m.name], 0.0)
+            target = self._arrays[m.name][0]
+            value = value.astype(target.dtype, copy=False)
+            if m.channels is None:
+                target[y0:y1, x0:x1] = value
+            else:
+                target[:, y0:y1, x0:x1] = value
+        self._mark_dirty((y0, x0, y1, x1))
+
+    def _mark_dirty(self, box: tuple[int, int, int, int]) -> None:
+        if self._dirty is None:
+            self._dirty = list(box)
+        else:
+            self._dirty = [min(self._dirty[0], box[0]), min(self._dirty[1], box[1]),
+                           max(self._dirty[2], box[2]), max(self._dirty[3], box[3])]
+
+    def _update_pyramid(self) -> None:
+        """Recompute the lower pyramid levels over the region changed since the last update."""
+        self._last_pyramid = time.monotonic()
+        if self._dirty is None:
+            return
+        y0, x0, y1, x1 = self._dirty
+        self._dirty = None
+        shapes = self._info["level_shapes"]
+        for level in range(1, len(shapes)):
+            y0, x0 = y0 // 2, x0 // 2
+            y1, x1 = min(shapes[level][0], -(-y1 // 2)), min(shapes[level][1], -(-x1 // 2))
+            ph, pw = shapes[level - 1]
+            for m in self._maps:
+                above, below = self._arrays[m.name][level - 1], self._arrays[m.name][level]
+                sy, sx = slice(2 * y0, min(ph, 2 * y1)), slice(2 * x0, min(pw, 2 * x1))
+                if m.channels is None:
+                    block = np.asarray(above[sy, sx], np.float32)
+                    below[y0:y1, x0:x1] = _downsample_2x(block).astype(below.dtype)
+                else:
+                    block = np.asarray(above[:, sy, sx], np.float32)
+                    below[:, y0:y1, x0:x1] = _downsample_2x(block).astype(below.dtype)
+
+    def flush(self, tiles_done: int | None = None) -> None:
+        """Bring the pyramid up to date and record the progress in the metadata."""
+
+        def _flush():
+            self._update_pyramid()
+            if self._group is not None:
+                info = dict(self._group.attrs["wslal"])
+                info["tiles_done"] = int(self.done.sum()) if tiles_done is None else tiles_done
+                self._group.attrs["wslal"] = info
+                self._info = info
+
+        self._guard(_flush)
+
+    # ------------------------------------------------------------------ reading
+    def handles(self) -> dict[str, MapHandle]:
+        """Every map as lazy dask levels with its micron scale and translate.
+
+        Each call makes new dask arrays (new graph names), so a layer given them re-reads
+        what was written since.
+        """
+        import zarr
+
+        info = self._info or self.read_info()
+        if info is None:
+            raise MapStoreError("no maps were written here", path=self.path,
+                                hint="run inference first")
+        group = zarr.open_group(str(self.path), mode="r", zarr_format=2)
+        token = uuid.uuid4().hex[:8]
+        out = {}
+        for entry in info["maps"]:
+            name = entry["name"]
+            levels = [
+                da.from_zarr(group[f"{name}/{level}"], name=f"wslal-map-{name}-{level}-{token}")
+                for level in range(len(info["level_shapes"]))
+            ]
+            out[name] = MapHandle(
+                name=name, kind=entry["kind"],
+                channels=None if entry["channels"] is None else tuple(entry["channels"]),
+                levels=levels, scale=tuple(info["scale"]), translate=tuple(info["translate"]),
+                unit=info.get("unit"),
+            )
+        return out
+
+    def done_bitmap(self) -> np.ndarray:
+        """``(rows, cols)`` bool: tiles finished so far (read from disk)."""
+        import zarr
+
+        group = zarr.open_group(str(self.path), mode="r", zarr_format=2)
+        return np.asarray(group["_done"][...]).astype(bool)
+
+
+def derived_maps(blended: np.ndarray, tile_channels: dict[str, Any],
+                 names: list[str]) -> dict[str, np.ndarray]:
+    """The output maps from blended raw channels (``cam``, ``fg``, ``probs``, ``mc_variance``).
+
+    Uncertainty comes from the blended class probabilities ``p`` (``K`` classes):
+    predictive entropy ``-sum p log p``; margin ``p_best - p_second`` (best versus second
+    best: small is uncertain); one-vs-rest entropy per class
+    ``H_c = -p_c log p_c - (1 - p_c) log(1 - p_c)`` and its maximum over classes.
+    """
+
+    def part(key: str) -> np.ndarray:
+        a, b = tile_channels[key]
+        return blended[a:b]
+
+    out: dict[str, np.ndarray] = {}
+    if "cam" in names:
+        out["cam"] = part("cam")
+    if "fg" in tile_channels:
+        fg = np.clip(part("fg")[0], 0.0, 1.0)
+        out["fg"], out["bg"] = fg, 1.0 - fg
+    if "probs" in tile_channels:
+        p = np.clip(part("probs"), 0.0, 1.0)
+        out["probs"] = p
+        logp = np.log(np.clip(p, 1e-12, 1.0))
+        out["uncertainty/entropy"] = -(p * logp).sum(axis=0)
+        if p.shape[0] > 1:
+            top = np.sort(p, axis=0)
+            out["uncertainty/margin"] = top[-1] - top[-2]
+        else:
+            out["uncertainty/margin"] = np.abs(2 * p[0] - 1)
+        q = 1.0 - p
+        ovr = -(p * logp) - q * np.log(np.clip(q, 1e-12, 1.0))
+        out["uncertainty/ovr_entropy"] = ovr
+        out["uncertainty/ovr_entropy_max"] = ovr.max(axis=0)
+    if "mc_variance" in tile_channels:
+        out["uncertainty/mc_variance"] = part("mc_variance")[0]
+    return {name: out[name] for name in names}
+
+
+def map_level_count(shape: tuple[int, int]) -> int:
+    """Number of pyramid levels of a map of ``shape``."""
+    return len(_pyramid_shapes(shape))
+
+
+__all__ = ["MapStore", "MapSpec", "MapHandle", "blend_window", "derived_maps",
+           "map_level_count"]
