@@ -53,6 +53,9 @@ BACKENDS = {
     "patches": PatchFolderReader,
 }
 
+#: Whole-slide extensions that only OpenSlide reads (a file it rejects is damaged).
+VENDOR_EXTENSIONS = (".svs", ".ndpi", ".scn", ".bif", ".mrxs", ".vms", ".vmu", ".svslide")
+
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"BM")
 
@@ -143,6 +146,13 @@ def _open_file(path: Path) -> SlideReader:
     vendor = _detect_openslide(path)
     if vendor is not None and vendor != "generic-tiff":
         return OpenSlideReader(path)
+    if suffix in VENDOR_EXTENSIONS and not _is_dicom(head):
+        # Intact files with these names are always recognised by OpenSlide.
+        raise CorruptSlideError(
+            f"OpenSlide does not recognise this {suffix} file",
+            path=path,
+            hint="it is probably truncated or damaged, or renamed; copy it again from the scanner",
+        )
     if _is_tiff(head):
         try:
             return TiffReader(path)

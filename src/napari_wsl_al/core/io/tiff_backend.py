@@ -103,6 +103,24 @@ class _TiffLevel:
         self.height = self.shape[self.axes.index("Y")]
         self.width = self.shape[self.axes.index("X")]
         page = series.keyframe
+        file_size = path.stat().st_size
+        for each in list(series.pages)[:64]:
+            if each is None:
+                continue
+            offsets = np.asarray(each.dataoffsets, np.int64)
+            counts = np.asarray(each.databytecounts, np.int64)
+            if offsets.size == 0 or counts.size != offsets.size:
+                raise CorruptSlideError(
+                    "an image directory has no pixel data offsets",
+                    path=path,
+                    hint="the file is probably truncated; copy it again",
+                )
+            if int((offsets + counts).max()) > file_size:
+                raise CorruptSlideError(
+                    "pixel data extends beyond the end of the file",
+                    path=path,
+                    hint="the file is truncated; copy it again",
+                )
         self.tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
         self._whole: np.ndarray | None = None
         self._whole_lock = threading.Lock()
@@ -183,11 +201,9 @@ class TiffReader(SlideReader):
     ) -> None:
         super().__init__()
         self.path = Path(path)
-        name = self.path.name
-        for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif"):
-            if name.lower().endswith(suffix):
-                name = name[: -len(suffix)]
-                break
+        name = self.path.stem
+        if name.lower().endswith(".ome"):
+            name = name[:-4]
         self.name = name or self.path.stem
         self._value_range = value_range
         try:
