@@ -476,12 +476,6 @@ def infer_slide(
                      tissue=tissue, tissue_threshold=config.tissue_threshold)
     map_size = config.tile_size // stride
     wanted = config.expanded_maps()
-    with torch.inference_mode():
-        probe_input = torch.zeros(1, 3, config.tile_size, config.tile_size, device=device)
-        with torch.autocast("cuda", dtype=torch.float16,
-                            enabled=bool(config.amp and device.type == "cuda")):
-            probe = model(probe_input)
-    layout = _layout(model, probe, wanted)
     map_shape, scale, translate, unit = _geometry(reader, grid, stride)
     spec = {
         "grid": grid.describe(),
@@ -495,11 +489,24 @@ def infer_slide(
         "slide": {"name": reader.name, "path": None if reader.path is None else str(reader.path),
                   "mpp": None if reader.mpp is None else list(reader.mpp)},
     }
+    total = len(grid)
+    if output.is_complete(spec, grid.tiles):
+        # Finished maps reopen without running the model at all.
+        yield Progress(total, total, f"{total}/{total} tiles (already computed)",
+                       {"tiles_per_s": 0.0, "batch": 0, "computed": 0})
+        model.train(was_training)
+        return InferenceResult(output.path, output.handles(), total, 0,
+                               time.perf_counter() - started, grid, str(device))
+    with torch.inference_mode():
+        probe_input = torch.zeros(1, 3, config.tile_size, config.tile_size, device=device)
+        with torch.autocast("cuda", dtype=torch.float16,
+                            enabled=bool(config.amp and device.type == "cuda")):
+            probe = model(probe_input)
+    layout = _layout(model, probe, wanted)
     done = output.prepare(spec, layout.maps, layout.tile_channels, (grid.rows, grid.cols),
                           map_size, (config.tile_size - overlap) // stride, map_shape, scale,
                           translate, unit, config.dtype)
     todo = np.array([t for t in grid.tiles if not done[t[0], t[1]]], dtype=np.int64).reshape(-1, 2)
-    total = len(grid)
     finished = total - len(todo)
     runner = _ModelRunner(model, device, config, layout, map_size, config.tile_size)
     if len(todo) == 0:

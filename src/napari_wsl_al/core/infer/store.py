@@ -55,6 +55,9 @@ MAP_CHUNK = 256
 #: Pyramid levels are added until the smallest fits in this many pixels per side.
 SMALLEST_MAP_LEVEL = 256
 
+#: Seconds between blends of the newly stored tiles into the maps while a run goes on.
+BLEND_INTERVAL_S = 0.5
+
 #: Seconds between updates of the lower pyramid levels while a run goes on.
 PYRAMID_INTERVAL_S = 2.0
 
@@ -201,6 +204,15 @@ class MapStore:
         except (OSError, ValueError, KeyError) as error:
             raise MapStoreError(f"cannot read the map store: {error}", path=self.path) from error
 
+    def is_complete(self, spec: dict[str, Any], tiles: np.ndarray) -> bool:
+        """Whether the store holds maps made with ``spec`` with every tile of ``tiles`` done."""
+        info = self.read_info()
+        if info is None or info.get("spec") != spec:
+            return False
+        done = self.done_bitmap()
+        tiles = np.asarray(tiles).reshape(-1, 2)
+        return bool(done[tiles[:, 0], tiles[:, 1]].all())
+
     def prepare(
         self,
         spec: dict[str, Any],
@@ -276,8 +288,10 @@ class MapStore:
         self._tile_cache.clear()
         self._cache_size = 2 * cols + 8
         self._window = np.outer(blend_window(n, n - step_map), blend_window(n, n - step_map))
+        self._stored = self.done.copy()
+        self._pending: list[tuple[int, int]] = []
         self._dirty = None
-        self._last_pyramid = time.monotonic()
+        self._last_pyramid = self._last_blend = time.monotonic()
         return self.done.copy()
 
     def _create(self, spec, maps, tile_channels, grid_shape, n, step_map, map_shape, scale,
@@ -377,7 +391,10 @@ class MapStore:
             raise
 
     def write_tiles(self, tiles: np.ndarray, outputs: np.ndarray) -> None:
-        """Store a batch of tile outputs, blend the map pixels they cover, mark them done.
+        """Store a batch of tile outputs; blend the maps they cover and mark them done.
+
+        Blending is throttled (every :data:`BLEND_INTERVAL_S`, and on :meth:`flush`): tiles
+        stored but not yet blended are not marked done, so a kill recomputes them.
 
         Parameters
         ----------
@@ -402,18 +419,28 @@ class MapStore:
                 start = stop
         for (r, c), data in zip(tiles, outputs):
             self._remember((int(r), int(c)), data.astype(np.float32, copy=False))
-        newly_done = self.done.copy()
-        newly_done[tiles[:, 0], tiles[:, 1]] = True
-        # 2. blended maps over the strip each tile row of the batch covers
+        self._stored[tiles[:, 0], tiles[:, 1]] = True
+        self._pending.extend((int(r), int(c)) for r, c in tiles)
+        if time.monotonic() - self._last_blend > BLEND_INTERVAL_S:
+            self._blend_pending()
+
+    def _blend_pending(self) -> None:
+        """Blend the maps over the tiles stored since the last time, then mark them done."""
+        self._last_blend = time.monotonic()
+        if not self._pending:
+            return
         n, step = self._info["tile_map_size"], self._info["step_map"]
-        for r in np.unique(tiles[:, 0]):
-            cols = tiles[tiles[:, 0] == r, 1]
+        pending = np.array(self._pending, dtype=np.int64)
+        # One strip per tile row: a strip is one tile high, memory stays bounded by tiles.
+        for r in np.unique(pending[:, 0]):
+            cols = pending[pending[:, 0] == r, 1]
             box = (int(r) * step, int(cols.min()) * step,
                    int(r) * step + n, int(cols.max()) * step + n)
-            self._blend_box(box, newly_done)
-        # 3. the done bitmap, last
-        self._done_array[...] = newly_done.astype(np.uint8)
-        self.done = newly_done
+            self._blend_box(box, self._stored)
+        # The done bitmap last: a tile is marked only once its maps are written.
+        self._done_array[...] = self._stored.astype(np.uint8)
+        self.done = self._stored.copy()
+        self._pending.clear()
         if time.monotonic() - self._last_pyramid > PYRAMID_INTERVAL_S:
             self._update_pyramid()
 
@@ -503,6 +530,9 @@ class MapStore:
         """Bring the pyramid up to date and record the progress in the metadata."""
 
         def _flush():
+            if self._info is None:
+                return
+            self._blend_pending()
             self._update_pyramid()
             if self._group is not None:
                 info = dict(self._group.attrs["wslal"])
