@@ -134,6 +134,12 @@ def test_early_stopping_and_best_state_restored(blob_split):
     assert len(result.history) == 3 and result.best_epoch == 0
 
 
+def test_validation_every_n_epochs(blob_split):
+    _, result, _ = train(blob_split, quick_config(epochs=5, eval_every=2))
+    validated = [r["epoch"] for r in result.history if "val_error" in r]
+    assert validated == [1, 3, 4] and result.best_epoch in validated
+
+
 def test_best_epoch_weights_are_restored(blob_split):
     model, result, _ = train(blob_split, quick_config(epochs=4))
     again = evaluate(model, blob_split.val, "cpu")

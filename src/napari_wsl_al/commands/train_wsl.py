@@ -57,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     training.add_argument("--lr-schedule", default="cosine", choices=("cosine", "step", "constant"))
     training.add_argument("--patience", type=int, default=10,
                           help="early stopping on the validation error (0: off)")
+    training.add_argument("--eval-every", type=int, default=1,
+                          help="validate every N epochs (and after the last)")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     training.add_argument("--num-workers", type=int, default=0)
@@ -146,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         lr_schedule=args.lr_schedule,
         patience=args.patience or None,
+        eval_every=args.eval_every,
         seed=args.seed,
         device=args.device,
         num_workers=args.num_workers,

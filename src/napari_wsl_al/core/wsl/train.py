@@ -85,6 +85,9 @@ class TrainConfig:
         Validation on a center crop of this size; None: full images padded to a multiple of 32.
     threshold : float
         Foreground probability above which a pixel is foreground, for F1+ / F1-.
+    eval_every : int
+        Validate every this many epochs (and always after the last one); only validated
+        epochs can be selected as best.
     augment : AugmentConfig
         Training augmentation.
     """
@@ -110,6 +113,7 @@ class TrainConfig:
     target_mpp: float | None = None
     eval_crop_size: int | None = None
     threshold: float = 0.5
+    eval_every: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
@@ -119,6 +123,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.eval_every < 1:
+            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
 
@@ -292,7 +298,6 @@ def train_wsl(
         history: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
         best_state = None
-        epochs_without_improvement = 0
         stopped = "epochs"
         for epoch in range(config.epochs):
             elapsed = time.perf_counter() - started
@@ -333,30 +338,34 @@ def train_wsl(
                  if name != "loss"}
             )
             record["train_seconds"] = time.perf_counter() - epoch_started
-            if has_val:
+            last_epoch = epoch == config.epochs - 1 or (
+                config.max_minutes is not None
+                and (time.perf_counter() - started) * (len(history) + 2) / (len(history) + 1)
+                > config.max_minutes * 60.0
+            )
+            validated = has_val and (last_epoch or (epoch + 1) % config.eval_every == 0)
+            if validated:
                 scores = evaluate(model, val_data, device, threshold=config.threshold)
                 record.update({f"val_{name}": value for name, value in scores.items()
                                if not isinstance(value, list)})
             record["seconds"] = time.perf_counter() - epoch_started
             history.append(record)
 
-            improved = _is_better(record, best) if has_val else True
+            improved = _is_better(record, best) if validated else not has_val
             if improved:
                 best = record
                 best_state = copy.deepcopy(model.state_dict())
-                epochs_without_improvement = 0
                 if checkpoint_path is not None:
                     _save_best(checkpoint_path, model, model_config, extra, config, history, record)
-            else:
-                epochs_without_improvement += 1
+            epochs_without_improvement = epoch - best["epoch"] if best else epoch + 1
             message = f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f}"
-            if has_val:
+            if validated:
                 message += f" val error {record['val_error']:.3f}"
                 if "val_f1_pos" in record:
                     message += f" F1+ {record['val_f1_pos']:.3f} F1- {record['val_f1_neg']:.3f}"
             yield Progress(step=epoch + 1, total=config.epochs, message=message, metrics=dict(record))
             if (
-                has_val
+                validated
                 and config.patience is not None
                 and epoch + 1 >= config.min_epochs
                 and epochs_without_improvement >= config.patience
