@@ -7,6 +7,7 @@ import html
 import numpy as np
 from napari.layers import Image
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import DirectLabelColormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QImage, QPixmap
@@ -89,7 +90,6 @@ class SlideWidget(QWidget):
         self.mpp_spin.setRange(0.01, 100.0)
         self.mpp_spin.setSingleStep(0.05)
         self.mpp_spin.setValue(0.5)
-        self.mpp_spin.setSuffix(" µm/px")
         self.mpp_button = QPushButton("Set resolution")
         self.mpp_button.setToolTip("Microns per pixel at full resolution; maps and labels use it")
         mpp_row = QHBoxLayout()
@@ -106,7 +106,7 @@ class SlideWidget(QWidget):
 
         form = QFormLayout()
         form.addRow("Slide", self.layer_combo)
-        form.addRow("Resolution", mpp_row)
+        form.addRow("µm / pixel", mpp_row)
         form.addRow("Associated", self.associated_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -217,7 +217,11 @@ class SlideWidget(QWidget):
             existing = self.viewer.layers[name]
             existing.data, existing.scale, existing.translate = labels, scale, translate
         else:
-            self.viewer.add_labels(labels, name=name, scale=scale, translate=translate, opacity=0.3)
+            added = self.viewer.add_labels(
+                labels, name=name, scale=scale, translate=translate, units=layer.units, opacity=0.7
+            )
+            added.colormap = DirectLabelColormap(color_dict={None: "transparent", 1: "cyan"})
+            added.contour = 3
         show_info(f"{reader.name}: tissue covers {100 * mask.fraction():.1f}% of the slide")
 
     def _show_associated(self, name: str) -> None:
