@@ -1,0 +1,117 @@
+"""``napari-wsl-al infer``: CAM, foreground/background and uncertainty maps of slides into a project."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+NAME = "infer"
+HELP = "compute CAM, foreground/background and uncertainty maps of slides (OME-Zarr in a project)"
+
+
+def _region(text: str) -> tuple[int, int, int, int]:
+    try:
+        values = tuple(int(round(float(v))) for v in text.split(","))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h in level-0 pixels, got {text!r}") from error
+    if len(values) != 4 or values[2] <= 0 or values[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected x,y,w,h with w, h > 0, got {text!r}")
+    return values
+
+
+def _maps(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of the sub-command."""
+    parser.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="slide files")
+    parser.add_argument("--model", default="default",
+                        help="'default' (the shipped model) or a checkpoint file (.pt)")
+    parser.add_argument("--project", type=Path, required=True,
+                        help="project folder (study.wslal); created when missing")
+    resolution = parser.add_mutually_exclusive_group()
+    resolution.add_argument("--mpp", type=float, help="resolution in microns per pixel "
+                            "(default: the model's, when known)")
+    resolution.add_argument("--level", type=int, help="read this slide level as is")
+    parser.add_argument("--region", type=_region, help="level-0 box x,y,w,h (default: all tissue)")
+    parser.add_argument("--maps", type=_maps, default=("cam", "fg", "bg", "probs", "uncertainty"),
+                        help="comma-separated maps: cam, fg, bg, probs, uncertainty, entropy, "
+                        "margin, ovr_entropy, mc_variance (default: %(default)s)")
+    parser.add_argument("--mc-passes", type=int, default=0,
+                        help="MC-dropout passes for the mc_variance map (0: none)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
+    parser.add_argument("--tile-size", type=int, default=512, help="tile side in pixels")
+    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    parser.add_argument("--batch-size", type=int, default=8, help="tiles per batch")
+    parser.add_argument("--tissue-threshold", type=float, default=0.05,
+                        help="least tissue fraction of a processed tile (0: all tiles)")
+    parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    parser.add_argument("--scheduler", help="dask.distributed scheduler address: one task per slide")
+
+
+def _config(args: argparse.Namespace):
+    from ..core.infer import InferenceConfig
+
+    return InferenceConfig(
+        mpp=args.mpp, level=args.level, tile_size=args.tile_size, overlap=args.overlap,
+        batch_size=args.batch_size, device=args.device, amp=not args.no_amp, maps=args.maps,
+        mc_passes=args.mc_passes, tissue_threshold=args.tissue_threshold,
+    )
+
+
+def _project(args: argparse.Namespace, model_classes):
+    from ..core.project import Project, PROJECT_FILE
+
+    if (args.project / PROJECT_FILE).exists():
+        return Project.open(args.project)
+    return Project.create(args.project, classes=list(model_classes))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Infer every slide and print where its maps were written."""
+    from tqdm import tqdm
+
+    from ..core.infer import MapStore, infer_slide, load_inference_model
+    from ..core.io import open_slide
+
+    try:
+        config = _config(args)
+    except ValueError as error:
+        raise SystemExit(f"napari-wsl-al infer: error: {error}") from error
+    model_choice = args.model if args.model == "default" else Path(args.model)
+    if args.scheduler:
+        from ..core.infer.distributed import infer_slides_distributed
+
+        classes = load_inference_model(model_choice, "cpu").classes
+        project = _project(args, classes)
+        summaries = infer_slides_distributed(args.slides, model_choice, project, config,
+                                             args.scheduler, region=args.region)
+        for summary in summaries:
+            print(f"{summary['slide']}: maps written to {summary['maps']} "
+                  f"({summary['tiles_computed']} of {summary['tiles_total']} tiles computed, "
+                  f"{summary['seconds']:.1f} s on {summary['device']})")
+        return 0
+
+    model = load_inference_model(model_choice, config.device)
+    project = _project(args, model.classes)
+    for path in args.slides:
+        with open_slide(path) as reader:
+            name = project.add_slide(path)
+            store = MapStore(project.maps_path(name))
+            job = infer_slide(reader, model, config, store, region=args.region)
+            with tqdm(desc=name, unit="tile", dynamic_ncols=True) as bar:
+                while True:
+                    try:
+                        progress = next(job)
+                    except StopIteration as stop:
+                        result = stop.value
+                        break
+                    bar.total = progress.total
+                    bar.n = progress.step
+                    bar.set_postfix(tiles_per_s=f"{progress.metrics.get('tiles_per_s', 0):.1f}")
+                    bar.refresh()
+        print(f"{path}: maps written to {result.path} ({result.tiles_computed} of "
+              f"{result.tiles_total} tiles computed, {result.seconds:.1f} s on {result.device}): "
+              f"{', '.join(result.maps)}")
+    return 0

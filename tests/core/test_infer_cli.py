@@ -1,0 +1,66 @@
+"""End-to-end test of ``napari-wsl-al infer`` on a small TIFF with a tiny checkpoint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+from infer_models import gradient_image
+
+from napari_wsl_al.cli import main
+from napari_wsl_al.core.infer import MapStore
+from napari_wsl_al.core.project import Project
+
+
+@pytest.fixture
+def tiny_checkpoint(tmp_path):
+    from napari_wsl_al.core.models.checkpoint import save_checkpoint
+    from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+    config = ModelConfig(arch="cam-avg", classes=("tumour", "normal"), width=0.125)
+    return save_checkpoint(tmp_path / "tiny.pt", build_model(config), config)
+
+
+def write_tiff(path, image):
+    tifffile.imwrite(path, image, tile=(128, 128), photometric="rgb")
+    return path
+
+
+def test_cli_infer_writes_maps_into_the_project(tmp_path, tiny_checkpoint, capsys):
+    slide = write_tiff(tmp_path / "slide-a.tif", gradient_image(320, 384))
+    project_path = tmp_path / "study.wslal"
+    code = main([
+        "infer", str(slide), "--model", str(tiny_checkpoint), "--project", str(project_path),
+        "--level", "0", "--tile-size", "128", "--overlap", "32", "--batch-size", "4",
+        "--maps", "cam,fg,uncertainty", "--device", "cpu", "--tissue-threshold", "0",
+    ])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "maps written to" in out and "slide-a.zarr" in out
+    project = Project.open(project_path)
+    assert project.class_names == ("tumour", "normal")
+    assert project.slide_names() == ["slide-a"]
+    maps = MapStore(project.maps_path("slide-a")).handles()
+    assert {"cam", "fg", "uncertainty/entropy", "uncertainty/ovr_entropy_max"} <= set(maps)
+    fg = maps["fg"].levels[0].compute()
+    assert fg.shape == (10, 12) and np.isfinite(fg).all()
+    # Run again: nothing to compute.
+    assert main([
+        "infer", str(slide), "--model", str(tiny_checkpoint), "--project", str(project_path),
+        "--level", "0", "--tile-size", "128", "--overlap", "32", "--batch-size", "4",
+        "--maps", "cam,fg,uncertainty", "--device", "cpu", "--tissue-threshold", "0",
+    ]) == 0
+    assert "0 of 12 tiles computed" in capsys.readouterr().out
+
+
+def test_cli_infer_reports_typed_errors(tmp_path, tiny_checkpoint, capsys):
+    glass = write_tiff(tmp_path / "glass.tif", np.full((256, 256, 3), 250, np.uint8))
+    code = main(["infer", str(glass), "--model", str(tiny_checkpoint), "--project",
+                 str(tmp_path / "p.wslal"), "--level", "0", "--tile-size", "128",
+                 "--overlap", "0", "--device", "cpu"])
+    assert code == 1
+    assert "tissue" in capsys.readouterr().err
+    code = main(["infer", str(glass), "--model", str(tmp_path / "missing.pt"), "--project",
+                 str(tmp_path / "p.wslal"), "--device", "cpu"])
+    assert code == 1
+    assert "missing.pt" in capsys.readouterr().err
