@@ -1,4 +1,4 @@
-"""Tests of checkpoint saving/loading, ModelConfig round-trips and backbone weight loading (no network)."""
+"""Tests of checkpoints, ModelConfig round-trips and backbone weight loading (no network)."""
 
 from __future__ import annotations
 
@@ -60,7 +60,9 @@ def test_round_trip_gives_identical_outputs(tmp_path, arch):
         model(torch.randn(4, 3, 64, 64))
     model.end_epoch(0)
     model.eval()
-    path = save_checkpoint(tmp_path / "run" / "model.pt", model, config, extra={"epochs": 2, "dice": [0.5]})
+    path = save_checkpoint(
+        tmp_path / "run" / "model.pt", model, config, extra={"epochs": 2, "dice": [0.5]}
+    )
     loaded, loaded_config, extra = load_checkpoint(path, expected=config)
     assert loaded_config == config and extra == {"epochs": 2, "dice": [0.5]}
     assert not loaded.training and loaded.classes == config.classes
@@ -148,11 +150,16 @@ def test_default_model_path_and_absent_default(monkeypatch, tmp_path):
 
 
 def torchvision_style_state_dict(depth=18, width=0.125):
-    """A state dict with torchvision's names (incl. ``fc``), as ``torch.save(tv_model.state_dict())``."""
+    """A state dict with torchvision's names (and ``fc``), like a saved torchvision ResNet."""
     torch.manual_seed(1)
     reference = resnet(depth=depth, width=width)
-    state = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in reference.state_dict().items()}
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}  # old torchvision files
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in reference.state_dict().items()
+    }
+    state = {
+        k: v for k, v in state.items() if not k.endswith("num_batches_tracked")
+    }  # old torchvision files
     state["fc.weight"] = torch.randn(1000, reference.out_channels)
     state["fc.bias"] = torch.randn(1000)
     return state
@@ -173,13 +180,20 @@ def test_torchvision_named_weights_load(tmp_path, suffix):
     assert report.missing_keys == [] and report.unexpected_keys == []
     assert report.loaded == len(state) - 2
     assert torch.equal(backbone.layer3[1].conv2.weight, state["layer3.1.conv2.weight"])
-    assert torch.equal(backbone.layer2[0].downsample[1].running_var, state["layer2.0.downsample.1.running_var"])
+    assert torch.equal(
+        backbone.layer2[0].downsample[1].running_var, state["layer2.0.downsample.1.running_var"]
+    )
 
 
 def test_torchvision_names_match_the_reference_layout():
     names = set(resnet(depth=18).state_dict())
-    for expected in ("conv1.weight", "bn1.running_mean", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight",
-                     "layer4.1.bn2.bias"):
+    for expected in (
+        "conv1.weight",
+        "bn1.running_mean",
+        "layer1.0.conv2.weight",
+        "layer2.0.downsample.0.weight",
+        "layer4.1.bn2.bias",
+    ):
         assert expected in names
     bottleneck = set(resnet(depth=50, width=0.125).state_dict())
     assert "layer1.0.conv3.weight" in bottleneck and "layer1.0.downsample.1.weight" in bottleneck

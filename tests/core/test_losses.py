@@ -50,8 +50,12 @@ def test_regularizers_are_minimal_at_the_uniform(kind):
 
 def test_kl_variants_equal_eem_sem_up_to_log_c():
     logits = torch.randn(5, 4, dtype=torch.float64)
-    assert torch.allclose(losses.kl_to_uniform(logits, "none"), losses.eem_loss(logits, "none") + math.log(4))
-    assert torch.allclose(losses.kl_from_uniform(logits, "none"), losses.sem_loss(logits, "none") - math.log(4))
+    assert torch.allclose(
+        losses.kl_to_uniform(logits, "none"), losses.eem_loss(logits, "none") + math.log(4)
+    )
+    assert torch.allclose(
+        losses.kl_from_uniform(logits, "none"), losses.sem_loss(logits, "none") - math.log(4)
+    )
     assert losses.kl_to_uniform(torch.zeros(1, 4)).item() == pytest.approx(0.0, abs=1e-6)
     assert losses.kl_from_uniform(torch.zeros(1, 4)).item() == pytest.approx(0.0, abs=1e-6)
 
@@ -116,10 +120,14 @@ def test_maxmin_loss_hand_value():
     logits_fg = logits_of([[0.1, 0.9]]).float()
     logits_bg = logits_of([[0.4, 0.6]]).float()
     fg = torch.full((1, 1, 2, 2), 0.25)
-    loss, parts = losses.maxmin_loss(logits_fg, logits_bg, torch.tensor([1]), fg, t=5.0,
-                                     background_weight=0.5, regularizer="eem")
-    expected = (-math.log(0.9) + 0.5 * (0.4 * math.log(0.4) + 0.6 * math.log(0.6))
-                - (math.log(0.25) + math.log(0.75)) / 5.0)
+    loss, parts = losses.maxmin_loss(
+        logits_fg, logits_bg, torch.tensor([1]), fg, t=5.0, background_weight=0.5, regularizer="eem"
+    )
+    expected = (
+        -math.log(0.9)
+        + 0.5 * (0.4 * math.log(0.4) + 0.6 * math.log(0.6))
+        - (math.log(0.25) + math.log(0.75)) / 5.0
+    )
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert set(parts) >= {"ce_fg", "bg_reg", "size", "fg_size"}
 
@@ -141,6 +149,9 @@ def test_gradients_reach_the_localizer_through_the_mask():
     model.zero_grad()
     loss, _ = model.training_step(images, labels, epoch=0)
     loss.backward()
-    for parameter in (model.mask_head.to_modalities.weight, model.classifier_head.to_modalities.weight,
-                      model.backbone.conv1.weight):
+    for parameter in (
+        model.mask_head.to_modalities.weight,
+        model.classifier_head.to_modalities.weight,
+        model.backbone.conv1.weight,
+    ):
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0

@@ -80,7 +80,9 @@ def test_normalize_accepts_channels_last_uint8():
 def test_wildcat_pooling_on_a_hand_made_map():
     maps = torch.arange(1.0, 10.0).view(1, 1, 3, 3)  # values 1..9
     # kmax = 0.3 of 9 locations -> 3 highest (9, 8, 7); kmin = 2 lowest (1, 2), alpha = 0.5
-    assert wildcat_spatial_pool(maps, kmax=0.3, kmin=2, alpha=0.5).item() == pytest.approx(8 + 0.5 * 1.5)
+    assert wildcat_spatial_pool(maps, kmax=0.3, kmin=2, alpha=0.5).item() == pytest.approx(
+        8 + 0.5 * 1.5
+    )
     # kmin = 0 drops the negative evidence; kmax = 1 as a count is the max
     assert wildcat_spatial_pool(maps, kmax=0.3, kmin=0, alpha=0.6).item() == pytest.approx(8.0)
     assert wildcat_spatial_pool(maps, kmax=1, kmin=0, alpha=0.6).item() == pytest.approx(9.0)
@@ -95,7 +97,9 @@ def test_wildcat_head_averages_modalities_per_class():
     features = torch.arange(1.0, 10.0).view(1, 1, 3, 3)
     head.eval()
     cams, logits = head(features)
-    assert torch.equal(cams[0, 0], 2 * features[0, 0]) and torch.equal(cams[0, 1], -2 * features[0, 0])
+    assert torch.equal(cams[0, 0], 2 * features[0, 0]) and torch.equal(
+        cams[0, 1], -2 * features[0, 0]
+    )
     # class 0 (2, 4, .., 18): mean of top 3 = 16, + 1.0 * mean of bottom 2 (0.2 * 9 -> 2) = 3 -> 19
     # class 1 (-2, .., -18): mean of top 3 = -4, + mean of bottom 2 = -17 -> -21
     assert logits[0].tolist() == pytest.approx([19.0, -21.0])
@@ -182,7 +186,9 @@ def test_maxmin_mask_is_the_posterior_weighted_cam():
         cams, logits, fg = model.localizer(images)
         posterior = logits.softmax(dim=1)
         mask = (posterior[:, :, None, None] * cams).sum(1, keepdim=True)
-        mask = torch.nn.functional.interpolate(mask, size=(64, 64), mode="bilinear", align_corners=False)
+        mask = torch.nn.functional.interpolate(
+            mask, size=(64, 64), mode="bilinear", align_corners=False
+        )
         mask = (mask - mask.min()) / (mask.max() - mask.min())
         expected = torch.sigmoid(5.0 * (mask - 0.15))
     assert torch.allclose(fg, expected, atol=1e-6)
@@ -270,12 +276,14 @@ def test_joint_frozen_state_survives_state_dict_round_trip():
     model.freeze_classifier()
     fresh = tiny("joint")
     fresh.load_state_dict(model.state_dict())
-    assert fresh.is_classifier_frozen and not any(p.requires_grad for p in fresh.backbone.parameters())
+    assert fresh.is_classifier_frozen and not any(
+        p.requires_grad for p in fresh.backbone.parameters()
+    )
 
 
 # -- learnability --------------------------------------------------------------------------------
 def blob_data_set(count: int, seed: int, size: int = 64, blob: int = 24):
-    """Class 1: Gaussian noise with a bright square; class 0: noise only. Returns images, labels, masks."""
+    """Class 1: noise with a bright square; class 0: noise only. Images, labels, masks."""
     generator = torch.Generator().manual_seed(seed)
     images = torch.randn(count, 3, size, size, generator=generator) * 0.5
     labels = torch.arange(count) % 2
@@ -283,13 +291,15 @@ def blob_data_set(count: int, seed: int, size: int = 64, blob: int = 24):
     for index in range(count):
         if labels[index] == 1:
             row, col = torch.randint(0, size - blob + 1, (2,), generator=generator).tolist()
-            images[index, :, row:row + blob, col:col + blob] += 2.0
-            masks[index, :, row:row + blob, col:col + blob] = True
+            images[index, :, row : row + blob, col : col + blob] += 2.0
+            masks[index, :, row : row + blob, col : col + blob] = True
     return images, labels, masks
 
 
 def dice(predicted: torch.Tensor, truth: torch.Tensor) -> float:
-    return 2 * (predicted & truth).sum().item() / max(1, predicted.sum().item() + truth.sum().item())
+    return (
+        2 * (predicted & truth).sum().item() / max(1, predicted.sum().item() + truth.sum().item())
+    )
 
 
 def train_briefly(model: WslModel, steps: int) -> None:
@@ -313,7 +323,7 @@ def train_briefly(model: WslModel, steps: int) -> None:
     [("cam-avg", {}, 40), ("maxmin", {"background_weight": 1.0}, 48)],
 )
 def test_tiny_models_learn_the_blob_task(arch, head, steps):
-    """Classes separate, and the foreground sits on the blob more than off it (F1- above all-ones' 0).
+    """Classes separate; the foreground is on the blob more than off it (F1- > all-ones' 0).
 
     Max-Min uses lambda = 1 instead of GlaS's 1e-7: with 48 steps of a 1/8-width ResNet, the
     background term must weigh something for the mask to leave the blob-free regions.

@@ -31,7 +31,11 @@ IMAGENET_URLS = {
 }
 
 #: Blocks per stage for each supported depth.
-_STAGES = {18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)), 50: ("bottleneck", (3, 4, 6, 3))}
+_STAGES = {
+    18: ("basic", (2, 2, 2, 2)),
+    34: ("basic", (3, 4, 6, 3)),
+    50: ("bottleneck", (3, 4, 6, 3)),
+}
 
 #: Prefixes stripped from state-dict keys (DataParallel, wrappers that store the backbone).
 _STRIPPED_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
@@ -47,7 +51,9 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(
+        self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, 3, stride=stride, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -68,7 +74,9 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+    def __init__(
+        self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+    ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -114,7 +122,9 @@ class ResNet(nn.Module):
 
     output_stride = 32
 
-    def __init__(self, depth: int = 18, width: float = 1.0, dropout: float = 0.0, in_channels: int = 3):
+    def __init__(
+        self, depth: int = 18, width: float = 1.0, dropout: float = 0.0, in_channels: int = 3
+    ):
         super().__init__()
         if depth not in _STAGES:
             raise ValueError(f"ResNet depth must be one of {sorted(_STAGES)}, not {depth!r}")
@@ -178,7 +188,9 @@ class ResNet(nn.Module):
         return self.features(x)
 
 
-def resnet(depth: int = 18, width: float = 1.0, dropout: float = 0.0, in_channels: int = 3) -> ResNet:
+def resnet(
+    depth: int = 18, width: float = 1.0, dropout: float = 0.0, in_channels: int = 3
+) -> ResNet:
     """Build a :class:`ResNet` trunk; see its parameters."""
     return ResNet(depth=depth, width=width, dropout=dropout, in_channels=in_channels)
 
@@ -236,15 +248,18 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             changed = False
             for prefix in _STRIPPED_PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         cleaned[key] = value
     return cleaned
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise CheckpointError("backbone weights file not found", path=path,
-                              hint="pass an existing .pth/.pt/.safetensors file or 'imagenet'")
+        raise CheckpointError(
+            "backbone weights file not found",
+            path=path,
+            hint="pass an existing .pth/.pt/.safetensors file or 'imagenet'",
+        )
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -253,13 +268,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for damaged files
-        raise CheckpointError(f"cannot read backbone weights ({type(exc).__name__}: {exc})", path=path,
-                              hint="the file is damaged or not a tensor state dict") from exc
+        raise CheckpointError(
+            f"cannot read backbone weights ({type(exc).__name__}: {exc})",
+            path=path,
+            hint="the file is damaged or not a tensor state dict",
+        ) from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError("not a state dict of tensors", path=path,
-                              hint="save the weights with torch.save(model.state_dict(), path)")
+        raise CheckpointError(
+            "not a state dict of tensors",
+            path=path,
+            hint="save the weights with torch.save(model.state_dict(), path)",
+        )
     return state
 
 
@@ -272,7 +293,9 @@ def _download_imagenet(backbone: ResNet) -> dict[str, torch.Tensor]:
         )
     url = IMAGENET_URLS[backbone.depth]
     try:
-        return torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=False, weights_only=True)
+        return torch.hub.load_state_dict_from_url(
+            url, map_location="cpu", progress=False, weights_only=True
+        )
     except (urllib.error.URLError, socket.timeout, ConnectionError, TimeoutError, OSError) as exc:
         name = url.rsplit("/", 1)[-1]
         raise WeightsUnavailableError(
@@ -337,12 +360,19 @@ def load_backbone_weights(backbone: ResNet, source: str | Path) -> WeightsReport
     backbone.load_state_dict(usable, strict=False)
     report.loaded = len(usable)
     if report.loaded == 0:
-        raise CheckpointError("no backbone tensor found in the weights", path=path or str(source),
-                              hint="expected torchvision ResNet names such as 'layer1.0.conv1.weight'")
+        raise CheckpointError(
+            "no backbone tensor found in the weights",
+            path=path or str(source),
+            hint="expected torchvision ResNet names such as 'layer1.0.conv1.weight'",
+        )
     if report.missing_keys or report.unexpected_keys:
         logger.warning(
             "backbone weights %s: %d loaded, %d missing (%s), %d unexpected (%s)",
-            source, report.loaded, len(report.missing_keys), ", ".join(report.missing_keys[:5]),
-            len(report.unexpected_keys), ", ".join(report.unexpected_keys[:5]),
+            source,
+            report.loaded,
+            len(report.missing_keys),
+            ", ".join(report.missing_keys[:5]),
+            len(report.unexpected_keys),
+            ", ".join(report.unexpected_keys[:5]),
         )
     return report

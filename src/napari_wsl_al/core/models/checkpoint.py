@@ -1,4 +1,4 @@
-"""Model checkpoints: atomic saving, safe loading (weights_only) with typed errors, the shipped default."""
+"""Model checkpoints: atomic saving, safe loading with typed errors, the shipped default."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ def _plain(value: Any) -> Any:
         raise ValueError(f"checkpoint 'extra' must be JSON-able: {exc}") from exc
 
 
-def save_checkpoint(path: str | Path, model: WslModel, config: ModelConfig, extra: dict | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: WslModel, config: ModelConfig, extra: dict | None = None
+) -> Path:
     """Write ``model``'s weights with its configuration, atomically.
 
     The file holds ``{"format": "napari-wsl-al-checkpoint", "version": 1, "config":
@@ -92,7 +94,8 @@ def _check_expected(path: Path, config: ModelConfig, expected: dict | None) -> N
     if "arch" in expected and expected["arch"] != config.arch:
         raise CheckpointError(
             f"checkpoint is a {config.arch!r} model, not the expected {expected['arch']!r}",
-            path=path, hint=f"choose a {expected['arch']} checkpoint or switch the architecture",
+            path=path,
+            hint=f"choose a {expected['arch']} checkpoint or switch the architecture",
         )
     for key in ("classes", "seg_classes"):
         if key in expected and tuple(expected[key]) != getattr(config, key):
@@ -101,7 +104,8 @@ def _check_expected(path: Path, config: ModelConfig, expected: dict | None) -> N
             raise CheckpointError(
                 f"checkpoint {key} {list(getattr(config, key))} differ from the expected "
                 f"{list(expected[key])}",
-                path=path, hint="use a checkpoint trained on the same classes, or retrain",
+                path=path,
+                hint="use a checkpoint trained on the same classes, or retrain",
             )
 
 
@@ -137,41 +141,55 @@ def load_checkpoint(
     """
     path = Path(path)
     if not path.exists():
-        raise CheckpointError("checkpoint file not found", path=path, hint="check the path or train a model first")
+        raise CheckpointError(
+            "checkpoint file not found", path=path, hint="check the path or train a model first"
+        )
     if not path.is_file():
-        raise CheckpointError("checkpoint path is not a file", path=path, hint="pass the .pt file itself")
+        raise CheckpointError(
+            "checkpoint path is not a file", path=path, hint="pass the .pt file itself"
+        )
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as exc:
-        raise CheckpointError("checkpoint cannot be read (permission denied)", path=path,
-                              hint="check the file's permissions") from exc
+        raise CheckpointError(
+            "checkpoint cannot be read (permission denied)",
+            path=path,
+            hint="check the file's permissions",
+        ) from exc
     except Exception as exc:  # pickle, zip and torch raise many types for damaged files
         raise CheckpointError(
             f"not a readable checkpoint ({type(exc).__name__}); the file is corrupt, truncated "
             f"or of another kind",
-            path=path, hint="re-download or re-train it; a napari-wsl-al checkpoint is a .pt file "
+            path=path,
+            hint="re-download or re-train it; a napari-wsl-al checkpoint is a .pt file "
             "written by save_checkpoint",
         ) from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(
-            "not a napari-wsl-al checkpoint (no 'format' marker)", path=path,
+            "not a napari-wsl-al checkpoint (no 'format' marker)",
+            path=path,
             hint="a bare state dict can be loaded into a backbone with load_backbone_weights",
         )
     version = payload.get("version")
     if not isinstance(version, int) or version < 1:
-        raise CheckpointError(f"checkpoint has an invalid version {version!r}", path=path,
-                              hint="the file is damaged")
+        raise CheckpointError(
+            f"checkpoint has an invalid version {version!r}", path=path, hint="the file is damaged"
+        )
     if version > CHECKPOINT_VERSION:
         raise CheckpointError(
             f"checkpoint format version {version} is newer than this napari-wsl-al reads "
             f"({CHECKPOINT_VERSION})",
-            path=path, hint="upgrade napari-wsl-al",
+            path=path,
+            hint="upgrade napari-wsl-al",
         )
     try:
         config = ModelConfig.from_dict(payload["config"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint configuration is invalid: {exc}", path=path,
-                              hint="the file is damaged or from an incompatible version") from exc
+        raise CheckpointError(
+            f"checkpoint configuration is invalid: {exc}",
+            path=path,
+            hint="the file is damaged or from an incompatible version",
+        ) from exc
     _check_expected(path, config, _expected_config(expected))
     state_dict = payload.get("state_dict")
     if not isinstance(state_dict, dict):
@@ -180,11 +198,13 @@ def load_checkpoint(
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(exc).__name__)[:200]
         raise CheckpointError(
-            f"weights do not fit a {config.arch!r} ResNet-{config.depth} width={config.width} model "
-            f"({first_line})",
-            path=path, hint="the checkpoint was saved for another architecture or is damaged",
+            f"weights do not fit a {config.arch!r} ResNet-{config.depth} "
+            f"width={config.width} model ({detail})",
+            path=path,
+            hint="the checkpoint was saved for another architecture or is damaged",
         ) from exc
     extra = payload.get("extra") or {}
     model.to(resolve_device(device))
@@ -210,7 +230,8 @@ def load_default_model(device: str | torch.device | None = None) -> WslModel:
     path = default_checkpoint_path()
     if not path.is_file():
         raise CheckpointError(
-            "the default model checkpoint is not installed", path=path,
+            "the default model checkpoint is not installed",
+            path=path,
             hint="reinstall napari-wsl-al, train one with `napari-wsl-al train-wsl`, or open a "
             "checkpoint file",
         )

@@ -1,4 +1,4 @@
-"""Model configuration (a frozen, JSON-round-trippable dataclass) and the factory that builds models from it."""
+"""Model configuration (frozen, JSON round-trip) and the factory that builds models from it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,16 @@ from .minmax_entropy import MinMaxEntropyModel
 from .pooling import build_pooling
 
 #: Architectures accepted by :class:`ModelConfig`.
-ARCHITECTURES = ("cam-avg", "cam-max", "cam-lse", "wildcat", "deepmil", "maxmin", "minmax-entropy", "joint")
+ARCHITECTURES = (
+    "cam-avg",
+    "cam-max",
+    "cam-lse",
+    "wildcat",
+    "deepmil",
+    "maxmin",
+    "minmax-entropy",
+    "joint",
+)
 
 _WILDCAT_GLAS = {"modalities": 5, "kmax": 0.3, "kmin": 0.0, "alpha": 0.6}
 
@@ -29,16 +38,34 @@ DEFAULT_HEAD_PARAMS: dict[str, dict[str, Any]] = {
     "deepmil": {"attention_dim": 128, "gated": True},
     # Max-Min, Sec. 3.3 (a) (GlaS).
     "maxmin": {
-        **_WILDCAT_GLAS, "head_dropout": 0.1, "sigma": 0.15, "omega": 5.0, "background_weight": 1e-7,
-        "regularizer": "sem", "use_size_constraint": True, "t_init": 5.0, "t_factor": 1.01,
-        "t_max": 10.0, "localizer_weight": 1.0, "classifier_input_scale": 1.0,
-        "inference_logits": "classifier", "separate_classifier_backbone": False,
+        **_WILDCAT_GLAS,
+        "head_dropout": 0.1,
+        "sigma": 0.15,
+        "omega": 5.0,
+        "background_weight": 1e-7,
+        "regularizer": "sem",
+        "use_size_constraint": True,
+        "t_init": 5.0,
+        "t_factor": 1.01,
+        "t_max": 10.0,
+        "localizer_weight": 1.0,
+        "classifier_input_scale": 1.0,
+        "inference_logits": "classifier",
+        "separate_classifier_backbone": False,
     },
     # Min-max entropy, Sec. 3 and App. A.1 (values illegible in our copy are our choices).
     "minmax-entropy": {
-        **_WILDCAT_GLAS, "head_dropout": 0.1, "sigma": 0.15, "omega": 5.0, "background_weight": 1.0,
-        "regularizer": "sem", "erase_depth": 3, "trust_slope": 10.0, "localizer_weight": 1.0,
-        "classifier_input_scale": 1.0, "inference_logits": "classifier",
+        **_WILDCAT_GLAS,
+        "head_dropout": 0.1,
+        "sigma": 0.15,
+        "omega": 5.0,
+        "background_weight": 1.0,
+        "regularizer": "sem",
+        "erase_depth": 3,
+        "trust_slope": 10.0,
+        "localizer_weight": 1.0,
+        "classifier_input_scale": 1.0,
+        "inference_logits": "classifier",
         "separate_classifier_backbone": False,
     },
     # Joint cls+seg (WACV 2021, Fig. 3): WILDCAT classification head, U-Net decoder.
@@ -151,7 +178,9 @@ def build_model(config: ModelConfig) -> WslModel:
         separate = params.pop("separate_classifier_backbone")
         classifier_backbone = trunk() if separate else None
         model_class = MaxMinModel if arch == "maxmin" else MinMaxEntropyModel
-        model = model_class(backbone, config.classes, classifier_backbone=classifier_backbone, **params, **common)
+        model = model_class(
+            backbone, config.classes, classifier_backbone=classifier_backbone, **params, **common
+        )
     else:
         model = JointModel(backbone, config.classes, config.seg_classes, **params, **common)
     model.config = config

@@ -1,4 +1,4 @@
-"""Grad-CAM (Selvaraju et al. 2017) on the last backbone feature map, for any model of this package."""
+"""Grad-CAM (Selvaraju et al. 2017) on the last backbone feature map, for any model here."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ from torch.nn import functional as F
 def _last_feature_layer(model: nn.Module) -> nn.Module:
     backbone = getattr(model, "backbone", None)
     if backbone is None or not hasattr(backbone, "layer4"):
-        raise ValueError("grad_cam needs a model with a ResNet `backbone` (attribute `backbone.layer4`)")
+        raise ValueError(
+            "grad_cam needs a model with a ResNet `backbone` (attribute `backbone.layer4`)"
+        )
     return backbone.layer4
 
 

@@ -1,4 +1,4 @@
-"""Joint classification + segmentation network: shared ResNet, WILDCAT classifier, U-Net-style decoder.
+"""Joint classification + segmentation: shared ResNet, WILDCAT classifier, U-Net decoder.
 
 Belharbi et al., "Deep active learning for joint classification & segmentation with weak
 annotator" (``al-joint-cls-seg-weak-annotator-wacv2021``), Fig. 3 and Sec. 3: the backbone
@@ -49,7 +49,9 @@ class UNetDecoder(nn.Module):
         Dropout before the last layer.
     """
 
-    def __init__(self, pyramid_channels: tuple[int, int, int, int], num_classes: int, dropout: float = 0.0):
+    def __init__(
+        self, pyramid_channels: tuple[int, int, int, int], num_classes: int, dropout: float = 0.0
+    ):
         super().__init__()
         c1, c2, c3, c4 = pyramid_channels
         self.up3 = _conv_block(c4 + c3, c3)
@@ -122,13 +124,22 @@ class JointModel(WslModel):
         self.classes = tuple(classes)
         self.seg_classes = tuple(seg_classes)
         if len(self.seg_classes) < 2:
-            raise ValueError("the joint model needs at least two segmentation classes (background first)")
+            raise ValueError(
+                "the joint model needs at least two segmentation classes (background first)"
+            )
         self.backbone = backbone
         self.classification_head = WildcatPool(
-            backbone.out_channels, len(self.classes), modalities=modalities, kmax=kmax, kmin=kmin,
-            alpha=alpha, dropout=head_dropout,
+            backbone.out_channels,
+            len(self.classes),
+            modalities=modalities,
+            kmax=kmax,
+            kmin=kmin,
+            alpha=alpha,
+            dropout=head_dropout,
         )
-        self.decoder = UNetDecoder(backbone.pyramid_channels, len(self.seg_classes), dropout=decoder_dropout)
+        self.decoder = UNetDecoder(
+            backbone.pyramid_channels, len(self.seg_classes), dropout=decoder_dropout
+        )
         self.register_buffer("segmentation_trained", torch.tensor(0.0))
         self.register_buffer("classifier_frozen", torch.tensor(0.0))
         self.output_stride = backbone.output_stride

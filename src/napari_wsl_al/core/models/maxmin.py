@@ -1,4 +1,4 @@
-"""Max-Min uncertainty model: a localiser predicts M+, a classifier is confident on X+ and uncertain on X-.
+"""Max-Min uncertainty: a localiser predicts M+; a classifier is sure on X+, unsure on X-.
 
 Belharbi et al., "Deep interpretable classification and weakly-supervised segmentation of
 histology images via Max-Min uncertainty" (``wsl-histology-max-min-uncertainty``): Sec. 2
@@ -100,7 +100,9 @@ class MaxMinModel(WslModel):
         if regularizer not in REGULARIZERS:
             raise ValueError(f"regularizer must be one of {REGULARIZERS}, not {regularizer!r}")
         if inference_logits not in INFERENCE_LOGITS:
-            raise ValueError(f"inference_logits must be one of {INFERENCE_LOGITS}, not {inference_logits!r}")
+            raise ValueError(
+                f"inference_logits must be one of {INFERENCE_LOGITS}, not {inference_logits!r}"
+            )
         if not (t_init > 0 and t_max >= t_init and t_factor >= 1):
             raise ValueError("log-barrier schedule needs 0 < t_init <= t_max and t_factor >= 1")
         if not 0 < classifier_input_scale <= 1:
@@ -111,7 +113,9 @@ class MaxMinModel(WslModel):
             raise ValueError("Max-Min needs at least two image classes")
         self.backbone = backbone
         self.classifier_backbone = classifier_backbone
-        wildcat = dict(modalities=modalities, kmax=kmax, kmin=kmin, alpha=alpha, dropout=head_dropout)
+        wildcat = dict(
+            modalities=modalities, kmax=kmax, kmin=kmin, alpha=alpha, dropout=head_dropout
+        )
         self.mask_head = WildcatPool(backbone.out_channels, num_classes, **wildcat)
         classifier_channels = (classifier_backbone or backbone).out_channels
         self.classifier_head = WildcatPool(classifier_channels, num_classes, **wildcat)
@@ -151,13 +155,17 @@ class MaxMinModel(WslModel):
     # -- WslModel contract ----------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         cams, localizer_logits, fg = self.localizer(x)
-        logits = self.classify(x * fg) if self.inference_logits == "classifier" else localizer_logits
+        logits = (
+            self.classify(x * fg) if self.inference_logits == "classifier" else localizer_logits
+        )
         return {"logits": logits, "cams": cams, "fg": fg, "localizer_logits": localizer_logits}
 
-    def masked_logits(self, images: torch.Tensor, fg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def masked_logits(
+        self, images: torch.Tensor, fg: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Classifier logits on ``X+ = X * M+`` and ``X- = X * (1 - M+)`` (Alg. 1 lines 3-4)."""
         both = self.classify(torch.cat([images * fg, images * (1.0 - fg)], dim=0))
-        return both[: images.shape[0]], both[images.shape[0]:]
+        return both[: images.shape[0]], both[images.shape[0] :]
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int):
         """Eq. 7 plus the localiser's cross-entropy (Alg. 1 lines 1-5).
@@ -168,8 +176,13 @@ class MaxMinModel(WslModel):
         _, localizer_logits, fg = self.localizer(images)
         logits_fg, logits_bg = self.masked_logits(images, fg)
         loss, parts = maxmin_loss(
-            logits_fg, logits_bg, labels, fg, t=float(self.t),
-            background_weight=self.background_weight, regularizer=self.regularizer,
+            logits_fg,
+            logits_bg,
+            labels,
+            fg,
+            t=float(self.t),
+            background_weight=self.background_weight,
+            regularizer=self.regularizer,
             use_size_constraint=self.use_size_constraint,
         )
         ce_localizer = F.cross_entropy(localizer_logits, labels)
@@ -191,11 +204,15 @@ class MaxMinModel(WslModel):
         self.t.fill_(min(float(self.t) * self.t_factor, self.t_max))
 
     def extra_repr(self) -> str:
-        return (f"sigma={self.sigma}, omega={self.omega}, lambda={self.background_weight}, "
-                f"R={self.regularizer}, asc={self.use_size_constraint}, t={float(self.t):.4g}")
+        return (
+            f"sigma={self.sigma}, omega={self.omega}, lambda={self.background_weight}, "
+            f"R={self.regularizer}, asc={self.use_size_constraint}, t={float(self.t):.4g}"
+        )
 
 
-def expected_t(epoch: int, t_init: float = 5.0, t_factor: float = 1.01, t_max: float = 10.0) -> float:
+def expected_t(
+    epoch: int, t_init: float = 5.0, t_factor: float = 1.01, t_max: float = 10.0
+) -> float:
     """``t`` after ``epoch`` completed epochs of the schedule (for logs and tests)."""
     return min(t_init * math.pow(t_factor, epoch), t_max)
 

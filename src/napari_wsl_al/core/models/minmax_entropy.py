@@ -1,4 +1,4 @@
-"""Min-max entropy model: localiser + classifier with recursive erasing and trust coefficients (training only).
+"""Min-max entropy model: localiser + classifier, recursive erasing with trust (training only).
 
 Belharbi et al., "Min-max entropy for weakly supervised pointwise localization"
 (``min-max-entropy-wsl-localization``), Sec. 3 and appendix A.1 (Eq. 10-12, Alg. 1). The
@@ -72,8 +72,12 @@ class MinMaxEntropyModel(MaxMinModel):
         **kwargs,
     ):
         super().__init__(
-            backbone, classes, background_weight=background_weight, regularizer=regularizer,
-            use_size_constraint=use_size_constraint, **kwargs,
+            backbone,
+            classes,
+            background_weight=background_weight,
+            regularizer=regularizer,
+            use_size_constraint=use_size_constraint,
+            **kwargs,
         )
         if erase_depth < 0:
             raise ValueError(f"erase_depth must be >= 0, not {erase_depth!r}")
@@ -100,7 +104,9 @@ class MinMaxEntropyModel(MaxMinModel):
             _, step_logits, mask = self.localizer(erased)
             step_ce = F.cross_entropy(step_logits, labels, reduction="none")
             posterior = F.softmax(step_logits.detach(), dim=1)
-            trusted = trusted & (posterior.argmax(dim=1) == labels) & (step_ce.detach() <= base_loss)
+            trusted = (
+                trusted & (posterior.argmax(dim=1) == labels) & (step_ce.detach() <= base_loss)
+            )
             if not bool(trusted.any()):
                 break
             trust = math.exp(-depth / self.trust_slope) * posterior[rows, labels] * trusted.float()

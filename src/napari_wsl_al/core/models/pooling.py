@@ -71,7 +71,9 @@ def _region_count(k: float, locations: int) -> int:
     return min(int(round(k)), locations)
 
 
-def wildcat_spatial_pool(maps: torch.Tensor, kmax: float, kmin: float, alpha: float) -> torch.Tensor:
+def wildcat_spatial_pool(
+    maps: torch.Tensor, kmax: float, kmin: float, alpha: float
+) -> torch.Tensor:
     """WILDCAT spatial pooling of ``(B, C, h, w)`` maps to ``(B, C)`` scores.
 
     ``s_c = mean(top-kmax values of map c) + alpha * mean(bottom-kmin values of map c)``
@@ -85,7 +87,7 @@ def wildcat_spatial_pool(maps: torch.Tensor, kmax: float, kmin: float, alpha: fl
     ordered, _ = flat.sort(dim=2, descending=True)
     scores = ordered[..., :n_max].mean(dim=2)
     if n_min > 0 and alpha != 0:
-        scores = scores + alpha * ordered[..., locations - n_min:].mean(dim=2)
+        scores = scores + alpha * ordered[..., locations - n_min :].mean(dim=2)
     return scores
 
 
@@ -165,7 +167,9 @@ class DeepMilPool(nn.Module):
         Gated attention (Ilse et al., Eq. 9), the better variant in their experiments.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, attention_dim: int = 128, gated: bool = True):
+    def __init__(
+        self, in_channels: int, num_classes: int, attention_dim: int = 128, gated: bool = True
+    ):
         super().__init__()
         self.attention_v = nn.Conv2d(in_channels, attention_dim, 1)
         self.attention_u = nn.Conv2d(in_channels, attention_dim, 1) if gated else None
@@ -197,8 +201,13 @@ POOLING_KINDS = ("avg", "max", "lse", "wildcat", "deepmil")
 
 def build_pooling(kind: str, in_channels: int, num_classes: int, **params) -> nn.Module:
     """Pooling head by name (one of :data:`POOLING_KINDS`) with its hyper-parameters."""
-    heads = {"avg": CamAvgPool, "max": CamMaxPool, "lse": CamLsePool, "wildcat": WildcatPool,
-             "deepmil": DeepMilPool}
+    heads = {
+        "avg": CamAvgPool,
+        "max": CamMaxPool,
+        "lse": CamLsePool,
+        "wildcat": WildcatPool,
+        "deepmil": DeepMilPool,
+    }
     if kind not in heads:
         raise ValueError(f"unknown pooling {kind!r}; expected one of {POOLING_KINDS}")
     return heads[kind](in_channels, num_classes, **params)

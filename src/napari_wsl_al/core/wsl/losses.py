@@ -58,7 +58,9 @@ def kl_from_uniform(logits: torch.Tensor, reduction: str = "mean") -> torch.Tens
     return _reduce(sem_loss(logits, reduction="none") - math.log(c), reduction)
 
 
-def background_regularizer(logits: torch.Tensor, kind: str = "sem", reduction: str = "mean") -> torch.Tensor:
+def background_regularizer(
+    logits: torch.Tensor, kind: str = "sem", reduction: str = "mean"
+) -> torch.Tensor:
     """Max-uncertainty term ``R(p-)`` of Eq. 7-8 on the classifier's logits for ``X-``.
 
     Parameters
@@ -67,7 +69,12 @@ def background_regularizer(logits: torch.Tensor, kind: str = "sem", reduction: s
         ``-H(p-)`` (EEM, Eq. 4), ``H(q, p-)`` (SEM, Eq. 6), or the exact KL divergences
         ``KL(p-||q)`` / ``KL(q||p-)`` that equal EEM / SEM up to the constant ``log c``.
     """
-    functions = {"eem": eem_loss, "sem": sem_loss, "kl-p-q": kl_to_uniform, "kl-q-p": kl_from_uniform}
+    functions = {
+        "eem": eem_loss,
+        "sem": sem_loss,
+        "kl-p-q": kl_to_uniform,
+        "kl-q-p": kl_from_uniform,
+    }
     if kind not in functions:
         raise ValueError(f"unknown background regulariser {kind!r}; expected one of {REGULARIZERS}")
     return functions[kind](logits, reduction=reduction)
