@@ -195,7 +195,7 @@ def test_cli_trains_end_to_end_on_a_tiny_glas_folder(tmp_path, capsys):
         "train-wsl", str(data), "--arch", "maxmin", "--depth", "18", "--width", "0.0625",
         "--epochs", "3", "--batch-size", "4", "--crop-size", "64", "--device", "cpu",
         "--val-fraction", "0.25", "--out", str(out), "--log", str(log), "--threads", "1",
-        "--quiet", "--head", "t_init=5.0",
+        "--quiet", "--head", "t_init=5.0", "--card", str(tmp_path / "run" / "card.json"),
     ])
     assert code == 0
     printed = capsys.readouterr().out
@@ -211,6 +211,10 @@ def test_cli_trains_end_to_end_on_a_tiny_glas_folder(tmp_path, capsys):
     assert extra["command"].startswith("napari-wsl-al train-wsl ")
     assert "--arch maxmin" in extra["command"] and "--epochs 3" in extra["command"]
     assert set(extra["val_metrics"]) >= {"error", "f1_pos", "f1_neg"}
+    card = json.loads((tmp_path / "run" / "card.json").read_text())
+    assert card["model"]["architecture"] == "maxmin" and card["command"] == extra["command"]
+    assert card["validation_percent"]["f1_neg"] == pytest.approx(100 * extra["val_metrics"]["f1_neg"],
+                                                                 abs=0.01)
     with torch.inference_mode():
         output = model(torch.zeros(1, 3, 64, 64))
     assert output["logits"].shape == (1, 2)

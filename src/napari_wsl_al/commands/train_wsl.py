@@ -68,6 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--out", default="model.pt", help="checkpoint of the best epoch")
     output.add_argument("--log", default=None,
                         help="per-epoch CSV log (default: OUT with .csv); a .json log goes beside it")
+    output.add_argument("--card", default=None,
+                        help="also write a human-readable model card (JSON: provenance, metrics)")
     output.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -101,6 +103,61 @@ def command_line(args: argparse.Namespace) -> str:
         else:
             words += [option, str(value)]
     return " ".join(shlex.quote(word) for word in words)
+
+
+def model_card(model_config: dict, extra: dict) -> dict:
+    """Human-readable summary of a checkpoint: model, command, data, split, validation figures.
+
+    Parameters
+    ----------
+    model_config : dict
+        ``ModelConfig.to_dict()`` of the checkpoint.
+    extra : dict
+        The checkpoint's ``extra`` as written by this command.
+    """
+    metrics = extra.get("val_metrics", {})
+    split = extra.get("split", {})
+
+    def percent(key):
+        value = metrics.get(key)
+        return None if value is None else round(100.0 * float(value), 2)
+
+    return {
+        "model": {
+            "architecture": model_config.get("arch"),
+            "backbone": f"ResNet-{model_config.get('depth')} width {model_config.get('width')}",
+            "classes": model_config.get("classes"),
+            "mpp": model_config.get("mpp"),
+            "head": model_config.get("head"),
+            "pretrained": extra.get("pretrained"),
+        },
+        "command": extra.get("command"),
+        "data": extra.get("data"),
+        "split": {
+            "grouped_by": split.get("grouped_by"),
+            "seed": split.get("seed"),
+            "val_groups": split.get("val_groups"),
+            "train_class_counts": split.get("train_class_counts"),
+            "val_class_counts": split.get("val_class_counts"),
+            "val_images": split.get("val_images"),
+        },
+        "validation_percent": {
+            "classification_error": percent("error"),
+            "f1_pos": percent("f1_pos"),
+            "f1_neg": percent("f1_neg"),
+            "all_ones_f1_pos": percent("all_ones_f1_pos"),
+            "all_ones_f1_neg": percent("all_ones_f1_neg"),
+            "n_images": metrics.get("n_images"),
+            "confusion_rows_true_cols_pred": metrics.get("confusion"),
+        },
+        "training": {
+            "best_epoch": extra.get("best_epoch"),
+            "epochs_run": extra.get("epochs_run"),
+            "stopped": extra.get("stopped"),
+            "minutes": round(float(extra.get("train_seconds", 0.0)) / 60.0, 1),
+            "environment": extra.get("environment"),
+        },
+    }
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:
@@ -245,6 +302,8 @@ def run(args: argparse.Namespace) -> int:
         {**extra, "model_config": model_config.to_dict(), "checkpoint": str(out),
          "wall_seconds": round(time.perf_counter() - started, 1)},
     )
+    if args.card:
+        _write_json(Path(args.card), model_card(model_config.to_dict(), extra))
     print(f"best epoch {result.best_epoch + 1} of {len(result.history)} ({result.stopped}); "
           f"{result.seconds / 60:.1f} min; checkpoint {out}; logs {log_csv}, {log_json}")
     if final:
