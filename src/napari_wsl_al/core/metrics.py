@@ -2,9 +2,10 @@
 
 Plain numpy. Pixel metrics take binary masks (0 = background, 1 = foreground); pixels whose
 ground truth is negative (:data:`IGNORE_INDEX`, e.g. padding) are left out everywhere.
-The localisation figures follow Belharbi et al. (Max-Min uncertainty, section 3.2): F1+ is
-the Dice index of the foreground masks, F1- that of the background masks; both are computed
-per image and averaged over images (pass ``per_image=False`` to pool all pixels instead).
+The localisation figures follow Belharbi et al. (Max-Min uncertainty, section 3.2, Eq. 14-15):
+F1+ is the Dice index of the foreground masks, F1- that of the background masks. The paper
+does not say how images are aggregated; here both are computed per image and averaged over
+images by default (pass ``per_image=False`` to pool all pixels of all images instead).
 """
 
 from __future__ import annotations
@@ -103,8 +104,8 @@ def foreground_background_f1(
     gt_masks, pred_masks : iterables of array
         Per image, ground truth (0 / 1, negative = ignored) and prediction (0 / 1 or bool).
     per_image : bool
-        Average the per-image scores (default, as in the paper's evaluation) or pool every
-        pixel of every image into one score.
+        Average the per-image scores (default) or pool every pixel of every image into one
+        score.
     empty : float
         Score of an image whose ground truth and prediction both lack the region.
 
