@@ -67,18 +67,30 @@ class _LevelView:
             key = (key,)
         key = key + (slice(None),) * (3 - len(key))
         rows, cols, channels = key
-        (y0, y1, ys), (x0, x1, xs) = rows.indices(self.shape[0]), cols.indices(self.shape[1])
-        if ys != 1 or xs != 1 or y1 <= y0 or x1 <= x0:
-            # Rare: strided, reversed or empty selections. Read the bounding window, then pick.
-            ry, rx = np.arange(y0, y1, ys), np.arange(x0, x1, xs)
-            if ry.size == 0 or rx.size == 0:
-                return np.empty((ry.size, rx.size, 3), np.uint8)[..., channels]
-            ylo, xlo = int(ry.min()), int(rx.min())
+        if isinstance(rows, slice) and isinstance(cols, slice):
+            (y0, y1, ys), (x0, x1, xs) = rows.indices(self.shape[0]), cols.indices(self.shape[1])
+            if ys == 1 and xs == 1 and y1 > y0 and x1 > x0:
+                window = self.reader.read_level(self.level, x0, y0, x1 - x0, y1 - y0)
+                return window[..., channels]
+        # Rare: integer, strided, reversed, empty or fancy selections (dask fuses the user's
+        # indexing into this call). Read the bounding window, then pick with numpy.
+        ry = np.arange(self.shape[0])[rows]
+        rx = np.arange(self.shape[1])[cols]
+        flat_y, flat_x = np.atleast_1d(ry), np.atleast_1d(rx)
+        if flat_y.size == 0 or flat_x.size == 0:
+            window = np.empty((flat_y.size, flat_x.size, 3), np.uint8)
+        else:
+            ylo, xlo = int(flat_y.min()), int(flat_x.min())
             window = self.reader.read_level(
-                self.level, xlo, ylo, int(rx.max()) - xlo + 1, int(ry.max()) - ylo + 1
+                self.level, xlo, ylo, int(flat_x.max()) - xlo + 1, int(flat_y.max()) - ylo + 1
             )
-            return window[np.ix_(ry - ylo, rx - xlo)][..., channels]
-        window = self.reader.read_level(self.level, x0, y0, x1 - x0, y1 - y0)
+            window = window[np.ix_(flat_y - ylo, flat_x - xlo)]
+        if np.ndim(ry) == 0 and np.ndim(rx) == 0:
+            window = window[0, 0]
+        elif np.ndim(ry) == 0:
+            window = window[0]
+        elif np.ndim(rx) == 0:
+            window = window[:, 0]
         return window[..., channels]
 
 
@@ -291,12 +303,12 @@ class SlideReader(ABC):
         if self.is_native(level):
             view = _LevelView(self, level)
             th, tw = self.tile_size(level)
+            # Default getter (fancy=True): dask fuses a slice of a chunk into the chunk's read,
+            # so a 256-pixel window reads 256 pixels, not the whole chunk around it.
             array = da.from_array(
                 view,
                 chunks=(th, tw, 3),
-                asarray=False,
                 lock=False,
-                fancy=False,
                 name=f"wslal-{id(self):x}-{self.name}-level{level}",
                 meta=np.empty((0, 0, 0), np.uint8),
             )

@@ -98,6 +98,9 @@ class OpenSlideReader(SlideReader):
                 path=self.path,
                 hint="the file may be truncated or damaged; reopen it or copy it again",
             ) from error
+        if image.getextrema()[3][0] == 255:
+            # Fully opaque (the common case): Pillow drops alpha in C, faster than numpy.
+            return np.asarray(image.convert("RGB"))
         rgba = np.asarray(image)
         return composite_over_white(rgba[..., :3], rgba[..., 3])
 
