@@ -34,8 +34,13 @@ def synthetic_slide() -> ArrayReader:
     return ArrayReader(image, mpp=0.5, name="blobs")
 
 
-def test_finds_tissue_drops_dust_fills_holes(synthetic_slide):
-    result = tissue_mask(synthetic_slide, max_size=1000)
+@pytest.fixture(scope="module")
+def synthetic_mask(synthetic_slide) -> TissueMask:
+    return tissue_mask(synthetic_slide, max_size=1000)
+
+
+def test_finds_tissue_drops_dust_fills_holes(synthetic_mask):
+    result = synthetic_mask
     assert isinstance(result, TissueMask)
     assert result.mask.dtype == bool and result.mask.shape == (750, 1000)
     assert result.downsample == pytest.approx(4.0)
@@ -45,8 +50,8 @@ def test_finds_tissue_drops_dust_fills_holes(synthetic_slide):
     assert 0.05 <= result.threshold < 0.5
 
 
-def test_box_lookups_in_level0_coordinates(synthetic_slide):
-    result = tissue_mask(synthetic_slide, max_size=1000)
+def test_box_lookups_in_level0_coordinates(synthetic_mask):
+    result = synthetic_mask
     assert result.contains_box(1500, 1000, 256, 256)
     assert result.box_fraction(1500, 1000, 256, 256) == pytest.approx(1.0)
     assert not result.contains_box(100, 2700, 256, 256)
@@ -67,8 +72,8 @@ def test_glass_only_gives_empty_mask():
         assert not result.contains_box(0, 0, 500, 500)
 
 
-def test_dilation_and_unknown_mpp(synthetic_slide):
-    plain = tissue_mask(synthetic_slide, max_size=1000)
+def test_dilation_and_unknown_mpp(synthetic_slide, synthetic_mask):
+    plain = synthetic_mask
     grown = tissue_mask(synthetic_slide, max_size=1000, dilation_um=100)
     assert grown.mask.sum() > plain.mask.sum()
     assert (grown.mask | plain.mask).sum() == grown.mask.sum()
@@ -79,8 +84,8 @@ def test_dilation_and_unknown_mpp(synthetic_slide):
     assert result.fraction() == pytest.approx(300 * 400 / (600 * 800), abs=0.01)
 
 
-def test_mask_is_frozen(synthetic_slide):
-    result = tissue_mask(synthetic_slide, max_size=500)
+def test_mask_is_frozen(synthetic_mask):
+    result = synthetic_mask
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.downsample = 2.0
 
