@@ -573,7 +573,7 @@ def _glands_in_block(
         def u(k: int, ix=ix, iy=iy, channel=channel) -> np.ndarray:
             return _hash_uniform(ix, iy, seed, channel + k)
 
-        jitter = 0.55 if malignant else 0.22
+        jitter = 0.55 if malignant else 0.14
         cx = (ix + 0.5 + jitter * (u(0) - 0.5)) * spacing
         cy = (iy + 0.5 + jitter * (u(1) - 0.5)) * spacing
         keep = layout.malignant_at(cx, cy) == malignant
@@ -590,8 +590,8 @@ def _glands_in_block(
             a = b * (1.3 + 2.4 * u(5)[sel])
             thick_frac = 0.55 + 0.3 * u(6)[sel]
         else:
-            size = spacing * (0.39 + 0.04 * u(4)[sel])
-            elong = 1.05 + 0.3 * u(5)[sel]
+            size = spacing * (0.35 + 0.03 * u(4)[sel])
+            elong = 1.05 + 0.25 * u(5)[sel]
             a = size * np.sqrt(elong)
             b = size / np.sqrt(elong)
             thick_frac = 0.36 + 0.04 * u(6)[sel]
@@ -1155,7 +1155,7 @@ def write_synthetic_slide(
         if progress is not None:
             progress(Progress(step=done, total=total, message=message))
 
-    partial = path.with_name(path.name + ".part")
+    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     bigtiff = width * height * 3 * 4 / 3 > 2**31
     try:
         with tifffile.TiffWriter(partial, bigtiff=bigtiff) as writer:
@@ -1166,14 +1166,15 @@ def write_synthetic_slide(
                 def tiles(renderer=renderer, n_rows=n_rows, n_cols=n_cols, level=level):
                     nonlocal done
                     for tr in range(n_rows):
+                        if tr:
+                            done += n_cols
+                            report(f"level {level}: {lw}x{lh}")
                         for tc in range(n_cols):
                             r0, c0 = tr * tile, tc * tile
                             if renderer.is_glass(r0, c0, tile, tile):
                                 yield renderer.glass(tile, tile)
                             else:
                                 yield renderer.render(r0, c0, tile, tile)[0]
-                        done += n_cols
-                        report(f"level {level}: {lw}x{lh}")
 
                 pixels_per_cm = 1e4 / (mpp * 2**level)
                 writer.write(
@@ -1193,6 +1194,8 @@ def write_synthetic_slide(
                     maxworkers=1,
                 )
                 del renderer
+                done = sum(tiles_per_level[: level + 1])
+                report(f"level {level}: {lw}x{lh}")
         _write_truth(path, glands, style, seed, base, width, height, mpp, truth_downsample)
         os.replace(partial, path)
     finally:
@@ -1231,7 +1234,7 @@ def _write_truth(
             malignant[r0 : r0 + nr, c0 : c0 + nc] = inside & (layout.malignant_sdf(xs, ys) > 0)
             gland[r0 : r0 + nr, c0 : c0 + nc] = inside & (sdf < 0)
     target = truth_path_for(slide_path)
-    partial = target.with_name(target.name + ".part.npz")
+    partial = target.with_name(f"{target.name}.{os.getpid()}.part.npz")
     np.savez_compressed(
         partial,
         tissue=tissue,
