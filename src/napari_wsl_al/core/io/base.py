@@ -32,6 +32,9 @@ SMALLEST_LEVEL_SIZE = 1024
 #: Chunk side used for levels whose file is not tiled.
 DEFAULT_CHUNK = 512
 
+#: Native pixels per block side when a lazy level is computed (bounds memory per read).
+LAZY_BLOCK = 4096
+
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize ``(H, W, 3)`` uint8 RGB to ``size=(width, height)``, antialiased when shrinking.
@@ -283,7 +286,7 @@ class SlideReader(ABC):
         if self.is_native(level):
             region = self._read_native(level, x, y, width, height)
         else:
-            region = np.asarray(self.level_array(level)[y : y + height, x : x + width])
+            region = self._read_lazy(level, x, y, width, height)
         if region.shape != (height, width, 3) or region.dtype != np.uint8:
             raise SlideError(
                 f"backend returned {region.shape} {region.dtype} for a {height}x{width} window",
@@ -291,34 +294,51 @@ class SlideReader(ABC):
             )
         return region
 
+    def _read_lazy(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
+        """A window of a lazy level: ``f x f`` box means of the last native level.
+
+        Read straight from the native level (one read per block, no chain of dask
+        reductions), in blocks of at most :data:`LAZY_BLOCK` native pixels a side so that
+        memory stays bounded for windows of very reduced levels.
+        """
+        from PIL import Image
+
+        native = len(self.native_dimensions) - 1
+        factor = int(round(self.level_downsamples[level] / self.level_downsamples[native]))
+        out = np.empty((height, width, 3), np.uint8)
+        step = max(1, LAZY_BLOCK // factor)  # lazy-level pixels per block side
+        for by in range(0, height, step):
+            for bx in range(0, width, step):
+                bw, bh = min(step, width - bx), min(step, height - by)
+                source = self._read_native(
+                    native, (x + bx) * factor, (y + by) * factor, bw * factor, bh * factor
+                )
+                # Pillow's reduce is an exact box mean, rounded, in C.
+                reduced = Image.fromarray(np.ascontiguousarray(source)).reduce(factor)
+                out[by : by + bh, bx : bx + bw] = np.asarray(reduced)
+        return out
+
     # ------------------------------------------------------------------ lazy arrays
     def level_array(self, level: int) -> da.Array:
         """Level ``level`` as a lazy ``(height, width, 3)`` uint8 dask array on the file's tiles.
 
-        Lazy levels (below the file's own pyramid) are 2x2 means of the level above.
+        Lazy levels (below the file's own pyramid) are box means of the last native level
+        (``2**k x 2**k`` blocks), computed when a window of them is read.
         """
         with self._lock:
             if level in self._arrays:
                 return self._arrays[level]
-        if self.is_native(level):
-            view = _LevelView(self, level)
-            th, tw = self.tile_size(level)
-            # Default getter (fancy=True): dask fuses a slice of a chunk into the chunk's read,
-            # so a 256-pixel window reads 256 pixels, not the whole chunk around it.
-            array = da.from_array(
-                view,
-                chunks=(th, tw, 3),
-                lock=False,
-                name=f"wslal-{id(self):x}-{self.name}-level{level}",
-                meta=np.empty((0, 0, 0), np.uint8),
-            )
-        else:
-            above = self.level_array(level - 1)
-            w, h = self.level_dimensions[level]
-            above = above[: 2 * h, : 2 * w]
-            above = above.rechunk({0: DEFAULT_CHUNK * 2, 1: DEFAULT_CHUNK * 2, 2: 3})
-            array = da.coarsen(np.mean, above, {0: 2, 1: 2}, trim_excess=True, dtype=np.float32)
-            array = da.round(array).astype(np.uint8)
+        view = _LevelView(self, level)
+        th, tw = self.tile_size(level)
+        # Default getter (fancy=True): dask fuses a slice of a chunk into the chunk's read,
+        # so a 256-pixel window reads 256 pixels, not the whole chunk around it.
+        array = da.from_array(
+            view,
+            chunks=(th, tw, 3),
+            lock=False,
+            name=f"wslal-{id(self):x}-{self.name}-level{level}",
+            meta=np.empty((0, 0, 0), np.uint8),
+        )
         with self._lock:
             self._arrays.setdefault(level, array)
             return self._arrays[level]

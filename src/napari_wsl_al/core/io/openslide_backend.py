@@ -100,7 +100,7 @@ class OpenSlideReader(SlideReader):
             ) from error
         if image.getextrema()[3][0] == 255:
             # Fully opaque (the common case): Pillow drops alpha in C, faster than numpy.
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))  # a writable copy, like other backends
         rgba = np.asarray(image)
         return composite_over_white(rgba[..., :3], rgba[..., 3])
 
