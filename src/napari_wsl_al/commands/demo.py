@@ -31,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def default_slide() -> Path:
     """The real sample slide shipped in ``sample_data/``."""
-    from .._sample_data import sample_path
+    from .._sample_data import find_cmu1
 
-    return sample_path("CMU-1-Small-Region.svs")
+    return find_cmu1()
 
 
 def run(args: argparse.Namespace) -> int:
