@@ -1,4 +1,4 @@
-"""``napari-wsl-al make-sample``: write a synthetic H&E slide or a synthetic GlaS-style patch set."""
+"""``napari-wsl-al make-sample``: write a synthetic H&E slide or a GlaS-style patch set."""
 
 from __future__ import annotations
 

@@ -117,7 +117,8 @@ def _hash_uniform(ix: np.ndarray, iy: np.ndarray, seed: int, channel: int) -> np
     """Uniform numbers in [0, 1) that depend only on integer cell coordinates, seed and channel."""
     ux = np.asarray(ix, np.int64).astype(np.uint64)
     uy = np.asarray(iy, np.int64).astype(np.uint64)
-    salt = np.uint64(((seed + 1) * 0x165667B19E3779F9 + (channel + 1) * 0x27D4EB2F165667C5) & _MASK64)
+    salt = (seed + 1) * 0x165667B19E3779F9 + (channel + 1) * 0x27D4EB2F165667C5
+    salt = np.uint64(salt & _MASK64)
     h = (ux * _K1) ^ (uy * _K2) ^ salt
     h ^= h >> np.uint64(33)
     h *= _M1
@@ -775,7 +776,8 @@ class _Renderer:
 
     def is_glass(self, row0: int, col0: int, n_rows: int, n_cols: int) -> bool:
         ds = self.downsample
-        return self.layout.is_glass(col0 * ds, row0 * ds, (col0 + n_cols) * ds, (row0 + n_rows) * ds)
+        x0, y0 = col0 * ds, row0 * ds
+        return self.layout.is_glass(x0, y0, x0 + n_cols * ds, y0 + n_rows * ds)
 
     def glass(self, n_rows: int, n_cols: int) -> np.ndarray:
         """A window of clear glass."""
@@ -806,7 +808,9 @@ class _Renderer:
             sdf += wobble
         return xs, ys, tissue, sdf, thick, size, malignant
 
-    def render(self, row0: int, col0: int, n_rows: int, n_cols: int) -> tuple[np.ndarray, np.ndarray]:
+    def render(
+        self, row0: int, col0: int, n_rows: int, n_cols: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """RGB uint8 ``(n_rows, n_cols, 3)`` and gland mask of a window of this level."""
         st, ds, tex = self.style, self.downsample, self.textures
         xs, ys, tissue, sdf, thick, size, malignant = self.fields(row0, col0, n_rows, n_cols)
@@ -1040,7 +1044,8 @@ def read_slide_truth(slide_path: str | os.PathLike) -> SlideTruth:
         raise DatasetError(
             "no ground truth beside this slide",
             path=path,
-            hint="only slides written by write_synthetic_slide / `napari-wsl-al make-sample` have one",
+            hint="only slides written by write_synthetic_slide or `napari-wsl-al make-sample` "
+            "have one",
         )
     with np.load(path) as data:
         return SlideTruth(
@@ -1254,7 +1259,10 @@ def _write_truth(
 #: Columns of GlaS's ``grade.csv`` (the header of the real file has spaces after the commas).
 GRADE_CSV_HEADER = ("name", "patient ID", " grade (GlaS)", " grade (Sirinukunwattana et al. 2015)")
 
-_SUBGRADES = {0: ("healthy", "adenomatous"), 1: ("moderately differentiated", "poorly differentiated")}
+_SUBGRADES = {
+    0: ("healthy", "adenomatous"),
+    1: ("moderately differentiated", "poorly differentiated"),
+}
 
 
 def write_synthetic_patch_set(
@@ -1323,7 +1331,7 @@ def write_synthetic_patch_set(
     partial = grade.with_name(grade.name + ".part")
     with open(partial, "w", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
-        writer.writerow([h.strip() if i == 0 else h for i, h in enumerate(GRADE_CSV_HEADER)])
+        writer.writerow(GRADE_CSV_HEADER)
         writer.writerows(rows)
     os.replace(partial, grade)
     return root
