@@ -82,8 +82,9 @@ def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot):
     np.testing.assert_allclose(fg.translate, (0.75, 0.75))
     np.testing.assert_allclose(slide.scale, (0.5, 0.5))
     assert fg.colormap.name == "green" and fg.blending == "additive"
-    assert "slide cam tumour" in viewer.layers and "slide uncertainty/ovr_entropy_max" in viewer.layers
-    assert viewer.layers["slide cam tumour"].colormap.name == "inferno"
+    assert "slide cam tumour" in viewer.layers and "slide ovr_entropy_max" in viewer.layers
+    cam = viewer.layers["slide cam tumour"]
+    assert cam.colormap.name.startswith("inferno") and cam.colormap.colors[0][3] == 0
     values = np.asarray(fg.data[0])
     assert values.shape == (96, 112)
     # The pink blob (centre) is foreground, the glass corner is less so.

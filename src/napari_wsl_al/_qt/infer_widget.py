@@ -5,8 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
+from napari.utils.colormaps import Colormap, ensure_colormap
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -39,6 +42,18 @@ MAP_BOXES = (("CAM", "cam"), ("Foreground", "fg"), ("Background", "bg"),
 
 REGIONS = ("Whole tissue", "Current view", "Drawn rectangle")
 RESOLUTIONS = ("Model's resolution", "Microns per pixel", "Slide level")
+
+
+#: Colormaps whose low end is made transparent, so unprocessed (zero) pixels do not tint.
+FADED_COLORMAPS = ("inferno", "turbo", "viridis")
+
+
+def faded_colormap(name: str) -> Colormap:
+    """``name`` with an alpha ramp over its lowest quarter (0 is fully transparent)."""
+    positions = np.linspace(0.0, 1.0, 33)
+    colors = np.array(ensure_colormap(name).map(positions))
+    colors[:, 3] = np.clip(positions * 4.0, 0.0, 1.0)
+    return Colormap(colors, controls=positions, name=f"{name} (faded)")
 
 
 def _slide_layers(viewer) -> list[Image]:
@@ -311,7 +326,10 @@ class InferenceWidget(QWidget):
             if spec.name in self.viewer.layers:
                 self.viewer.layers[spec.name].data = spec.data
             else:
-                self.viewer.add_image(spec.data, name=spec.name, **spec.kwargs)
+                kwargs = dict(spec.kwargs)
+                if kwargs.get("colormap") in FADED_COLORMAPS:
+                    kwargs["colormap"] = faded_colormap(kwargs["colormap"])
+                self.viewer.add_image(spec.data, name=spec.name, **kwargs)
         if getattr(self, "_slide", None) is not None and self._slide in self.viewer.layers:
             self.viewer.layers.selection.active = self._slide
 
@@ -332,6 +350,7 @@ class InferenceWidget(QWidget):
         polygons = self.session.outline(threshold)
         name = self.outline_layer_name()
         width = max(handles["fg"].scale) * 0.75
+        active = self.viewer.layers.selection.active
         if name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = []
@@ -344,6 +363,8 @@ class InferenceWidget(QWidget):
         if polygons:
             layer.add_polygons(polygons, edge_width=width, edge_color="yellow",
                                face_color="transparent")
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
 
     def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
         self.session.close()

@@ -99,7 +99,8 @@ def map_layer_specs(handles: dict[str, MapHandle], slide_name: str,
         for index, channel in enumerate(channels):
             data = [level if channel is None else level[index] for level in handle.levels]
             visible = name in VISIBLE_AT_FIRST or (name == "cam" and index == 0)
-            label = name if channel is None else f"{name} {channel}"
+            short = name.split("/")[-1]
+            label = short if channel is None else f"{short} {channel}"
             specs.append(MapLayerSpec(
                 name=f"{slide_name} {label}",
                 data=data,
