@@ -98,8 +98,9 @@ def test_real_slide_layer_data():
     assert slide["mpp"] == pytest.approx([0.499, 0.499]) and slide["objective_power"] == 20
     reader = kwargs["metadata"]["reader"]
     np.testing.assert_array_equal(
-        data[0][100:200, 300:400].compute(), reader.read_region((300, 100), 0, (100, 100))
+        data[0][100:200, 300:400], reader.read_region((300, 100), 0, (100, 100))
     )
+    np.testing.assert_array_equal(np.asarray(data[2]), reader.read_level(2, 0, 0, 555, 741))
 
 
 def test_small_levels_dropped():

@@ -46,8 +46,9 @@ def layer_data(reader: SlideReader) -> list[LayerData]:
         One ``(levels, kwargs, "image")`` tuple; ``scale`` is in microns when the slide's
         resolution is known (``units`` is then ``"um"``), else in pixels.
     """
+    # Numpy-like lazy levels: every napari slice is one backend read (no dask overhead).
     levels = [
-        reader.level_array(level)
+        reader.level_view(level)
         for level in range(reader.level_count)
         if level == 0 or min(reader.level_dimensions[level]) >= MIN_LEVEL_SIZE
     ]
