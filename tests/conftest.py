@@ -30,3 +30,9 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is not present on this machine")
     return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _project_in_tmp(tmp_path, monkeypatch):
+    """Widgets default to a project under the home folder; tests use a temporary one."""
+    monkeypatch.setenv("NAPARI_WSL_AL_PROJECT", str(tmp_path / "study.wslal"))

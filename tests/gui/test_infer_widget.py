@@ -68,13 +68,18 @@ def make_widget(viewer, factory):
     return widget
 
 
-def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot):
+def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot, tmp_path):
     viewer = viewer_with_slide
     widget = make_widget(viewer, TinyModel)
     assert widget.slide_combo.currentText() == "slide"
+    widget.project_edit.setText(str(tmp_path / "mystudy"))
     widget.run()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
     assert "tiles computed" in widget.status.text()
+    # The maps are saved in the project, which was created with the model's classes.
+    project = tmp_path / "mystudy.wslal"
+    assert (project / "project.json").exists() and (project / "maps" / "slide.zarr").is_dir()
+    assert widget.session.project.class_names == ("tumour", "normal")
     fg = viewer.layers["slide fg"]
     slide = viewer.layers["slide"]
     assert fg.multiscale

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -46,6 +48,13 @@ RESOLUTIONS = ("Model's resolution", "Microns per pixel", "Slide level")
 
 #: Colormaps whose low end is made transparent, so unprocessed (zero) pixels do not tint.
 FADED_COLORMAPS = ("inferno", "turbo", "viridis")
+
+
+def default_project_path() -> Path:
+    """Where maps go unless the user picks another project: ``$NAPARI_WSL_AL_PROJECT`` or
+    ``~/napari-wsl-al/study.wslal``."""
+    configured = os.environ.get("NAPARI_WSL_AL_PROJECT")
+    return Path(configured) if configured else Path.home() / "napari-wsl-al" / "study.wslal"
 
 
 def faded_colormap(name: str) -> Colormap:
@@ -94,6 +103,18 @@ class InferenceWidget(QWidget):
         model_row.addWidget(self.model_edit)
         model_row.addWidget(browse)
 
+        self.project_edit = QLineEdit(str(default_project_path()))
+        self.project_edit.setToolTip(
+            "Project folder: maps are saved in <project>/maps/<slide>.zarr and reopen without "
+            "recomputing. Created on the first run. Empty: a temporary folder (lost on exit)."
+        )
+        project_browse = QPushButton("…")
+        project_browse.setMaximumWidth(30)
+        project_browse.clicked.connect(self._browse_project)
+        project_row = QHBoxLayout()
+        project_row.addWidget(self.project_edit)
+        project_row.addWidget(project_browse)
+
         self.resolution_combo = QComboBox()
         self.resolution_combo.addItems(RESOLUTIONS)
         self.mpp_spin = QDoubleSpinBox()
@@ -111,12 +132,12 @@ class InferenceWidget(QWidget):
         self.region_combo.addItems(REGIONS)
 
         self.map_checks = {}
-        maps_row = QHBoxLayout()
-        for label, name in MAP_BOXES:
+        maps_row = QGridLayout()
+        for index, (label, name) in enumerate(MAP_BOXES):
             box = QCheckBox(label)
             box.setChecked(name != "bg")
             self.map_checks[name] = box
-            maps_row.addWidget(box)
+            maps_row.addWidget(box, index // 3, index % 3)
         self.mc_spin = QSpinBox()
         self.mc_spin.setRange(0, 64)
         self.mc_spin.setSpecialValueText("off")
@@ -156,6 +177,7 @@ class InferenceWidget(QWidget):
         form = QFormLayout()
         form.addRow("Slide", self.slide_combo)
         form.addRow("Model", model_row)
+        form.addRow("Project", project_row)
         form.addRow("Resolution", resolution_row)
         form.addRow("Region", self.region_combo)
         form.addRow("Maps", maps_row)
@@ -195,6 +217,16 @@ class InferenceWidget(QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Model checkpoint", "", "Checkpoints (*.pt)")
         if path:
             self.model_edit.setText(path)
+
+    def _browse_project(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Project folder (study.wslal)")
+        if path:
+            self.project_edit.setText(path)
+
+    def project_choice(self) -> Path | None:
+        """The project folder chosen in the form (None: a temporary folder)."""
+        text = self.project_edit.text().strip()
+        return Path(text).expanduser() if text else None
 
     def slide_layer(self) -> Image | None:
         """The chosen slide layer."""
@@ -271,7 +303,7 @@ class InferenceWidget(QWidget):
         self.cancel_button.setEnabled(True)
         worker = create_worker(
             self.session.run_with_model, layer.metadata["reader"], self.model_choice(), config,
-            region, _start_thread=False, _ignore_errors=True,
+            region, self.project_choice(), _start_thread=False, _ignore_errors=True,
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)

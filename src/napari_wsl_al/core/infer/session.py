@@ -253,9 +253,18 @@ class InferenceSession:
             self.running = False
 
     def run_with_model(self, reader: SlideReader, choice: ModelChoice, config: InferenceConfig,
-                       region: tuple[int, int, int, int] | None = None):
-        """Like :meth:`run`, loading the model first (in the worker thread, not the UI's)."""
+                       region: tuple[int, int, int, int] | None = None,
+                       project: str | Path | None = None):
+        """Like :meth:`run`, loading the model first (in the worker thread, not the UI's).
+
+        With ``project``, maps go into that project folder, created with the model's classes
+        when it does not exist yet (and opened, with its own classes, when it does).
+        """
         model = self.model(choice, config.device)
+        if project is not None and (
+            self.project is None or Path(self.project.path) != Path(project)
+        ):
+            self.set_project(Project.create(project, classes=model.classes, exist_ok=True))
         return (yield from self.run(reader, model, config, region))
 
     def cancel(self) -> None:
