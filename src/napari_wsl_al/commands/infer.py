@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", type=_region, help="level-0 box x,y,w,h (default: all tissue)")
     parser.add_argument("--maps", type=_maps, default=("cam", "fg", "bg", "probs", "uncertainty"),
                         help="comma-separated maps: cam, fg, bg, probs, uncertainty, entropy, "
-                        "margin, ovr_entropy, mc_variance (default: %(default)s)")
+                        "margin, ovr_entropy, mc_variance (default: cam,fg,bg,probs,uncertainty)")
     parser.add_argument("--mc-passes", type=int, default=0,
                         help="MC-dropout passes for the mc_variance map (0: none)")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
