@@ -225,3 +225,10 @@ def test_cli_reports_a_broken_data_folder(tmp_path, capsys):
 
     assert main(["train-wsl", str(tmp_path / "absent"), "--epochs", "1"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_architecture_choices_match_the_factory():
+    from napari_wsl_al.commands.train_wsl import ARCHITECTURE_CHOICES
+    from napari_wsl_al.core.models.factory import ARCHITECTURES
+
+    assert tuple(ARCHITECTURE_CHOICES) == tuple(ARCHITECTURES)
