@@ -23,6 +23,7 @@ def test_one_task_per_slide_on_a_local_cluster(tmp_path):
         slides.append(path)
     project = Project.create(tmp_path / "study", classes=["tumour", "normal"])
     config = InferenceConfig(level=0, tile_size=64, overlap=16, batch_size=4, device="cpu",
+                             tissue_gate=False,
                              tissue_threshold=0, maps=("fg", "probs"))
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                                   dashboard_address=None, protocol="tcp",

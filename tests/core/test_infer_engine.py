@@ -16,7 +16,9 @@ from napari_wsl_al.core.infer.store import MapStore, blend_window
 from napari_wsl_al.core.io.memory_backend import ArrayReader
 from napari_wsl_al.core.progress import run_to_end
 
-FAST = dict(tile_size=64, overlap=16, batch_size=4, device="cpu", tissue_threshold=0, readers=1)
+# No tissue skipping, no foreground gating: these tests check the blending of model outputs.
+FAST = dict(tile_size=64, overlap=16, batch_size=4, device="cpu", tissue_threshold=0, readers=1,
+            tissue_gate=False)
 
 
 def run(reader, model, store_path, region=None, **changes):
@@ -46,6 +48,20 @@ def test_constant_model_gives_constant_maps_across_tile_borders(tmp_path):
     expected = torch.softmax(torch.tensor([2.0, 0.5]), 0).numpy()
     np.testing.assert_allclose(cam, expected[:, None, None] * np.ones((1, 50, 70)), atol=1e-6)
     np.testing.assert_allclose(result.maps["bg"].levels[0].compute(), 0.3, atol=1e-6)
+
+
+def test_foreground_is_gated_by_tissue(tmp_path):
+    image = np.full((128, 192, 3), 245, np.uint8)  # white glass ...
+    image[:, 96:] = (200, 80, 160)  # ... beside pink tissue
+    reader = ArrayReader(image, mpp=0.5)
+    result = run(reader, ConstantModel(), tmp_path / "m.zarr", tissue_gate=True)
+    fg = result.maps["fg"].levels[0].compute()
+    bg = result.maps["bg"].levels[0].compute()
+    np.testing.assert_allclose(fg[:, :22], 0.0, atol=1e-6)  # glass: never foreground
+    np.testing.assert_allclose(fg[:, 26:], 0.7, atol=1e-6)  # tissue: the model's value
+    np.testing.assert_allclose(fg + bg, 1.0, atol=1e-6)
+    ungated = run(reader, ConstantModel(), tmp_path / "u.zarr")
+    np.testing.assert_allclose(ungated.maps["fg"].levels[0].compute(), 0.7, atol=1e-6)
 
 
 def test_maps_align_with_the_slide(tmp_path):

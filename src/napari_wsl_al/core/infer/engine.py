@@ -86,6 +86,11 @@ class InferenceConfig:
         sigmoid, or the raw scores.
     dtype : {"float32", "float16"}
         Storage type of the maps.
+    tissue_gate : bool
+        Multiply the foreground probability by the fraction of tissue under each map pixel
+        (HSV saturation above the tissue mask's threshold), so that glass is never foreground,
+        whatever the model makes of it (a model trained on glands with white lumens may call
+        white glass foreground).
     """
 
     mpp: float | None = None
@@ -102,6 +107,7 @@ class InferenceConfig:
     readers: int = 2
     cam_normalisation: str = "softmax"
     dtype: str = "float32"
+    tissue_gate: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "maps", tuple(self.maps))
@@ -287,13 +293,18 @@ class _ModelRunner:
         probs = torch.softmax(output["logits"], dim=1)
         return probs[:, :, None, None].expand(-1, -1, n, n)
 
-    def tile_outputs(self, images: torch.Tensor) -> np.ndarray:
-        """``(B, channels, n, n)`` float32 raw tile outputs of a batch (with OOM recovery)."""
+    def tile_outputs(self, images: torch.Tensor, tissue: torch.Tensor | None = None) -> np.ndarray:
+        """``(B, channels, n, n)`` float32 raw tile outputs of a batch (with OOM recovery).
+
+        ``tissue`` is the ``(B, 1, n, n)`` tissue fraction under each map pixel, when the
+        foreground is gated by tissue.
+        """
         parts, start = [], 0
         while start < images.shape[0]:
             chunk = images[start : start + self.micro_batch]
+            chunk_tissue = None if tissue is None else tissue[start : start + self.micro_batch]
             try:
-                parts.append(self._tile_outputs(chunk))
+                parts.append(self._tile_outputs(chunk, chunk_tissue))
             except _OOM_ERRORS as error:
                 self._recover_from_oom(error)
                 continue
@@ -316,7 +327,7 @@ class _ModelRunner:
         self.messages.append(message)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
-    def _tile_outputs(self, images: torch.Tensor) -> np.ndarray:
+    def _tile_outputs(self, images: torch.Tensor, tissue: torch.Tensor | None = None) -> np.ndarray:
         layout, n = self.layout, self.map_size
         images = images.to(self.device, non_blocking=True)
         output = self.forward(images)
@@ -334,7 +345,10 @@ class _ModelRunner:
                 fg = _to_map_size(output["fg"], n)
             else:
                 fg = _to_map_size(self.model.localize(output, tuple(images.shape[-2:])), n)
-            parts.append(fg.clamp(0.0, 1.0))
+            fg = fg.clamp(0.0, 1.0)
+            if tissue is not None:
+                fg = fg * tissue.to(fg.device)
+            parts.append(fg)
         if "probs" in channels:
             parts.append(self._probs(output))
         if "mc_variance" in channels:
@@ -358,11 +372,23 @@ class _ModelRunner:
 class _TileReader:
     """Reads and normalises one batch of tiles (called from the reader threads)."""
 
-    def __init__(self, reader: SlideReader, grid: TileGrid, model: WslModel, pin: bool):
+    def __init__(self, reader: SlideReader, grid: TileGrid, model: WslModel, pin: bool,
+                 saturation_threshold: float | None = None, map_size: int = 1):
         self.reader = reader
         self.grid = grid
         self.model = model
         self.pin = pin
+        self.saturation_threshold = saturation_threshold
+        self.map_size = map_size
+
+    def tissue_fraction(self, pixels: np.ndarray) -> torch.Tensor:
+        """``(B, 1, n, n)`` fraction of tissue pixels (saturation above threshold) per map pixel."""
+        rgb = torch.from_numpy(pixels)
+        high = rgb.amax(dim=3).float()
+        low = rgb.amin(dim=3).float()
+        saturation = (high - low) / high.clamp_min(1.0)
+        tissue = (saturation > self.saturation_threshold).float()[:, None]
+        return F.adaptive_avg_pool2d(tissue, self.map_size)
 
     def read_tile(self, row: int, col: int) -> np.ndarray:
         grid, res = self.grid, self.grid.resolution
@@ -383,7 +409,10 @@ class _TileReader:
             images = self.model.normalize(torch.from_numpy(pixels))
             if self.pin:
                 images = images.pin_memory()
-        return tiles, images
+            tissue = None
+            if self.saturation_threshold is not None:
+                tissue = self.tissue_fraction(pixels)
+        return tiles, images, tissue
 
 
 # ---------------------------------------------------------------------- the job
@@ -474,6 +503,13 @@ def infer_slide(
         tissue = tissue_mask(reader)
     grid = tile_grid(reader, config.tile_size, overlap, mpp=mpp, level=level, region=region,
                      tissue=tissue, tissue_threshold=config.tissue_threshold)
+    saturation_threshold = None
+    if config.tissue_gate and {"fg", "bg"} & set(config.expanded_maps()):
+        if tissue is None:
+            from ..data.tissue import tissue_mask
+
+            tissue = tissue_mask(reader)
+        saturation_threshold = float(getattr(tissue, "threshold", 0.05))
     map_size = config.tile_size // stride
     wanted = config.expanded_maps()
     map_shape, scale, translate, unit = _geometry(reader, grid, stride)
@@ -486,6 +522,7 @@ def infer_slide(
         "cam_normalisation": config.cam_normalisation,
         "mc_passes": config.mc_passes if "mc_variance" in wanted else 0,
         "dtype": config.dtype,
+        "tissue_gate": saturation_threshold,
         "slide": {"name": reader.name, "path": None if reader.path is None else str(reader.path),
                   "mpp": None if reader.mpp is None else list(reader.mpp)},
     }
@@ -517,7 +554,8 @@ def infer_slide(
                                time.perf_counter() - started, grid, str(device))
 
     batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
-    tile_reader = _TileReader(reader, grid, model, pin=device.type == "cuda")
+    tile_reader = _TileReader(reader, grid, model, pin=device.type == "cuda",
+                              saturation_threshold=saturation_threshold, map_size=map_size)
     reading = ThreadPoolExecutor(max_workers=config.readers, thread_name_prefix="wslal-read")
     writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wslal-write")
     pending_reads: deque[Future] = deque()
@@ -531,12 +569,12 @@ def infer_slide(
             pending_reads.append(reading.submit(tile_reader, batches[next_batch]))
             next_batch += 1
         for index in range(len(batches)):
-            tiles, images = pending_reads.popleft().result()
+            tiles, images, tissue_fraction = pending_reads.popleft().result()
             if next_batch < len(batches):
                 pending_reads.append(reading.submit(tile_reader, batches[next_batch]))
                 next_batch += 1
             with torch.inference_mode():
-                outputs = runner.tile_outputs(images)
+                outputs = runner.tile_outputs(images, tissue_fraction)
             pending_writes.append(writing.submit(output.write_tiles, tiles, outputs))
             while len(pending_writes) > 2 or (pending_writes and pending_writes[0].done()):
                 pending_writes.popleft().result()
