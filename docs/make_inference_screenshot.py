@@ -71,7 +71,6 @@ def main() -> None:
     viewer.window.add_dock_widget(widget, area="right", name="Inference")
     if not args.default:
         widget.model_factory = StainModel
-    widget.tile_spin.setValue(256)
     widget.device_combo.setCurrentText("cpu")
     widget.map_checks["bg"].setChecked(False)
     widget.run()
@@ -86,7 +85,9 @@ def main() -> None:
             layer.visible = False
         if layer.name.endswith("ovr_entropy_max"):
             layer.visible = False
-        if layer.name.endswith("cam " + widget.session.handles()["cam"].channels[0]):
+        if " cam " in layer.name:
+            layer.visible = False
+        if layer.name.endswith("cam " + widget.session.handles()["cam"].channels[-1]):
             layer.visible = True
             layer.opacity = 0.6
             viewer.layers.selection.active = layer

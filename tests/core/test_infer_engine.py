@@ -50,7 +50,7 @@ def test_constant_model_gives_constant_maps_across_tile_borders(tmp_path):
     np.testing.assert_allclose(result.maps["bg"].levels[0].compute(), 0.3, atol=1e-6)
 
 
-def test_foreground_is_gated_by_tissue(tmp_path):
+def test_foreground_and_cams_are_gated_by_tissue(tmp_path):
     image = np.full((128, 192, 3), 245, np.uint8)  # white glass ...
     image[:, 96:] = (200, 80, 160)  # ... beside pink tissue
     reader = ArrayReader(image, mpp=0.5)
@@ -60,6 +60,11 @@ def test_foreground_is_gated_by_tissue(tmp_path):
     np.testing.assert_allclose(fg[:, :22], 0.0, atol=1e-6)  # glass: never foreground
     np.testing.assert_allclose(fg[:, 26:], 0.7, atol=1e-6)  # tissue: the model's value
     np.testing.assert_allclose(fg + bg, 1.0, atol=1e-6)
+    cam = result.maps["cam"].levels[0].compute()
+    expected = torch.softmax(torch.tensor([2.0, 0.5]), 0).numpy()
+    np.testing.assert_allclose(cam[:, :, :22], 0.0, atol=1e-6)
+    np.testing.assert_allclose(cam[:, :, 26:], expected[:, None, None] * np.ones((1, 32, 22)),
+                               atol=1e-6)
     ungated = run(reader, ConstantModel(), tmp_path / "u.zarr")
     np.testing.assert_allclose(ungated.maps["fg"].levels[0].compute(), 0.7, atol=1e-6)
 

@@ -251,7 +251,7 @@ class InferenceWidget(QWidget):
             mpp=self.mpp_spin.value() if choice == "Microns per pixel" else None,
             level=self.level_spin.value() if choice == "Slide level" else None,
             tile_size=self.tile_spin.value(),
-            overlap=self.tile_spin.value() // 8,
+            overlap=self.tile_spin.value() // 4,
             batch_size=self.batch_spin.value(),
             device=self.device_combo.currentText(),
             maps=maps or ("fg",),

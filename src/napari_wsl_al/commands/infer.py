@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MC-dropout passes for the mc_variance map (0: none)")
     parser.add_argument("--device", default="auto", help="auto, cuda, mps or cpu")
     parser.add_argument("--tile-size", type=int, default=512, help="tile side in pixels")
-    parser.add_argument("--overlap", type=int, default=64, help="tile overlap in pixels")
+    parser.add_argument("--overlap", type=int, default=128,
+                        help="tile overlap in pixels (wide enough to blend away tile edges)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per batch")
     parser.add_argument("--tissue-threshold", type=float, default=0.05,
                         help="least tissue fraction of a processed tile (0: all tiles)")

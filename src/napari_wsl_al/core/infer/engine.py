@@ -87,16 +87,16 @@ class InferenceConfig:
     dtype : {"float32", "float16"}
         Storage type of the maps.
     tissue_gate : bool
-        Multiply the foreground probability by the fraction of tissue under each map pixel
-        (HSV saturation above the tissue mask's threshold), so that glass is never foreground,
-        whatever the model makes of it (a model trained on glands with white lumens may call
-        white glass foreground).
+        Multiply the foreground probability and the normalised CAMs by the fraction of tissue
+        under each map pixel (HSV saturation above the tissue mask's threshold), so that glass
+        is never foreground nor any class, whatever the model makes of it (a model trained on
+        glands with white lumens may call white glass foreground).
     """
 
     mpp: float | None = None
     level: int | None = None
     tile_size: int = 512
-    overlap: int = 64
+    overlap: int = 128
     batch_size: int = 8
     device: str = "auto"
     amp: bool = True
@@ -339,6 +339,8 @@ class _ModelRunner:
                 cams = torch.softmax(cams, dim=1)
             elif self.config.cam_normalisation == "sigmoid":
                 cams = torch.sigmoid(cams)
+            if tissue is not None and self.config.cam_normalisation != "none":
+                cams = cams * tissue.to(cams.device)
             parts.append(cams)
         if "fg" in channels:
             if "fg" in output:
@@ -504,7 +506,7 @@ def infer_slide(
     grid = tile_grid(reader, config.tile_size, overlap, mpp=mpp, level=level, region=region,
                      tissue=tissue, tissue_threshold=config.tissue_threshold)
     saturation_threshold = None
-    if config.tissue_gate and {"fg", "bg"} & set(config.expanded_maps()):
+    if config.tissue_gate and {"cam", "fg", "bg"} & set(config.expanded_maps()):
         if tissue is None:
             from ..data.tissue import tissue_mask
 
