@@ -235,6 +235,26 @@ def peak_rss(size: int, level: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def shipped_model_ratio(reader, rounds, fmt, med) -> None:
+    """(a) again with what a user runs: the shipped default model at the default settings."""
+    from napari_wsl_al.core.models.checkpoint import default_checkpoint_path, load_default_model
+
+    if not default_checkpoint_path().exists():
+        print("(a') no shipped default model: skipped")
+        return
+    model = load_default_model("cpu")
+    config = InferenceConfig(level=0, device="cpu", tissue_threshold=0,
+                             maps=("cam", "fg", "probs", "uncertainty"))
+    bare, loop = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        for _ in range(rounds):
+            bare.append(bare_model_tiles_per_s(model, reader, config, torch.device("cpu")))
+            loop.append(end_to_end_tiles_per_s(model, reader, config, folder)[0])
+    print(f"(a') shipped default model ({type(model).__name__}), tiles {config.tile_size} "
+          f"(overlap {config.overlap}), batch {config.batch_size}: bare {fmt(bare)} tiles/s; "
+          f"infer_slide {fmt(loop)}; median ratio {med(loop) / med(bare):.3f} (target >= 0.85)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer tiles, smaller model")
@@ -276,6 +296,7 @@ def main() -> None:
           f"{fmt(loop)}; with set-up: {fmt(whole)}")
     print(f"    median ratio end-to-end / bare = {med(loop) / med(bare):.3f} (target >= 0.85); "
           f"with set-up {med(whole) / med(bare):.3f}")
+    shipped_model_ratio(reader, rounds, fmt, med)
     print(f"(b) thread worker tiles/s per round: {fmt(in_worker)}; median ratio worker / "
           f"synchronous = {med(in_worker) / med(loop):.3f} (target >= 0.90)")
     print(f"    longest event-loop stall per round: {', '.join(f'{v * 1000:.0f}' for v in stalls)} "
