@@ -64,3 +64,14 @@ def test_cli_infer_reports_typed_errors(tmp_path, tiny_checkpoint, capsys):
                  str(tmp_path / "p.wslal"), "--device", "cpu"])
     assert code == 1
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_cli_infer_refuses_a_model_for_other_classes(tmp_path, tiny_checkpoint, capsys):
+    slide = write_tiff(tmp_path / "slide.tif", gradient_image(256, 256))
+    project = Project.create(tmp_path / "study", classes=["benign", "malignant"])
+    code = main(["infer", str(slide), "--model", str(tiny_checkpoint), "--project",
+                 str(project.path), "--level", "0", "--tile-size", "128", "--device", "cpu"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "project.json" in err and "['tumour', 'normal']" in err and "benign" in err
+    assert not project.maps_dir.exists() or not any(project.maps_dir.iterdir())

@@ -65,7 +65,9 @@ def _project(args: argparse.Namespace, model_classes):
     from ..core.project import Project, PROJECT_FILE
 
     if (args.project / PROJECT_FILE).exists():
-        return Project.open(args.project)
+        project = Project.open(args.project)
+        project.check_model_classes(model_classes, f"model {args.model}")
+        return project
     return Project.create(args.project, classes=list(model_classes))
 
 

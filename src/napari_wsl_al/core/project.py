@@ -260,6 +260,23 @@ class Project:
         """Names of the classes, in order."""
         return tuple(spec.name for spec in self.classes)
 
+    def check_model_classes(self, model_classes, model_name: str = "the model") -> None:
+        """Refuse a model whose classes are not the study's (same names, same order).
+
+        Raises
+        ------
+        ProjectError
+            Naming ``project.json``, both class lists and what to do.
+        """
+        model_classes = tuple(model_classes)
+        if model_classes != self.class_names:
+            raise ProjectError(
+                f"{model_name} predicts the classes {list(model_classes)}, but this project's "
+                f"classes are {list(self.class_names)}",
+                path=self.path / PROJECT_FILE,
+                hint="choose a model trained for the project's classes, or another project folder",
+            )
+
     def slide_names(self) -> list[str]:
         """Names of the registered slides, in order."""
         return [entry["name"] for entry in self.slides]

@@ -265,6 +265,8 @@ class InferenceSession:
             self.project is None or Path(self.project.path) != Path(project)
         ):
             self.set_project(Project.create(project, classes=model.classes, exist_ok=True))
+        if self.project is not None:
+            self.project.check_model_classes(model.classes)
         return (yield from self.run(reader, model, config, region))
 
     def cancel(self) -> None:
