@@ -231,3 +231,20 @@ def test_offline_imagenet_raises_weights_unavailable(monkeypatch):
     assert "local" in str(info.value) and "resnet18-" in str(info.value)
     with pytest.raises(WeightsUnavailableError, match="width=1.0"):
         load_backbone_weights(resnet(depth=18, width=0.25), "imagenet")
+
+
+def test_saved_files_are_readable_by_others(tmp_path):
+    """Atomic writes go through mkstemp (mode 0600); the result has a plain file's mode."""
+    import os
+    import stat
+
+    from napari_wsl_al.core.models.checkpoint import save_checkpoint
+    from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+    config = ModelConfig(arch="cam-avg", classes=("a", "b"), width=0.125)
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "model.pt", build_model(config), config)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -59,7 +59,7 @@ def test_settings_are_saved_atomically(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("napari_wsl_al.core.project.os.replace", fail)
+    monkeypatch.setattr("napari_wsl_al.core.atomic.os.replace", fail)
     with pytest.raises(OSError):
         project.update_settings(inference={"mpp": 1.0})
     monkeypatch.undo()

@@ -60,5 +60,9 @@ class WeightsUnavailableError(CheckpointError):
     """Pretrained weights would have to be downloaded, and that failed (offline?)."""
 
 
+class TrainingError(WslAlError):
+    """Training cannot go on (a loss that is not finite, say)."""
+
+
 class ProjectError(WslAlError):
     """A project folder is missing, damaged or from a newer version."""

@@ -11,14 +11,13 @@ Every write of ``project.json`` is atomic (a temporary file in the same folder, 
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .atomic import atomic_write
 from .errors import ProjectError
 
 #: Version of the ``project.json`` layout written by this package.
@@ -99,18 +98,12 @@ def slide_key(name: str) -> str:
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(data, stream, indent=2, sort_keys=False)
-            stream.write("\n")
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    def write(stream) -> None:
+        json.dump(data, stream, indent=2, sort_keys=False)
+        stream.write("\n")
+
+    atomic_write(path, write)
 
 
 @dataclass

@@ -288,7 +288,8 @@ class PatchTorchDataset(torch.utils.data.Dataset):
             mask = mask[top : top + self.crop_size, left : left + self.crop_size]
         else:
             image, mask = pad_to_multiple(image, mask, self.pad_multiple)
-        tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+        pixels = np.array(image, dtype=np.uint8)  # a writable copy: torch refuses read-only arrays
+        tensor = torch.from_numpy(pixels).permute(2, 0, 1).float().div_(255.0)
         tensor = (tensor - self.mean) / self.std
         label = torch.tensor(self.records[index].label, dtype=torch.int64)
         return tensor, label, torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))

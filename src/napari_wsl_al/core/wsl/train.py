@@ -26,6 +26,7 @@ from torch import nn
 from ..data.glas import PatchDataset
 from ..data.patches import IGNORE_INDEX, AugmentConfig, PatchTorchDataset, seed_worker
 from ..device import resolve_device
+from ..errors import TrainingError
 from ..metrics import all_ones_baseline, classification_error, confusion_matrix
 from ..metrics import foreground_background_f1
 from ..progress import Progress
@@ -321,8 +322,9 @@ def train_wsl(
                 optimizer.zero_grad(set_to_none=True)
                 loss, parts = model.training_step(images, labels, epoch)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the loss is {float(loss)} at epoch {epoch}: lower the learning rate"
+                    raise TrainingError(
+                        f"the loss is {float(loss)} at epoch {epoch}",
+                        hint="lower the learning rate (--lr) or check the images for NaNs",
                     )
                 loss.backward()
                 optimizer.step()
