@@ -6,7 +6,11 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Without a screen, run napari under a virtual one.
-XVFB := $(if $(DISPLAY),,$(shell command -v xvfb-run >/dev/null 2>&1 && echo xvfb-run -a -s "-screen 0 1600x1000x24"))
+ifeq ($(DISPLAY),)
+ifneq ($(shell command -v xvfb-run 2>/dev/null),)
+XVFB := xvfb-run -a -s "-screen 0 1600x1000x24"
+endif
+endif
 
 .PHONY: install demo demo-headless test test-slow bench clean
 

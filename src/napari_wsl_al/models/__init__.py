@@ -1,0 +1,1 @@
+"""The shipped model weights (package data): ``default.pt`` and its model card."""
