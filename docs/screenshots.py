@@ -43,7 +43,49 @@ def slide_screenshot(path: Path) -> None:
     viewer.close()
 
 
+def glas_figure(path: Path, names=("train_2", "train_19", "train_49", "train_7")) -> None:
+    """The default model on held-out GlaS images: image, foreground map, ground-truth outline.
+
+    Needs the GlaS training set beside the repository (``../shared/data/glas_train``); the
+    images named are in the default model's validation split.
+    """
+    import numpy as np
+    import torch
+    from napari.utils.colormaps import ensure_colormap
+    from skimage.io import imread, imsave
+    from skimage.segmentation import find_boundaries
+
+    from napari_wsl_al.core.models.checkpoint import load_default_model
+
+    glas = DOCS.parents[1] / "shared" / "data" / "glas_train"
+    model = load_default_model("cpu")
+    rows = []
+    for name in names:
+        image = imread(glas / "images" / f"{name}.png")[..., :3]
+        truth = imread(glas / "masks" / f"{name}.png") > 0
+        h, w = (s // 32 * 32 for s in image.shape[:2])
+        image, truth = image[:h, :w], truth[:h, :w]
+        with torch.inference_mode():
+            batch = model.normalize(torch.from_numpy(np.ascontiguousarray(image))[None])
+            output = model(batch)
+            fg = model.localize(output, (h, w))[0, 0].numpy()
+            malignant = torch.softmax(output["logits"], 1)[0, 1].item()
+        heat = ensure_colormap("inferno").map(fg.ravel())[:, :3].reshape(h, w, 3)
+        heat = (heat * 255).astype(np.uint8)
+        overlay = (0.55 * image + 0.45 * heat).astype(np.uint8)
+        for picture in (image, overlay):
+            picture[find_boundaries(truth, mode="thick")] = (0, 255, 255)
+        bar = np.full((h, 8, 3), 255, np.uint8)
+        rows.append(np.concatenate([image, bar, overlay], axis=1)[::2, ::2])
+        print(f"{name}: P(malignant) = {malignant:.2f}")
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    imsave(path, np.concatenate(rows, axis=0), check_contrast=False, quality=85)
+
+
 if __name__ == "__main__":
     targets = sys.argv[1:] or ["slide"]
     if "slide" in targets:
         slide_screenshot(DOCS / "cmu1_napari.png")
+    if "glas" in targets:
+        glas_figure(DOCS / "glas_default_model.jpg")
