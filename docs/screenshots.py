@@ -52,7 +52,8 @@ def glas_figure(path: Path, names=("train_2", "train_19", "train_49", "train_7")
     import numpy as np
     import torch
     from napari.utils.colormaps import ensure_colormap
-    from skimage.io import imread, imsave
+    from PIL import Image
+    from skimage.io import imread
     from skimage.segmentation import find_boundaries
 
     from napari_wsl_al.core.models.checkpoint import load_default_model
@@ -80,7 +81,7 @@ def glas_figure(path: Path, names=("train_2", "train_19", "train_49", "train_7")
         print(f"{name}: P(malignant) = {malignant:.2f}")
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    imsave(path, np.concatenate(rows, axis=0), check_contrast=False, quality=85)
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=85)
 
 
 if __name__ == "__main__":
