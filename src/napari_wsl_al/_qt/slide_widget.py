@@ -25,7 +25,7 @@ from qtpy.QtWidgets import (
 from ..core.io.base import SlideReader
 
 #: Side of the associated-image preview, in screen pixels.
-PREVIEW_SIZE = 220
+PREVIEW_SIZE = 180
 
 
 def slide_layers(viewer) -> list[Image]:

@@ -91,12 +91,18 @@ def run_napari(slide: Path, screenshot: Path | None, quit_after: bool) -> int:
     from qtpy.QtCore import QTimer
 
     viewer = napari.Viewer(title="napari-wsl-al demo")
+    viewer.window.resize(1500, 950)
     viewer.open(str(slide), plugin="napari-wsl-al")
+    docked = 0
     for widget_name in DEMO_WIDGETS:
         try:
-            viewer.window.add_plugin_dock_widget("napari-wsl-al", widget_name)
+            # One dock area, one tab per widget: the slide keeps most of the window.
+            viewer.window.add_plugin_dock_widget("napari-wsl-al", widget_name, tabify=docked > 0)
         except KeyError:
             continue
+        docked += 1
+    viewer.scale_bar.visible = True
+    viewer.reset_view()
     if screenshot is not None or quit_after:
 
         def finish() -> None:
