@@ -15,6 +15,8 @@ The rules, the same for every backend so that a slide looks the same whichever r
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .base import BACKGROUND_VALUE
@@ -99,3 +101,48 @@ def to_rgb_uint8(
     if channels == 4:
         return composite_over_white(array[..., :3], array[..., 3])
     return np.ascontiguousarray(array[..., :3])
+
+
+def read_window(
+    array: Any,
+    axes: str,
+    y_axis: str,
+    x_axis: str,
+    channel_axis: str | None,
+    x: int,
+    y: int,
+    width: int,
+    height: int,
+    channel_selection: Any = slice(None),
+) -> np.ndarray:
+    """Read a ``(height, width[, channels])`` window of an array with named axes.
+
+    Other axes (time, z, series) are read at index 0; the result is ``(Y, X, C)`` whatever the
+    stored order, or ``(Y, X)`` without a channel axis.
+
+    Parameters
+    ----------
+    array : array-like
+        Anything sliceable with a tuple (numpy memmap, zarr array, ...).
+    axes : str or sequence of str
+        The axis names in storage order, e.g. ``"CYX"`` or ``["c", "y", "x"]``.
+    y_axis, x_axis, channel_axis : str
+        The names of the row, column and channel axes (``channel_axis`` may be None).
+    """
+    selection: list[Any] = []
+    kept: list[str] = []
+    for axis in axes:
+        if axis == y_axis:
+            selection.append(slice(y, y + height))
+        elif axis == x_axis:
+            selection.append(slice(x, x + width))
+        elif axis == channel_axis:
+            selection.append(channel_selection)
+        else:
+            selection.append(0)
+            continue
+        kept.append(axis)
+    window = np.asarray(array[tuple(selection)])
+    if channel_axis is None:
+        return window
+    return np.transpose(window, [kept.index(y_axis), kept.index(x_axis), kept.index(channel_axis)])

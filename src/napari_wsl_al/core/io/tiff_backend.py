@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import tifffile
 import zarr
 
 from ..errors import CorruptSlideError, SlideError
-from ._convert import to_rgb_uint8
+from ._convert import read_window, to_rgb_uint8
 from .base import SlideReader
 
 #: Microns per unit of the OME ``PhysicalSize*Unit`` values we understand.
@@ -141,30 +140,13 @@ class _TiffLevel:
 
     def read(self, x: int, y: int, width: int, height: int) -> np.ndarray:
         """A window as ``(height, width, channels)`` in the file's dtype."""
-        selection: list[Any] = []
-        kept: list[str] = []
-        for axis in self.axes:
-            if axis == "Y":
-                selection.append(slice(y, y + height))
-                kept.append(axis)
-            elif axis == "X":
-                selection.append(slice(x, x + width))
-                kept.append(axis)
-            elif axis == self.channel_axis:
-                selection.append(slice(None))
-                kept.append(axis)
-            else:
-                selection.append(0)
         if self._memmap is not None:
-            window = np.asarray(self._memmap[tuple(selection)])
+            source = self._memmap
         elif self._single_chunk:
-            window = self._whole_level()[tuple(selection)]
+            source = self._whole_level()
         else:
-            window = self._array[tuple(selection)]
-        if self.channel_axis is None:
-            return window
-        order = [kept.index("Y"), kept.index("X"), kept.index(self.channel_axis)]
-        return np.transpose(window, order)
+            source = self._array
+        return read_window(source, self.axes, "Y", "X", self.channel_axis, x, y, width, height)
 
     def _whole_level(self) -> np.ndarray:
         with self._whole_lock:

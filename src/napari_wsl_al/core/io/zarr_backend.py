@@ -26,7 +26,7 @@ import zarr
 import zarr.errors
 
 from ..errors import CorruptSlideError, UnsupportedFormatError
-from ._convert import to_rgb_uint8
+from ._convert import read_window, to_rgb_uint8
 from .base import SlideReader
 
 #: Microns per unit of the NGFF (UDUNITS-2) length units.
@@ -194,32 +194,17 @@ class ZarrReader(SlideReader):
         self._finish_init()
 
     def _read_native(self, level: int, x: int, y: int, width: int, height: int) -> np.ndarray:
-        selection: list[Any] = []
-        kept: list[str] = []
-        for axis in self._axes:
-            if axis == "y":
-                selection.append(slice(y, y + height))
-                kept.append(axis)
-            elif axis == "x":
-                selection.append(slice(x, x + width))
-                kept.append(axis)
-            elif axis == self._channel:
-                selection.append(self._channel_slice)
-                kept.append(axis)
-            else:
-                selection.append(0)
         try:
-            window = np.asarray(self._arrays_native[level][tuple(selection)])
+            window = read_window(
+                self._arrays_native[level], self._axes, "y", "x", self._channel,
+                x, y, width, height, self._channel_slice,
+            )  # fmt: skip
         except _READ_ERRORS as error:
             raise CorruptSlideError(
                 f"reading level {level} at {(x, y)} failed ({error})",
                 path=self.path,
                 hint="the zarr store may be incomplete or damaged",
             ) from error
-        if self._channel is not None:
-            window = np.transpose(
-                window, [kept.index("y"), kept.index("x"), kept.index(self._channel)]
-            )
         return to_rgb_uint8(window, self._value_range)
 
 
