@@ -215,10 +215,16 @@ def rss_child(size: int, downsample_level: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         quarters = {}
+        setup_peak = []
+
+        def on_progress(progress) -> None:
+            if not setup_peak:  # before the first batch: opening, tissue mask, set-up
+                setup_peak.append(max(samples))
+            quarter = min(4, 1 + 4 * progress.step // max(1, progress.total))
+            quarters.setdefault(quarter, []).append(max(samples[-5:]))
+
         result = run_to_end(
-            infer_slide(reader, model, config, MapStore(Path(folder) / "m.zarr")),
-            lambda p: quarters.setdefault(min(4, 1 + 4 * p.step // max(1, p.total)),
-                                          []).append(max(samples[-5:])),
+            infer_slide(reader, model, config, MapStore(Path(folder) / "m.zarr")), on_progress
         )
         seconds = time.perf_counter() - started
     stop.set()
@@ -226,6 +232,7 @@ def rss_child(size: int, downsample_level: int) -> None:
     peak = max(samples)
     print(json.dumps({"size": size, "tiles": result.tiles_computed, "seconds": seconds,
                       "rss_before_mib": before, "peak_rss_mib": peak,
+                      "setup_peak_mib": setup_peak[0] if setup_peak else before,
                       "peak_by_quarter_mib": [max(quarters.get(q, [0])) for q in (1, 2, 3, 4)],
                       "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -315,7 +322,8 @@ def main() -> None:
               f"{item['peak_rss_mib']:.0f} MiB (before it {item['rss_before_mib']:.0f} MiB, "
               f"+{item['peak_rss_mib'] - item['rss_before_mib']:.0f}; process high-water mark "
               f"{item['ru_maxrss_mib']:.0f} MiB)")
-        print(f"    peak RSS by quarter of the run: "
+        print(f"    peak RSS of the set-up (tissue mask, store): {item['setup_peak_mib']:.0f} MiB; "
+              f"by quarter of the run: "
               f"{', '.join(f'{v:.0f}' for v in item['peak_by_quarter_mib'])} MiB")
     grows = (rss[1]["peak_rss_mib"] - rss[1]["rss_before_mib"]) - (
         rss[0]["peak_rss_mib"] - rss[0]["rss_before_mib"])

@@ -33,7 +33,7 @@ SMALLEST_LEVEL_SIZE = 1024
 DEFAULT_CHUNK = 512
 
 #: Native pixels per block side when a lazy level is computed (bounds memory per read).
-LAZY_BLOCK = 4096
+LAZY_BLOCK = 2048
 
 
 def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
