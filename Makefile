@@ -26,7 +26,12 @@ $(STAMP): $(PY) setup.cfg pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(XVFB) $(VENV)/bin/napari-wsl-al demo
+ifeq ($(DISPLAY),)
+	@echo "No screen (DISPLAY is unset): the headless demo. For napari on a virtual screen: xvfb-run -a make demo"
+	$(VENV)/bin/napari-wsl-al demo --headless
+else
+	$(VENV)/bin/napari-wsl-al demo
+endif
 
 demo-headless: $(STAMP)
 	$(VENV)/bin/napari-wsl-al demo --headless
