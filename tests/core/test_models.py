@@ -344,3 +344,24 @@ def test_tiny_models_learn_the_blob_task(arch, head, steps):
     f1_background = dice(~predicted, ~truth)
     assert f1_background > 0.2  # all-ones mask: F1- = 0
     assert dice(predicted, truth) > 0.2
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_dilated_backbone_gives_finer_cams_with_the_same_parameters(output_stride):
+    from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+    plain = build_model(ModelConfig(arch="wildcat", width=0.125)).eval()
+    dilated = build_model(ModelConfig(arch="wildcat", width=0.125, output_stride=output_stride))
+    dilated.eval()
+    # Same parameter names and shapes: weights of one load into the other (torchvision files too).
+    dilated.load_state_dict(plain.state_dict())
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        coarse, fine = plain(images)["cams"], dilated(images)["cams"]
+    assert dilated.output_stride == output_stride
+    assert fine.shape[-2:] == (64 // output_stride, 64 // output_stride)
+    assert coarse.shape[-2:] == (2, 2)
+    config = ModelConfig(arch="maxmin", output_stride=output_stride)
+    assert ModelConfig.from_dict(config.to_dict()).output_stride == output_stride
+    with pytest.raises(ValueError, match="output_stride"):
+        build_model(ModelConfig(arch="cam-avg", width=0.125, output_stride=4))

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--depth", type=int, default=18, choices=(18, 34, 50), help="ResNet depth")
     model.add_argument("--width", type=float, default=0.25, help="channel multiplier of the ResNet")
     model.add_argument("--dropout", type=float, default=0.0, help="backbone feature dropout")
+    model.add_argument("--output-stride", type=int, choices=(32, 16, 8), default=32,
+                       help="input pixels per CAM pixel (16, 8: dilated last stages, finer maps)")
     model.add_argument(
         "--head", action="append", default=[], metavar="NAME=VALUE",
         help="head hyper-parameter override (JSON value), e.g. --head sigma=0.15; repeatable",
@@ -219,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
         depth=args.depth,
         width=args.width,
         dropout=args.dropout,
+        output_stride=args.output_stride,
         mpp=model_mpp,
         head=_parse_head(args.head),
     )

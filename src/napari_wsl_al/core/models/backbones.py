@@ -52,13 +52,20 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(
-        self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dilation: int = 1,
     ):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_channels, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(
+            in_channels, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn1 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.downsample = downsample
 
@@ -75,12 +82,19 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(
-        self, in_channels: int, planes: int, stride: int = 1, downsample: nn.Module | None = None
+        self,
+        in_channels: int,
+        planes: int,
+        stride: int = 1,
+        downsample: nn.Module | None = None,
+        dilation: int = 1,
     ):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, planes, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(
+            planes, planes, 3, stride=stride, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(planes * self.expansion)
@@ -109,23 +123,35 @@ class ResNet(nn.Module):
         active at inference by :func:`enable_mc_dropout` for MC-dropout uncertainty.
     in_channels : int
         Channels of the input images.
+    output_stride : {32, 16, 8}
+        Input pixels per pixel of the last feature map. Below 32, layer4 (and for 8 also
+        layer3) keeps its input resolution and dilates its convolutions, as torchvision's
+        ``replace_stride_with_dilation`` does: finer CAMs, the same parameters (torchvision
+        weights still load), more computation in the last stages.
 
     Attributes
     ----------
     out_channels : int
-        Channels of the stride-32 map returned by :meth:`features`.
+        Channels of the last map returned by :meth:`features`.
     pyramid_channels : tuple of int
         Channels of the layer1..layer4 maps returned by :meth:`features_pyramid`.
     output_stride : int
-        32.
+        Input pixels per pixel of the map returned by :meth:`features`.
     """
 
     output_stride = 32
 
     def __init__(
-        self, depth: int = 18, width: float = 1.0, dropout: float = 0.0, in_channels: int = 3
+        self,
+        depth: int = 18,
+        width: float = 1.0,
+        dropout: float = 0.0,
+        in_channels: int = 3,
+        output_stride: int = 32,
     ):
         super().__init__()
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, not {output_stride!r}")
         if depth not in _STAGES:
             raise ValueError(f"ResNet depth must be one of {sorted(_STAGES)}, not {depth!r}")
         if width <= 0:
@@ -141,25 +167,35 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
         planes = [_scaled(p, width) for p in (64, 128, 256, 512)]
+        # Below stride 32, the last stages keep their resolution and dilate their 3x3
+        # convolutions instead (torchvision's replace_stride_with_dilation): same parameters.
+        self.output_stride = output_stride
+        self._dilation = 1
         self.layer1 = self._make_stage(block, planes[0], blocks[0], stride=1)
         self.layer2 = self._make_stage(block, planes[1], blocks[1], stride=2)
-        self.layer3 = self._make_stage(block, planes[2], blocks[2], stride=2)
-        self.layer4 = self._make_stage(block, planes[3], blocks[3], stride=2)
+        self.layer3 = self._make_stage(block, planes[2], blocks[2], 2, dilate=output_stride == 8)
+        self.layer4 = self._make_stage(block, planes[3], blocks[3], 2, dilate=output_stride < 32)
         self.pyramid_channels = tuple(p * block.expansion for p in planes)
         self.out_channels = self.pyramid_channels[-1]
         self.feature_dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self._init_weights()
 
-    def _make_stage(self, block, planes: int, count: int, stride: int) -> nn.Sequential:
+    def _make_stage(
+        self, block, planes: int, count: int, stride: int, dilate: bool = False
+    ) -> nn.Sequential:
+        previous_dilation = self._dilation
+        if dilate:
+            self._dilation *= stride
+            stride = 1
         downsample = None
         if stride != 1 or self._in != planes * block.expansion:
             downsample = nn.Sequential(
                 nn.Conv2d(self._in, planes * block.expansion, 1, stride=stride, bias=False),
                 nn.BatchNorm2d(planes * block.expansion),
             )
-        layers = [block(self._in, planes, stride, downsample)]
+        layers = [block(self._in, planes, stride, downsample, dilation=previous_dilation)]
         self._in = planes * block.expansion
-        layers += [block(self._in, planes) for _ in range(1, count)]
+        layers += [block(self._in, planes, dilation=self._dilation) for _ in range(1, count)]
         return nn.Sequential(*layers)
 
     def _init_weights(self) -> None:
@@ -171,7 +207,8 @@ class ResNet(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def features_pyramid(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The layer1..layer4 maps, at strides 4, 8, 16 and 32 (dropout on the last two)."""
+        """The layer1..layer4 maps, at strides 4, 8, 16 and 32 (or less when dilated); dropout
+        on the last two."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c1 = self.layer1(x)
         c2 = self.layer2(c1)
@@ -180,7 +217,7 @@ class ResNet(nn.Module):
         return c1, c2, c3, c4
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The stride-32 feature map ``(B, out_channels, H/32, W/32)``."""
+        """The last feature map ``(B, out_channels, H/s, W/s)``, ``s`` = :attr:`output_stride`."""
         return self.features_pyramid(x)[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,10 +226,20 @@ class ResNet(nn.Module):
 
 
 def resnet(
-    depth: int = 18, width: float = 1.0, dropout: float = 0.0, in_channels: int = 3
+    depth: int = 18,
+    width: float = 1.0,
+    dropout: float = 0.0,
+    in_channels: int = 3,
+    output_stride: int = 32,
 ) -> ResNet:
     """Build a :class:`ResNet` trunk; see its parameters."""
-    return ResNet(depth=depth, width=width, dropout=dropout, in_channels=in_channels)
+    return ResNet(
+        depth=depth,
+        width=width,
+        dropout=dropout,
+        in_channels=in_channels,
+        output_stride=output_stride,
+    )
 
 
 _DROPOUT_TYPES = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)

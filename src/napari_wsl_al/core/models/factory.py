@@ -89,6 +89,8 @@ class ModelConfig:
         Channel multiplier of the backbone (1.0 for ImageNet weights; 0.125-0.25 for tests).
     dropout : float
         Backbone feature dropout (MC-dropout).
+    output_stride : {32, 16, 8}
+        Input pixels per CAM pixel: 32 is the plain ResNet, 16 and 8 dilate the last stages.
     seg_classes : tuple of str
         Segmentation classes of the joint model, background first.
     mpp : float or None
@@ -104,6 +106,7 @@ class ModelConfig:
     depth: int = 18
     width: float = 1.0
     dropout: float = 0.0
+    output_stride: int = 32
     seg_classes: tuple[str, ...] = ("background", "foreground")
     mpp: float | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -166,7 +169,12 @@ def build_model(config: ModelConfig) -> WslModel:
     common = dict(mean=config.mean, std=config.std, mpp=config.mpp)
 
     def trunk():
-        return resnet(depth=config.depth, width=config.width, dropout=config.dropout)
+        return resnet(
+            depth=config.depth,
+            width=config.width,
+            dropout=config.dropout,
+            output_stride=config.output_stride,
+        )
 
     backbone = trunk()
     arch = config.arch
