@@ -1,7 +1,7 @@
 # The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
 VENV ?= .venv
 PYTHON ?= python3
-# The CPU build of torch; on a CUDA machine use e.g. `make TORCH=torch==2.13.0+cu128 ...`.
+# The torch to install when .venv has none (a torch already installed there is kept).
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
@@ -19,7 +19,7 @@ $(PY):
 
 $(STAMP): $(PY) setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet "$(TORCH)"
 	$(PY) -m pip install --quiet -e ".[testing]"
 	touch $(STAMP)
 
