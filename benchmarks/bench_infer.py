@@ -136,39 +136,11 @@ def end_to_end_tiles_per_s(model, reader, config, folder) -> tuple[float, float]
     return last.metrics["tiles_per_s"], result.tiles_computed / total
 
 
-def worker_run(model, reader, config, folder) -> tuple[float, float]:
-    """The same run in a napari thread worker; returns (tiles/s, longest event-loop stall s)."""
-    from napari.qt.threading import create_worker
-    from qtpy.QtCore import QTimer
-    from qtpy.QtWidgets import QApplication
+def pump_events(until, interval_ms: int = 10) -> float:
+    """Run the Qt event loop until ``until()`` holds; longest gap of a ``interval_ms`` heartbeat.
 
-    app = QApplication.instance() or QApplication([])
-    store = MapStore(Path(folder) / f"worker-{time.monotonic_ns()}.zarr")
-    state = {"last": None, "done": False, "beat": time.perf_counter(), "stall": 0.0}
-
-    def beat():
-        now = time.perf_counter()
-        state["stall"] = max(state["stall"], now - state["beat"])
-        state["beat"] = now
-
-    timer = QTimer()
-    timer.setInterval(10)
-    timer.timeout.connect(beat)
-    worker = create_worker(infer_slide, reader, model, config, store, _start_thread=False)
-    worker.yielded.connect(lambda progress: state.__setitem__("last", progress))
-    worker.finished.connect(lambda: state.__setitem__("done", True))
-    timer.start()
-    state["beat"] = time.perf_counter()
-    worker.start()
-    while not state["done"]:
-        app.processEvents()
-        time.sleep(0.002)
-    timer.stop()
-    return state["last"].metrics["tiles_per_s"], state["stall"]
-
-
-def idle_event_loop_stall(seconds: float) -> float:
-    """Longest gap of the same 10 ms heartbeat with nothing running: the machine's own noise."""
+    The gap measures how long the event loop (the UI thread) was kept from running.
+    """
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
@@ -181,16 +153,37 @@ def idle_event_loop_stall(seconds: float) -> float:
         state["beat"] = now
 
     timer = QTimer()
-    timer.setInterval(10)
+    timer.setInterval(interval_ms)
     timer.timeout.connect(beat)
     timer.start()
     state["beat"] = time.perf_counter()
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
+    while not until():
         app.processEvents()
         time.sleep(0.002)
     timer.stop()
     return state["stall"]
+
+
+def worker_run(model, reader, config, folder) -> tuple[float, float]:
+    """The same run in a napari thread worker; returns (tiles/s, longest event-loop stall s)."""
+    from napari.qt.threading import create_worker
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.instance() or QApplication([])
+    store = MapStore(Path(folder) / f"worker-{time.monotonic_ns()}.zarr")
+    state = {"last": None, "done": False}
+    worker = create_worker(infer_slide, reader, model, config, store, _start_thread=False)
+    worker.yielded.connect(lambda progress: state.__setitem__("last", progress))
+    worker.finished.connect(lambda: state.__setitem__("done", True))
+    worker.start()
+    stall = pump_events(lambda: state["done"])
+    return state["last"].metrics["tiles_per_s"], stall
+
+
+def idle_event_loop_stall(seconds: float) -> float:
+    """Longest gap of the same heartbeat with nothing running: the machine's own noise."""
+    end = time.perf_counter() + seconds
+    return pump_events(lambda: time.perf_counter() >= end)
 
 
 def rss_child(size: int, downsample_level: int) -> None:

@@ -164,6 +164,22 @@ def _normalised_column(name: str) -> str:
     return " ".join(name.split()).lower()
 
 
+def _resolve_classes(found, classes, what: str, path: Path) -> tuple[str, ...]:
+    """The class tuple: ``found`` in order when ``classes`` is None, else ``classes`` checked
+    to contain every found name (a :class:`DatasetError` naming ``path`` otherwise)."""
+    if classes is None:
+        return tuple(found)
+    classes = tuple(classes)
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        raise DatasetError(
+            f"unknown {what} {', '.join(repr(u) for u in unknown)}",
+            path,
+            hint=f"expected one of {', '.join(repr(c) for c in classes)}",
+        )
+    return classes
+
+
 def load_glas(
     root: str | Path,
     classes: Sequence[str] | None = None,
@@ -262,17 +278,7 @@ def load_glas(
         raise DatasetError("the csv lists no image", csv_path, hint="add one row per image")
 
     found_classes = sorted({class_name for _, class_name, _ in entries})
-    if classes is None:
-        classes = tuple(found_classes)
-    else:
-        classes = tuple(classes)
-        unknown = [name for name in found_classes if name not in classes]
-        if unknown:
-            raise DatasetError(
-                f"unknown class name(s) {', '.join(repr(u) for u in unknown)}",
-                csv_path,
-                hint=f"expected one of {', '.join(repr(c) for c in classes)}",
-            )
+    classes = _resolve_classes(found_classes, classes, "class name(s)", csv_path)
 
     missing_images = []
     records = []
@@ -338,24 +344,14 @@ def load_class_folders(
             "or use the GlaS layout (images/, masks/, grade.csv)",
         )
     found = [p.name for p in folders]
-    if classes is None:
-        classes = tuple(found)
-    else:
-        classes = tuple(classes)
-        unknown = [name for name in found if name not in classes]
-        if unknown:
-            raise DatasetError(
-                f"unknown class folder(s) {', '.join(repr(u) for u in unknown)}",
-                root,
-                hint=f"expected one of {', '.join(repr(c) for c in classes)}",
-            )
-        absent = [name for name in classes if name not in found]
-        if absent:
-            raise DatasetError(
-                f"no folder for class(es) {', '.join(repr(a) for a in absent)}",
-                root,
-                hint="add a sub-folder of images for every class",
-            )
+    classes = _resolve_classes(found, classes, "class folder(s)", root)
+    absent = [name for name in classes if name not in found]
+    if absent:
+        raise DatasetError(
+            f"no folder for class(es) {', '.join(repr(a) for a in absent)}",
+            root,
+            hint="add a sub-folder of images for every class",
+        )
     records = []
     for label, class_name in enumerate(classes):
         folder = root / class_name
