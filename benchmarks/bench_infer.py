@@ -169,7 +169,7 @@ def worker_run(model, reader, config, folder) -> tuple[float, float]:
     from napari.qt.threading import create_worker
     from qtpy.QtWidgets import QApplication
 
-    QApplication.instance() or QApplication([])
+    app = QApplication.instance() or QApplication([])  # kept: the thread pool needs it alive
     store = MapStore(Path(folder) / f"worker-{time.monotonic_ns()}.zarr")
     state = {"last": None, "done": False}
     worker = create_worker(infer_slide, reader, model, config, store, _start_thread=False)
