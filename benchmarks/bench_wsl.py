@@ -4,6 +4,18 @@ Run from the repository root::
 
     .venv/bin/python benchmarks/bench_wsl.py --epochs 10 --minutes 6
 
+Cross-validation grouped by patient (the way recipes are chosen)::
+
+    .venv/bin/python benchmarks/bench_wsl.py --cv 5 --methods "Max-Min (SEM+ASC)" \
+        --recipe baseline --epochs 40
+    .venv/bin/python benchmarks/bench_wsl.py --table   # every recipe measured so far
+
+With ``--cv K`` the data set is cut into K folds by patient (:func:`patient_folds`); each fold
+is predicted by a model trained on the other folds, whose epoch is chosen on an inner
+validation part of its training patients (``--select error|loss``) or is the last one
+(``--select last``, no inner part). One line per recipe and method (mean and spread over the
+folds, and each fold) is appended to ``benchmarks/results/wsl_cv.jsonl``.
+
 For CAM-Avg, WILDCAT, Max-Min (SEM + ASC) and min-max entropy, each model is trained from
 scratch with the same seed, split, crops and schedule, bounded by ``--epochs`` and
 ``--minutes``; the epoch with the lowest validation classification error is kept and evaluated
@@ -29,10 +41,15 @@ import torch
 REPOSITORY = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPOSITORY / "src"))
 
-from napari_wsl_al.core.data.glas import load_glas, split_by_patient  # noqa: E402
-from napari_wsl_al.core.models.factory import ModelConfig, build_model  # noqa: E402
-from napari_wsl_al.core.progress import run_to_end  # noqa: E402
-from napari_wsl_al.core.wsl.train import (  # noqa: E402
+from napari_wsl_al.core.data.glas import (
+    load_glas,
+    patient_folds,
+    split_by_patient,
+)
+from napari_wsl_al.core.data.patches import AugmentConfig
+from napari_wsl_al.core.models.factory import ModelConfig, build_model
+from napari_wsl_al.core.progress import run_to_end
+from napari_wsl_al.core.wsl.train import (
     TrainConfig,
     evaluate,
     seed_everything,
@@ -79,6 +96,25 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", default=str(REPOSITORY / "benchmarks" / "results" / "bench_wsl.json"))
+    recipe = parser.add_argument_group("recipe (cross-validation)")
+    recipe.add_argument("--cv", type=int, default=0, help="K-fold cross-validation by patient")
+    recipe.add_argument("--folds", type=int, nargs="+", default=None,
+                        help="only these folds (0-based), e.g. to spread a run over machines")
+    recipe.add_argument("--recipe", default="baseline", help="name of the recipe in the table")
+    recipe.add_argument("--target-mpp", type=float, default=None,
+                        help="read the images at this resolution (GlaS is 0.62 um/px)")
+    recipe.add_argument("--warmup", type=int, default=0, help="warm-up epochs")
+    recipe.add_argument("--weight-decay", type=float, default=1e-4)
+    recipe.add_argument("--ema", type=float, default=None, help="weight EMA decay, e.g. 0.99")
+    recipe.add_argument("--select", choices=("error", "loss", "last"), default="loss")
+    recipe.add_argument("--patience", type=int, default=None)
+    recipe.add_argument("--cutmix", type=float, default=0.0, help="same-class CutMix probability")
+    recipe.add_argument("--tta", action="store_true", help="test-time flips")
+    recipe.add_argument("--hed", type=float, default=0.03, help="stain augmentation strength")
+    recipe.add_argument("--colour", type=float, default=0.1,
+                        help="brightness / contrast / saturation jitter")
+    recipe.add_argument("--cv-out", default=str(REPOSITORY / "benchmarks" / "results" / "wsl_cv.jsonl"))
+    recipe.add_argument("--table", action="store_true", help="print the recipes measured so far")
     return parser.parse_args(argv)
 
 
@@ -86,9 +122,112 @@ def _percent(value) -> str:
     return "    -" if value is None else f"{100 * value:6.2f}"
 
 
+def recipe_config(args) -> TrainConfig:
+    """The training parameters of a recipe given on the command line."""
+    return TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
+        lr_schedule="cosine", patience=args.patience, seed=args.seed, device="cpu",
+        max_minutes=args.minutes, eval_every=args.eval_every, weight_decay=args.weight_decay,
+        target_mpp=args.target_mpp, warmup_epochs=args.warmup, ema_decay=args.ema,
+        select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
+        augment=AugmentConfig(brightness=args.colour, contrast=args.colour,
+                              saturation=args.colour, hed=args.hed),
+    )
+
+
+def _mean_spread(values) -> tuple[float, float]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return float("nan"), float("nan")
+    mean = sum(values) / len(values)
+    spread = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+    return mean, spread
+
+
+def cross_validate(args) -> int:
+    """K-fold cross-validation by patient of one recipe, for each method; appends to --cv-out."""
+    dataset = load_glas(args.data)
+    folds = patient_folds(dataset, k=args.cv, seed=args.seed)
+    chosen = args.folds if args.folds is not None else list(range(args.cv))
+    config = recipe_config(args)
+    out = Path(args.cv_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for label in args.methods:
+        arch, head = METHODS[label]
+        per_fold = []
+        started = time.perf_counter()
+        for index in chosen:
+            fold = folds[index]
+            inner = None
+            train_part = fold.train
+            if config.select_on != "last":
+                inner = split_by_patient(fold.train, val_fraction=0.2, seed=args.seed)
+                train_part = inner.train
+            seed_everything(args.seed)
+            model = build_model(ModelConfig(
+                arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
+                mpp=args.target_mpp or dataset.mpp, head=head,
+            ))
+            result = run_to_end(
+                train_wsl(model, train_part, inner.val if inner else None, config),
+                lambda record, label=label, index=index: print(
+                    f"  [{args.recipe} | {label} | fold {index}] {record.message}", flush=True),
+            )
+            scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips)
+            per_fold.append({
+                "fold": index, "patients": list(fold.val_groups), "n_images": len(fold.val),
+                "error": scores["error"], "f1_pos": scores["f1_pos"], "f1_neg": scores["f1_neg"],
+                "all_ones_f1_pos": scores["all_ones_f1_pos"], "best_epoch": result.best_epoch,
+                "epochs_run": len(result.history), "seconds": result.seconds,
+            })
+            print(f"  [{args.recipe} | {label} | fold {index}] error {_percent(scores['error'])}% "
+                  f"F1+ {_percent(scores['f1_pos'])}% F1- {_percent(scores['f1_neg'])}% "
+                  f"(epoch {result.best_epoch + 1} of {len(result.history)})", flush=True)
+        row = {"recipe": args.recipe, "method": label, "folds": per_fold,
+               "arguments": {k: v for k, v in vars(args).items() if k not in ("table",)},
+               "wall_seconds": time.perf_counter() - started,
+               "torch": torch.__version__, "threads": torch.get_num_threads()}
+        for key in ("error", "f1_pos", "f1_neg", "all_ones_f1_pos"):
+            row[key] = _mean_spread([f[key] for f in per_fold])
+        with out.open("a") as stream:
+            stream.write(json.dumps(row) + "\n")
+        print(f"[{args.recipe} | {label}] {len(per_fold)} folds: error "
+              f"{_percent(row['error'][0])} +- {_percent(row['error'][1])}%, F1+ "
+              f"{_percent(row['f1_pos'][0])} +- {_percent(row['f1_pos'][1])}%, F1- "
+              f"{_percent(row['f1_neg'][0])} +- {_percent(row['f1_neg'][1])}%", flush=True)
+    print_cv_table(out)
+    return 0
+
+
+def print_cv_table(path: Path) -> None:
+    """Every recipe measured so far (mean +- standard deviation over the folds)."""
+    if not path.exists():
+        print(f"{path}: no cross-validation yet")
+        return
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    header = (f"{'recipe':<28} {'method':<18} {'folds':>5} {'cl.err %':>14} {'F1+ %':>14} "
+              f"{'F1- %':>14} {'min/fold':>8}")
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        cells = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
+                 for k in ("error", "f1_pos", "f1_neg")]
+        minutes = row["wall_seconds"] / 60 / max(1, len(row["folds"]))
+        print(f"{row['recipe']:<28} {row['method']:<18} {len(row['folds']):>5} "
+              f"{cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {minutes:>8.1f}")
+    if rows:
+        base = _mean_spread([f["all_ones_f1_pos"] for f in rows[0]["folds"]])
+        print(f"All-ones F1+ over the folds: {_percent(base[0]).strip()} %")
+
+
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     torch.set_num_threads(args.threads)
+    if args.table:
+        print_cv_table(Path(args.cv_out))
+        return 0
+    if args.cv:
+        return cross_validate(args)
     dataset = load_glas(args.data)
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
     note = SETTING_NOTE.format(**vars(args))

@@ -262,3 +262,41 @@ def test_stain_jitter_is_small_and_seeded():
     assert np.array_equal(first, second) and first.dtype == np.uint8
     difference = np.abs(first.astype(int) - image.astype(int)).mean()
     assert 0 < difference < 40
+
+
+@pytest.mark.skipif(not GLAS_TRAIN.is_dir(), reason="shared GlaS data not available")
+def test_real_glas_patient_folds_cover_every_image_once_and_keep_patients_apart():
+    from napari_wsl_al.core.data.glas import patient_folds
+
+    dataset = load_glas(GLAS_TRAIN)
+    folds = patient_folds(dataset, k=5, seed=0)
+    assert len(folds) == 5
+    seen = [r.name for fold in folds for r in fold.val]
+    assert sorted(seen) == sorted(r.name for r in dataset)  # each image in one fold exactly
+    for fold in folds:
+        assert fold.grouped_by == "patient"
+        assert not {r.patient_id for r in fold.train} & {r.patient_id for r in fold.val}
+        assert len(fold.train) + len(fold.val) == 85
+        assert set(fold.val_groups) == {r.patient_id for r in fold.val}
+        # patient 2 alone holds 16 malignant images: its fold takes benign ones beside them
+        assert 12 <= len(fold.val) <= 24
+        counts = fold.val.class_counts()
+        assert counts["benign"] >= 5 and counts["malignant"] >= 8
+    again = patient_folds(dataset, k=5, seed=0)
+    assert [[r.name for r in f.val] for f in again] == [[r.name for r in f.val] for f in folds]
+
+
+def test_patient_folds_on_synthetic_patients_and_bad_k(tmp_path):
+    from napari_wsl_al.core.data.glas import patient_folds
+    from napari_wsl_al.core.errors import DatasetError
+
+    dataset = load_glas(write_glas(tmp_path / "glas", ROWS))
+    patients = {r.patient_id for r in dataset}
+    folds = patient_folds(dataset, k=len(patients), seed=3)
+    # as many folds as patients: one patient per fold
+    assert sorted(len(set(f.val_groups)) for f in folds) == [1] * len(patients)
+    assert sorted(g for f in folds for g in f.val_groups) == sorted(patients)
+    with pytest.raises(DatasetError, match="between 2 and"):
+        patient_folds(dataset, k=len(patients) + 1)
+    with pytest.raises(DatasetError, match="fewer folds"):
+        patient_folds(dataset, k=1)

@@ -232,3 +232,83 @@ def test_cli_architecture_choices_match_the_factory():
     from napari_wsl_al.core.models.factory import ARCHITECTURES
 
     assert tuple(ARCHITECTURE_CHOICES) == tuple(ARCHITECTURES)
+
+
+def test_warmup_then_cosine_by_hand():
+    config = TrainConfig(epochs=7, lr=0.3, lr_schedule="cosine", lr_min_factor=0.0,
+                         warmup_epochs=2)
+    # warm-up 0.3 * 1/3, 0.3 * 2/3; then cosine over the 5 remaining epochs (progress e/4)
+    expected = [0.1, 0.2, 0.3, 0.3 * (1 + np.cos(np.pi / 4)) / 2, 0.15,
+                0.3 * (1 + np.cos(3 * np.pi / 4)) / 2, 0.0]
+    assert [config.learning_rate(e) for e in range(7)] == pytest.approx(expected, abs=1e-12)
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        TrainConfig(epochs=3, warmup_epochs=3)
+    for bad in ({"select_on": "accuracy"}, {"ema_decay": 1.0}, {"cutmix": 1.5}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+def test_update_ema_by_hand():
+    from napari_wsl_al.core.wsl.train import update_ema
+
+    average, model = nn.BatchNorm1d(2), nn.BatchNorm1d(2)
+    with torch.no_grad():
+        average.weight.copy_(torch.tensor([1.0, 2.0]))
+        model.weight.copy_(torch.tensor([3.0, -2.0]))
+        model.running_mean.copy_(torch.tensor([5.0, 6.0]))
+    update_ema(average, model, 0.75)
+    # 0.75 * 1 + 0.25 * 3 = 1.5 ; 0.75 * 2 + 0.25 * (-2) = 1.0 ; buffers copied
+    assert average.weight.tolist() == pytest.approx([1.5, 1.0])
+    assert average.running_mean.tolist() == [5.0, 6.0]
+    assert model.weight.tolist() == [3.0, -2.0]
+
+
+def test_same_class_cutmix_pastes_only_from_the_same_class():
+    from napari_wsl_al.core.wsl.train import same_class_cutmix
+
+    images = torch.stack([torch.full((1, 8, 8), float(i)) for i in range(4)])
+    labels = torch.tensor([0, 1, 0, 2])
+    generator = torch.Generator().manual_seed(0)
+    mixed = same_class_cutmix(images, labels, 1.0, generator)
+    assert torch.equal(images[:, 0, 0, 0], torch.arange(4.0))  # input untouched
+    # 0 and 2 swap boxes; 1 and 3 have no partner of their class and stay as they were
+    assert set(mixed[0].unique().tolist()) == {0.0, 2.0}
+    assert set(mixed[2].unique().tolist()) == {0.0, 2.0}
+    assert torch.equal(mixed[1], images[1]) and torch.equal(mixed[3], images[3])
+    pasted = (mixed[0] == 2.0).float().mean().item()
+    assert 0.25 - 1e-6 <= pasted <= 0.5 + 1e-6  # a quarter to a half of the area
+    assert torch.equal(same_class_cutmix(images, labels, 0.0, generator), images)
+
+
+def test_ema_select_on_last_and_flips_end_to_end(blob_split):
+    model, result, _ = train(
+        blob_split, quick_config(epochs=4, ema_decay=0.5, select_on="last", patience=1,
+                                 warmup_epochs=1, cutmix=0.5, tta_flips=True)
+    )
+    # "last": no early stopping, the last epoch is kept, and it is the averaged weights
+    assert len(result.history) == 4 and result.best_epoch == 3
+    again = evaluate(model, blob_split.val, "cpu", flips=True)
+    assert again["loss"] == pytest.approx(result.best_metrics["val_loss"], rel=1e-5)
+    plain = evaluate(model, blob_split.val, "cpu")
+    assert plain["loss"] != pytest.approx(again["loss"], rel=1e-6)
+
+
+def test_select_on_loss_keeps_the_lowest_validation_loss(blob_split):
+    _, result, _ = train(blob_split, quick_config(epochs=6, select_on="loss"))
+    losses = [r["val_loss"] for r in result.history]
+    assert result.best_epoch == int(np.argmin(losses))
+
+
+def test_predict_with_flips_averages_flipped_back_maps(blob_split):
+    from napari_wsl_al.core.wsl.train import make_torch_dataset, predict
+
+    seed_everything(0)
+    model = TinyCamModel()
+    data = make_torch_dataset(blob_split.val, model, quick_config(), train=False)
+    image, label, mask = data[0]
+    flipped = [(image.flip(d) if d else image, label, mask) for d in ((), (-1,), (-2,), (-2, -1))]
+    singles = [next(predict(model, [item], "cpu")) for item in flipped]
+    back = [singles[0][2], singles[1][2][:, ::-1], singles[2][2][::-1], singles[3][2][::-1, ::-1]]
+    _, probabilities, foreground, _ = next(predict(model, [data[0]], "cpu", flips=True))
+    assert probabilities == pytest.approx(np.mean([s[1] for s in singles], axis=0), abs=1e-6)
+    assert foreground == pytest.approx(np.mean(back, axis=0), abs=1e-6)

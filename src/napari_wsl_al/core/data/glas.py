@@ -468,5 +468,85 @@ def split_by_patient(
 _SPLIT_TRIALS = 256
 
 
+def patient_folds(dataset: PatchDataset, k: int = 5, seed: int = 0) -> list[DatasetSplit]:
+    """K-fold cross-validation grouped by patient: every patient's images in one fold.
+
+    Patients are dealt to the folds so that the folds are about equal in size and in class
+    balance: among a few hundred seeded random orders of the patients, each dealt greedily
+    (a patient goes to the fold where it adds least to the imbalance), the most even
+    assignment is kept. Without patient ids, images are dealt individually
+    (``grouped_by == "image"``).
+
+    Parameters
+    ----------
+    dataset : PatchDataset
+        The data set.
+    k : int
+        Number of folds, at least 2 and at most the number of patients (or images).
+    seed : int
+        Seed of the random orders.
+
+    Returns
+    -------
+    list of DatasetSplit
+        ``k`` splits; split ``i`` has fold ``i`` as ``val`` and the other folds as ``train``.
+        Every image is in exactly one ``val`` part.
+    """
+    by_patient = dataset.has_patient_ids and len({r.patient_id for r in dataset}) > 1
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(dataset.records):
+        key = record.patient_id if by_patient else record.name + f"#{index}"
+        groups.setdefault(key, []).append(index)
+    keys = sorted(groups, key=_natural_key)
+    if not 2 <= k <= len(keys):
+        raise DatasetError(
+            f"{k}-fold cross-validation needs between 2 and {len(keys)} folds "
+            f"({len(keys)} {'patients' if by_patient else 'images'})",
+            dataset.root, hint="choose fewer folds",
+        )
+    n_classes = len(dataset.classes)
+    counts = np.stack(
+        [np.bincount(dataset.labels[groups[key]], minlength=n_classes) for key in keys]
+    ).astype(float)  # (G, C)
+    target = counts.sum(axis=0) / k  # images of each class per fold
+    rng = np.random.default_rng(seed)
+    best_score, best_assignment = np.inf, np.arange(len(keys)) % k
+    for _ in range(_SPLIT_TRIALS):
+        order = rng.permutation(len(keys))
+        folds = np.zeros((k, n_classes))
+        assignment = np.empty(len(keys), dtype=int)
+        for group in order:
+            # squared excess over the per-class target if the group joins each fold
+            cost = (np.maximum(folds + counts[group] - target, 0.0) ** 2).sum(axis=1)
+            cost += 1e-6 * folds.sum(axis=1)  # ties: the smaller fold
+            fold = int(np.argmin(cost))
+            folds[fold] += counts[group]
+            assignment[group] = fold
+        score = float(((folds - target) ** 2).sum())
+        if np.any(folds.sum(axis=1) == 0):
+            score = np.inf
+        if score < best_score - 1e-12:
+            best_score, best_assignment = score, assignment.copy()
+    splits = []
+    for fold in range(k):
+        val_keys = [key for key, a in zip(keys, best_assignment) if a == fold]
+        val_indices = sorted(i for key in val_keys for i in groups[key])
+        train_indices = sorted(
+            i for key, a in zip(keys, best_assignment) if a != fold for i in groups[key]
+        )
+        shown = (tuple(val_keys) if by_patient
+                 else tuple(dataset.records[i].name for i in val_indices))
+        splits.append(
+            DatasetSplit(
+                train=dataset.subset(train_indices),
+                val=dataset.subset(val_indices),
+                grouped_by="patient" if by_patient else "image",
+                val_groups=shown,
+                seed=seed,
+            )
+        )
+    return splits
+
+
 def _natural_key(text: str) -> tuple:
     return (0, int(text), "") if text.isdigit() else (1, 0, text)

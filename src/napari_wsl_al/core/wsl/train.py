@@ -2,9 +2,11 @@
 
 The loop works with every :class:`~napari_wsl_al.core.models.base.WslModel`: it calls only
 ``model.training_step``, ``model.end_epoch``, ``model(x)`` and ``model.localize``. It is a
-generator yielding one :class:`~napari_wsl_al.core.progress.Progress` per epoch and returning a
-:class:`TrainResult`; drain it with :func:`~napari_wsl_al.core.progress.run_to_end`.
-Epochs are numbered from 0, as passed to ``training_step`` and ``end_epoch``.
+generator yielding one :class:`~napari_wsl_al.core.progress.Progress` per epoch (and, when asked,
+one per batch) and returning a :class:`TrainResult`; drain it with
+:func:`~napari_wsl_al.core.progress.run_to_end`, or stop it between two records by closing it
+(a napari thread worker's ``quit()``). Epochs are numbered from 0, as passed to
+``training_step`` and ``end_epoch``.
 """
 
 from __future__ import annotations
@@ -27,14 +29,20 @@ from ..data.glas import PatchDataset
 from ..data.patches import IGNORE_INDEX, AugmentConfig, PatchTorchDataset, seed_worker
 from ..device import resolve_device
 from ..errors import TrainingError
-from ..metrics import all_ones_baseline, classification_error, confusion_matrix
-from ..metrics import foreground_background_f1
+from ..metrics import (
+    all_ones_baseline,
+    classification_error,
+    confusion_matrix,
+    foreground_background_f1,
+)
 from ..progress import Progress
 
 logger = logging.getLogger(__name__)
 
 #: Learning-rate schedules of :class:`TrainConfig`.
 LR_SCHEDULES = ("constant", "step", "cosine")
+#: Epoch selection rules of :class:`TrainConfig`.
+SELECT_ON = ("error", "loss", "last")
 
 
 @dataclass(frozen=True)
@@ -91,6 +99,21 @@ class TrainConfig:
         epochs can be selected as best.
     augment : AugmentConfig
         Training augmentation.
+    warmup_epochs : int
+        Linear warm-up: epoch ``e < warmup_epochs`` uses ``lr * (e + 1) / (warmup_epochs + 1)``;
+        the schedule then runs over the remaining epochs.
+    ema_decay : float or None
+        Exponential moving average of the weights, updated after every step with this decay
+        (e.g. 0.99); validation and the returned model use the averaged weights. None: off.
+    select_on : str
+        How the kept epoch is chosen: ``"error"`` (lowest validation classification error,
+        ties broken by the validation cross-entropy), ``"loss"`` (lowest validation
+        cross-entropy) or ``"last"`` (the last epoch; early stopping is then off).
+    cutmix : float
+        Probability that a training image gets a random box (a quarter to a half of its area)
+        pasted from another image of the same class in the batch; the label is unchanged.
+    tta_flips : bool
+        Validation averages the predictions over the four flips of each image.
     """
 
     epochs: int = 30
@@ -116,6 +139,11 @@ class TrainConfig:
     threshold: float = 0.5
     eval_every: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    warmup_epochs: int = 0
+    ema_decay: float | None = None
+    select_on: str = "error"
+    cutmix: float = 0.0
+    tta_flips: bool = False
 
     def __post_init__(self):
         if self.epochs < 1:
@@ -128,6 +156,16 @@ class TrainConfig:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.select_on not in SELECT_ON:
+            raise ValueError(f"select_on must be one of {SELECT_ON}, got {self.select_on!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) or None, got {self.ema_decay}")
+        if not 0.0 <= self.cutmix <= 1.0:
+            raise ValueError(f"cutmix must be in [0, 1], got {self.cutmix}")
+        if not 0 <= self.warmup_epochs < self.epochs:
+            raise ValueError(
+                f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} of {self.epochs}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly copy of the parameters."""
@@ -144,12 +182,16 @@ class TrainConfig:
 
     def learning_rate(self, epoch: int) -> float:
         """Learning rate of epoch ``epoch`` (0-based)."""
+        if epoch < self.warmup_epochs:
+            return self.lr * (epoch + 1) / (self.warmup_epochs + 1)
+        epoch -= self.warmup_epochs
+        epochs = self.epochs - self.warmup_epochs
         if self.lr_schedule == "step":
             return self.lr * self.lr_step_gamma ** (epoch // max(1, self.lr_step_epochs))
         if self.lr_schedule == "cosine":
-            if self.epochs <= 1:
+            if epochs <= 1:
                 return self.lr
-            progress = epoch / (self.epochs - 1)
+            progress = epoch / (epochs - 1)
             low = self.lr * self.lr_min_factor
             return low + 0.5 * (self.lr - low) * (1.0 + math.cos(math.pi * progress))
         return self.lr
@@ -210,9 +252,62 @@ def make_torch_dataset(
     )
 
 
-def _is_better(candidate: dict, best: dict | None) -> bool:
+def same_class_cutmix(
+    images: torch.Tensor, labels: torch.Tensor, probability: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Paste into some images a random box cut from another image of the same class.
+
+    Each image is chosen with ``probability``; its box covers a fraction of the image drawn
+    uniformly in ``[1/4, 1/2]`` (same fraction of height and width), at a random place, and is
+    copied from the same place of another image of the batch with the same label. Images with
+    no partner of their class are left alone; the labels are unchanged.
+
+    Returns
+    -------
+    torch.Tensor
+        A new batch (``images`` is not modified).
+    """
+    if probability <= 0.0 or images.shape[0] < 2:
+        return images
+    mixed = images.clone()
+    height, width = images.shape[-2:]
+    draws = torch.rand(images.shape[0], 4, generator=generator).tolist()
+    flat = labels.reshape(labels.shape[0], -1)
+    for i, (chosen, fraction, top, left) in enumerate(draws):
+        if chosen >= probability:
+            continue
+        partners = [j for j in range(images.shape[0])
+                    if j != i and torch.equal(flat[j], flat[i])]
+        if not partners:
+            continue
+        j = partners[int(torch.randint(len(partners), (1,), generator=generator))]
+        side = math.sqrt(0.25 + 0.25 * fraction)
+        box_h, box_w = max(1, round(height * side)), max(1, round(width * side))
+        y, x = int(top * (height - box_h + 1)), int(left * (width - box_w + 1))
+        mixed[i, :, y:y + box_h, x:x + box_w] = images[j, :, y:y + box_h, x:x + box_w]
+    return mixed
+
+
+@torch.no_grad()
+def update_ema(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """``average <- decay * average + (1 - decay) * model`` for the parameters; buffers
+    (batch-norm statistics, schedules) are copied from ``model``."""
+    for mean, parameter in zip(average.parameters(), model.parameters()):
+        mean.lerp_(parameter.detach(), 1.0 - decay)
+    for mine, theirs in zip(average.buffers(), model.buffers()):
+        mine.copy_(theirs)
+
+
+def _is_better(candidate: dict, best: dict | None, select_on: str = "error") -> bool:
     if best is None:
         return True
+    if select_on == "last":
+        return True
+    if select_on == "loss":
+        loss, best_loss = candidate.get("val_loss"), best.get("val_loss")
+        if loss is None or best_loss is None or math.isnan(loss):
+            return False
+        return loss < best_loss - 1e-12
     error, best_error = candidate.get("val_error"), best.get("val_error")
     if error is None or best_error is None or math.isnan(error):
         return False
@@ -229,6 +324,7 @@ def train_wsl(
     checkpoint_dir: str | Path | None = None,
     model_config=None,
     extra: dict | None = None,
+    batch_progress: bool = False,
 ) -> Generator[Progress, None, TrainResult]:
     """Train a WSL model from image-level labels, selecting the epoch by validation error.
 
@@ -249,11 +345,18 @@ def train_wsl(
         The model's configuration, stored in the checkpoint (default: ``model.config``).
     extra : dict, optional
         Stored in the checkpoint's ``extra`` along with the training history.
+    batch_progress : bool
+        Also yield a record after every training batch, so that the consumer can stop
+        training between batches (by closing the generator) and show the loss as it goes.
 
     Yields
     ------
     Progress
-        One per epoch; ``metrics`` holds that epoch's history record.
+        One per epoch; ``metrics`` holds that epoch's history record. With
+        ``batch_progress``, also one after each training batch, counting batches
+        (``step`` of ``total`` over the whole run); its ``metrics`` hold ``epoch``,
+        ``batch`` (1-based), ``batches`` (per epoch), ``batch_loss`` and ``train_loss`` (the
+        epoch's mean so far). Only batch records have the ``batch`` key.
 
     Returns
     -------
@@ -291,6 +394,9 @@ def train_wsl(
             nesterov=config.nesterov and config.momentum > 0,
             weight_decay=config.weight_decay,
         )
+        average = copy.deepcopy(model) if config.ema_decay else None
+        kept = average if average is not None else model  # the weights validated and kept
+        mix_generator = torch.Generator().manual_seed(config.seed + 1)
         checkpoint_path = None
         if checkpoint_dir is not None:
             checkpoint_path = Path(checkpoint_dir) / "best.pt"
@@ -317,6 +423,7 @@ def train_wsl(
             sums: dict[str, float] = {}
             total_loss, batches = 0.0, 0
             for images, labels, *_ in loader:
+                images = same_class_cutmix(images, labels, config.cutmix, mix_generator)
                 images = images.to(device, non_blocking=True)
                 labels = labels.to(device, non_blocking=True)
                 optimizer.zero_grad(set_to_none=True)
@@ -328,11 +435,18 @@ def train_wsl(
                     )
                 loss.backward()
                 optimizer.step()
+                if average is not None:
+                    update_ema(average, model, config.ema_decay)
                 total_loss += float(loss.detach())
                 for name, value in parts.items():
                     sums[name] = sums.get(name, 0.0) + float(value)
                 batches += 1
+                if batch_progress:
+                    yield _batch_record(epoch, batches, len(loader), config.epochs,
+                                        float(loss.detach()), total_loss / batches)
             model.end_epoch(epoch)
+            if average is not None:
+                update_ema(average, model, 1.0)  # only the buffers, such as Max-Min's t
             record: dict[str, Any] = {"epoch": epoch, "lr": lr}
             record["train_loss"] = total_loss / max(1, batches)
             record.update(
@@ -347,18 +461,22 @@ def train_wsl(
             )
             validated = has_val and (last_epoch or (epoch + 1) % config.eval_every == 0)
             if validated:
-                scores = evaluate(model, val_data, device, threshold=config.threshold)
+                scores = evaluate(kept, val_data, device, threshold=config.threshold,
+                                  flips=config.tta_flips)
                 record.update({f"val_{name}": value for name, value in scores.items()
                                if not isinstance(value, list)})
             record["seconds"] = time.perf_counter() - epoch_started
             history.append(record)
 
-            improved = _is_better(record, best) if validated else not has_val
+            if config.select_on == "last" or not has_val:
+                improved = True
+            else:
+                improved = validated and _is_better(record, best, config.select_on)
             if improved:
                 best = record
-                best_state = copy.deepcopy(model.state_dict())
+                best_state = copy.deepcopy(kept.state_dict())
                 if checkpoint_path is not None:
-                    _save_best(checkpoint_path, model, model_config, extra, config, history, record)
+                    _save_best(checkpoint_path, kept, model_config, extra, config, history, record)
             epochs_without_improvement = epoch - best["epoch"] if best else epoch + 1
             message = f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f}"
             if validated:
@@ -368,6 +486,7 @@ def train_wsl(
             yield Progress(step=epoch + 1, total=config.epochs, message=message, metrics=dict(record))
             if (
                 validated
+                and config.select_on != "last"
                 and config.patience is not None
                 and epoch + 1 >= config.min_epochs
                 and epochs_without_improvement >= config.patience
@@ -390,6 +509,17 @@ def train_wsl(
             torch.set_num_threads(previous_threads)
 
 
+def _batch_record(epoch: int, batch: int, batches: int, epochs: int, batch_loss: float,
+                  mean_loss: float) -> Progress:
+    return Progress(
+        step=epoch * batches + batch,
+        total=epochs * batches,
+        message=f"epoch {epoch + 1}/{epochs} batch {batch}/{batches} loss {mean_loss:.4f}",
+        metrics={"epoch": epoch, "batch": batch, "batches": batches, "batch_loss": batch_loss,
+                 "train_loss": mean_loss},
+    )
+
+
 def _save_best(path, model, model_config, extra, config, history, record) -> None:
     from ..models.checkpoint import save_checkpoint
 
@@ -405,10 +535,16 @@ def _save_best(path, model, model_config, extra, config, history, record) -> Non
 
 @torch.inference_mode()
 def predict(
-    model: nn.Module, dataset, device: str | torch.device | None = None, batch_size: int = 1
+    model: nn.Module,
+    dataset,
+    device: str | torch.device | None = None,
+    batch_size: int = 1,
+    flips: bool = False,
 ) -> Generator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None, None]:
     """Per image of ``dataset`` (items ``(image, label, mask)``): label, class probabilities,
-    foreground probability ``(H, W)`` and ground-truth mask ``(H, W)``, as numpy arrays."""
+    foreground probability ``(H, W)`` and ground-truth mask ``(H, W)``, as numpy arrays.
+    With ``flips``, both are averaged over the image and its horizontal, vertical and double
+    flips (each foreground map flipped back)."""
     device = resolve_device(device)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False)
     was_training = model.training
@@ -416,9 +552,16 @@ def predict(
     try:
         for images, labels, masks in loader:
             images = images.to(device)
-            output = model(images)
-            probabilities = torch.softmax(output["logits"].float(), dim=1).cpu().numpy()
-            foreground = model.localize(output, tuple(images.shape[-2:]))[:, 0].float().cpu().numpy()
+            probabilities, foreground = 0.0, 0.0
+            views = ((), (-1,), (-2,), (-2, -1)) if flips else ((),)
+            for dims in views:
+                view = torch.flip(images, dims) if dims else images
+                output = model(view)
+                probabilities = probabilities + torch.softmax(output["logits"].float(), dim=1)
+                located = model.localize(output, tuple(images.shape[-2:]))[:, 0].float()
+                foreground = foreground + (torch.flip(located, dims) if dims else located)
+            probabilities = (probabilities / len(views)).cpu().numpy()
+            foreground = (foreground / len(views)).cpu().numpy()
             for i in range(images.shape[0]):
                 yield labels[i].numpy(), probabilities[i], foreground[i], masks[i].numpy()
     finally:
@@ -431,6 +574,7 @@ def evaluate(
     device: str | torch.device | None = None,
     threshold: float = 0.5,
     config: TrainConfig | None = None,
+    flips: bool = False,
 ) -> dict[str, Any]:
     """Classification and localisation figures of a model on a labelled data set.
 
@@ -447,6 +591,8 @@ def evaluate(
         Foreground probability above which a pixel counts as foreground.
     config : TrainConfig, optional
         Resolution and crop of the evaluation images, when ``dataset`` is a PatchDataset.
+    flips : bool
+        Average the predictions over the four flips of each image (:func:`predict`).
 
     Returns
     -------
@@ -460,7 +606,7 @@ def evaluate(
     data = make_torch_dataset(dataset, model, config, train=False)
     labels, predicted, losses = [], [], []
     gt_masks, pred_masks = [], []
-    for label, probabilities, foreground, mask in predict(model, data, device):
+    for label, probabilities, foreground, mask in predict(model, data, device, flips=flips):
         labels.append(int(label))
         predicted.append(int(np.argmax(probabilities)))
         losses.append(-math.log(max(float(probabilities[int(label)]), 1e-12)))
