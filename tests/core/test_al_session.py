@@ -553,3 +553,17 @@ def test_suggest_then_label_a_real_slide(tmp_path, slide):
         nearest = start[None] + along[..., None] * (end - start)[None]
         gaps = np.min(np.linalg.norm(full[:, None] - nearest, axis=2), axis=1)
         assert gaps.max() <= 0.5 * superpixels.scale[0] + 1e-9
+
+
+def test_warm_traces_pending_outlines_and_label_polygons_ahead(session):
+    session.press_class(1)
+    session.confirm()
+    labelled = session.store.current("tiny", source="oracle")
+    session._outlines.clear()
+    session._label_polygons.clear()
+    session.warm()
+    assert set(session._outlines) == {s.region_id for s in session.pending}
+    assert set(session._label_polygons) == {label.id for label in labelled}
+    # drawn later from the cache: the same arrays, not traced again
+    region, polygon = session.pending_outlines()[0]
+    assert polygon is session._outlines[region]

@@ -178,7 +178,11 @@ def test_the_labelling_loop(make_napari_viewer, qtbot, project, slide_path):
     assert "Round 1 done" in widget.status.text(), widget.status.text()
     after = shown_regions(widget)
     assert after != before and not set(after) & {first, second, clicked}
+    # the session on the new suggestions was opened (and outlined) in the worker
+    assert widget.session is not session and session.store is not widget.session.store
+    session = widget.session
     assert all(s.round == 1 for s in session.suggestions)
+    assert set(session._outlines) >= set(after)
     assert len(outlines.data) == 4 and len(viewer.layers[LABELS_LAYER].data) == 3
     labels = {lab.region_id: lab.classes for lab in session.store.current(source="oracle")}
     assert labels == {first: ("benign",), second: ("malignant",), clicked: ("background",)}

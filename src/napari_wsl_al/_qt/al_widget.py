@@ -2,7 +2,7 @@
 
 The widget is a view over a :class:`~napari_wsl_al.core.al.session.LabellingSession` (the
 Qt-free state of labelling one slide) and runs the core generators
-(:func:`~napari_wsl_al.core.al.session.suggest_for_slide`,
+(:func:`~napari_wsl_al.core.al.session.suggest_and_open`,
 :func:`~napari_wsl_al.core.al.rounds.run_round`) in napari thread workers. While the dock is
 open it binds the class keys, Enter, S, U and Ctrl+Z on the viewer and on every layer (layer
 key bindings come first in napari), and a click on the slide selects the superpixel under it;
@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import functools
 import html
+import importlib
+import threading
 from dataclasses import replace
 from pathlib import Path
 
 from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import QEvent
+from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -38,7 +40,7 @@ from qtpy.QtWidgets import (
 from .._reader import layer_data
 from ..core.al import rounds
 from ..core.al.acquisition import STRATEGIES
-from ..core.al.session import LabellingSession, suggest_for_slide
+from ..core.al.session import LabellingSession, round_and_open, suggest_and_open
 from ..core.errors import WslAlError
 from ..core.io.base import SlideReader
 from ..core.project import PROJECT_FILE, Project
@@ -58,6 +60,11 @@ CURRENT_WIDTH_PX = 2.0
 
 #: Opacity of the labelled regions' fill.
 LABELS_OPACITY = 0.4
+#: The dock's Shapes layers, in drawing order, with what they are made with.
+SHAPES_LAYERS = {
+    LABELS_LAYER: {"opacity": LABELS_OPACITY},
+    SUGGESTIONS_LAYER: {"face_color": "transparent"},
+}
 
 #: Mouse travel (screen pixels) under which a press and release is a click, not a pan.
 CLICK_TOLERANCE_PX = 4.0
@@ -70,6 +77,28 @@ MODES = (
 
 #: Command keys bound while the dock is open, and what they do.
 COMMAND_KEYS = (("Enter", "confirm"), ("s", "skip"), ("u", "undo"), ("Control-z", "undo"))
+
+
+#: Modules imported on first use that hold the interpreter for a long time: napari imports
+#: pandas when the first Shapes layer is made (about half a second on the UI thread), and
+#: torch's first optimizer imports torch._dynamo and sympy (a 250 ms stall in the middle of
+#: the first round). The dock imports them in the background as it opens.
+SLOW_IMPORTS = ("pandas", "torch._dynamo")
+
+
+def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
+    """Import ``modules`` in a daemon thread, one after the other."""
+
+    def load() -> None:
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError:  # reported where the module is needed
+                pass
+
+    thread = threading.Thread(target=load, name="wsl-al imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def slide_layers(viewer) -> list[Image]:
@@ -194,6 +223,7 @@ class ActiveLearningWidget(QWidget):
 
     def __init__(self, napari_viewer) -> None:
         super().__init__()
+        _import_in_background(SLOW_IMPORTS)
         self.viewer = napari_viewer
         self.project: Project | None = None
         self.session: LabellingSession | None = None
@@ -292,6 +322,7 @@ class ActiveLearningWidget(QWidget):
         hooks.connect(self.viewer.layers.events.inserted, self._layer_inserted)
         hooks.connect(self.viewer.layers.events.removed, self._layers_changed)
         self.load_project(notify=False)
+        QTimer.singleShot(0, self._prepare_layers)
 
     # ------------------------------------------------------------------ errors
     def report(self, error: Exception) -> None:
@@ -397,19 +428,15 @@ class ActiveLearningWidget(QWidget):
 
     def _open_session(self) -> None:
         """A session on the chosen slide (opening its image when it is not shown yet)."""
+        entry = self.slide_entry()
+        if entry is not None and entry["in_project"] and self.project is not None:
+            self._install_session(LabellingSession(self.project, entry["name"], mode=self.mode()))
+            return
         if self.session is not None:
             self.session.close()
             self.session = None
         self._drawn_labels = []
         self._drawn_outlines = []
-        entry = self.slide_entry()
-        if entry is not None and entry["in_project"] and self.project is not None:
-            self.session = LabellingSession(self.project, entry["name"], mode=self.mode())
-            if self.slide_layer() is None and entry["path"]:
-                reader = rounds.open_project_slide(self.project, entry["name"])
-                data, kwargs, _ = layer_data(reader)[0]
-                kwargs["name"] = entry["name"]
-                self.viewer.add_image(data, **kwargs)
         self._bind_class_keys()
         self.show_state(centre=True)
 
@@ -420,6 +447,9 @@ class ActiveLearningWidget(QWidget):
         if isinstance(event.value, Image) and isinstance(
             event.value.metadata.get("reader"), SlideReader
         ):
+            for name in SHAPES_LAYERS:  # the empty layers follow the slide's units
+                if name in self.viewer.layers and not len(self.viewer.layers[name].data):
+                    self._shapes_layer(name)
             self._layers_changed()
 
     @reported
@@ -587,16 +617,41 @@ class ActiveLearningWidget(QWidget):
         if centre:
             self.centre_camera()
 
-    def _shapes_layer(self, name: str, **kwargs) -> Shapes:
+    def _shapes_layer(self, name: str) -> Shapes:
+        """The dock's Shapes layer ``name`` (made when missing), in the session's units."""
+        if self.session is not None and self.session.superpixels is not None:
+            units = ("um", "um") if self.session.superpixels.unit == "micrometer" else None
+        else:  # before a session: those of an open slide, if any
+            slides = slide_layers(self.viewer)
+            units = tuple(slides[0].units)[-2:] if slides else None
         if name in self.viewer.layers:
-            return self.viewer.layers[name]
+            layer = self.viewer.layers[name]
+            if units and tuple(layer.units) != tuple(units):
+                layer.units = units
+            return layer
         active = self.viewer.layers.selection.active
-        superpixels = self.session.superpixels
-        units = {"units": "um"} if superpixels.unit == "micrometer" else {}
-        layer = self.viewer.add_shapes(name=name, ndim=2, **units, **kwargs)
+        layer = self.viewer.add_shapes(
+            name=name, ndim=2, **({"units": units} if units else {}), **SHAPES_LAYERS[name]
+        )
+        layer.metadata["wslal_outline"] = True
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
         return layer
+
+    @reported
+    def _prepare_layers(self) -> None:
+        """Make the two Shapes layers while nothing is running: adding a layer holds the UI
+        thread for about 0.1 s, too long at the end of Suggest."""
+        for name in SHAPES_LAYERS:
+            if name not in self.viewer.layers:
+                self._shapes_layer(name)
+
+    def _raise_layers(self) -> None:
+        """Put the labelled regions, then the outlines, above every other layer."""
+        layers = self.viewer.layers
+        for name in (LABELS_LAYER, SUGGESTIONS_LAYER):
+            if name in layers and layers.index(layers[name]) != len(layers) - 1:
+                layers.move(layers.index(layers[name]), len(layers))
 
     @staticmethod
     def _update_shapes(layer: Shapes, drawn: list, wanted: dict, add) -> list:
@@ -631,8 +686,7 @@ class ActiveLearningWidget(QWidget):
         }
         if session.current_region is not None:
             wanted[(session.current_region, True)] = session.current_outline_um()
-        layer = self._shapes_layer(SUGGESTIONS_LAYER, face_color="transparent")
-        layer.metadata["wslal_outline"] = True
+        layer = self._shapes_layer(SUGGESTIONS_LAYER)
 
         def add(keys):
             # Closed paths: outlines without a face to triangulate (fast to draw).
@@ -654,8 +708,7 @@ class ActiveLearningWidget(QWidget):
                 self.viewer.layers[LABELS_LAYER].data = []
             return
         wanted = {shape.label_id: shape for shape in session.labelled_polygons()}
-        layer = self._shapes_layer(LABELS_LAYER, opacity=LABELS_OPACITY)
-        layer.metadata["wslal_outline"] = True
+        layer = self._shapes_layer(LABELS_LAYER)
 
         def add(keys):
             # Only new labels are filled: triangulating polygons is the slow part of a key press.
@@ -772,26 +825,45 @@ class ActiveLearningWidget(QWidget):
             )
         project_path = self.project.path if self.project else self.project_edit.text().strip()
         self._start(
-            suggest_for_slide,
+            suggest_and_open,
             project_path,
             None if entry["in_project"] else entry["path"],
             entry["name"],
             self.strategy_combo.currentText(),
             self.batch_spin.value(),
+            self.mode(),
             on_returned=self._suggested,
             message="Suggest: loading the model…",
         )
 
-    @reported
-    def _suggested(self, result) -> None:
-        project, slide, selection = result
-        self.project_edit.setText(str(project.path))
-        self.project = project
+    def _install_session(self, session: LabellingSession) -> None:
+        """Put a session opened in a worker in place of the current one, and draw it."""
+        same_slide = self.session is not None and self.session.slide == session.slide
         if self.session is not None:
             self.session.close()
-            self.session = None
-        self._slide_name = slide
-        self._refresh_slides()
+        self.session = session
+        self._slide_name = session.slide
+        if not same_slide:  # on the same slide, the shapes already drawn stay
+            self._drawn_labels = []
+            self._drawn_outlines = []
+        self._refresh_slides()  # the chosen slide is the session's: no new session opened
+        if self.slide_layer() is None:
+            entry = self.slide_entry()
+            if entry is not None and entry["path"]:
+                reader = rounds.open_project_slide(self.project, session.slide)
+                data, kwargs, _ = layer_data(reader)[0]
+                kwargs["name"] = session.slide
+                self.viewer.add_image(data, **kwargs)
+        self._raise_layers()
+        self._bind_class_keys()
+        self.show_state(centre=True)
+
+    @reported
+    def _suggested(self, result) -> None:
+        project, slide, selection, session = result
+        self.project_edit.setText(str(project.path))
+        self.project = project
+        self._install_session(session)
         self.status.setText(f"{len(selection.ids)} suggestions ({selection.strategy}) on {slide}")
 
     @reported
@@ -807,19 +879,22 @@ class ActiveLearningWidget(QWidget):
             n_suggestions=self.batch_spin.value(),
         )
         self._start(
-            rounds.run_round,
+            round_and_open,
             self.project,
             settings,
+            self._slide_name if self.session is not None else None,
+            self.mode(),
             on_returned=self._trained,
             message="Train: reading the labelled tiles…",
         )
 
     @reported
-    def _trained(self, result) -> None:
-        if self.session is not None:
-            self.session.refresh()
-            self.session.first_pending()
-        self.show_state(centre=True)
+    def _trained(self, returned) -> None:
+        result, session = returned
+        if session is not None:
+            self._install_session(session)
+        else:
+            self.show_state(centre=True)
         text = f"Round {result['round']} done: loss {result['metrics']['loss']:.3f}"
         self.status.setText(text)
         show_info(text)

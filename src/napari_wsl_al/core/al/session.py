@@ -47,6 +47,7 @@ from .rounds import (
     ALSettings,
     label_region,
     region_classes,
+    run_round,
     suggest,
     superpixels_path,
 )
@@ -218,6 +219,59 @@ def suggest_for_slide(
     settings = ALSettings.of_project(project)
     selection = yield from suggest(project, slide, settings, strategy=strategy, n=n)
     return project, slide, selection
+
+
+def open_session(
+    project: Project, slide: str, mode: str = "dominant"
+) -> LabellingSession:
+    """A :class:`LabellingSession` with its outlines and label polygons computed
+    (:meth:`LabellingSession.warm`), for a worker thread to hand to the UI ready to draw."""
+    session = LabellingSession(project, slide, mode=mode)
+    session.warm()
+    return session
+
+
+def suggest_and_open(
+    project_path: str | Path,
+    slide_path: str | Path | None,
+    slide_name: str,
+    strategy: str | None = None,
+    n: int | None = None,
+    mode: str = "dominant",
+) -> Generator[Progress, None, tuple[Project, str, Any, LabellingSession]]:
+    """:func:`suggest_for_slide`, then :func:`open_session` on the slide.
+
+    Returns
+    -------
+    project, slide, selection
+        As :func:`suggest_for_slide`.
+    session : LabellingSession
+        On the new suggestions, warmed.
+    """
+    project, slide, selection = yield from suggest_for_slide(
+        project_path, slide_path, slide_name, strategy, n
+    )
+    yield Progress(0, None, "outlining the suggestions")
+    return project, slide, selection, open_session(project, slide, mode)
+
+
+def round_and_open(
+    project: Project, settings: ALSettings, slide: str | None, mode: str = "dominant"
+) -> Generator[Progress, None, tuple[dict, LabellingSession | None]]:
+    """:func:`~.rounds.run_round`, then :func:`open_session` on ``slide`` (None: no session).
+
+    Returns
+    -------
+    result : dict
+        What :func:`~.rounds.run_round` returned.
+    session : LabellingSession or None
+        On the round's new suggestions, warmed.
+    """
+    result = yield from run_round(project, settings)
+    if slide is None or slide not in project.slide_names():
+        return result, None
+    yield Progress(0, None, "outlining the new suggestions")
+    return result, open_session(project, slide, mode)
 
 
 class LabellingSession:
@@ -512,6 +566,12 @@ class LabellingSession:
         return label
 
     # ------------------------------------------------------------------ drawing
+    def warm(self) -> None:
+        """Compute the outlines of the pending suggestions and the label polygons now (in
+        a worker thread), so that drawing them later costs no reading or tracing."""
+        self.pending_outlines()
+        self.labelled_polygons()
+
     def _simplified(self, polygon_um: np.ndarray) -> np.ndarray:
         """A closed polygon with the vertices within :data:`OUTLINE_TOLERANCE_PX` dropped."""
         return approximate_polygon(polygon_um, OUTLINE_TOLERANCE_PX * self.superpixels.scale[0])
