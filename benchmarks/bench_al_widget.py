@@ -20,17 +20,17 @@ from pathlib import Path
 
 os.environ.setdefault("NAPARI_WSL_AL_PROJECT", str(Path(tempfile.mkdtemp()) / "study.wslal"))
 
-import napari  # noqa: E402
-from napari.utils.key_bindings import KeymapHandler  # noqa: E402
+import napari
+from napari.utils.key_bindings import KeymapHandler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from napari_wsl_al._qt.al_widget import ActiveLearningWidget  # noqa: E402
-from napari_wsl_al.core.al.rounds import ALSettings  # noqa: E402
-from napari_wsl_al.core.al.superpixels import SuperpixelConfig  # noqa: E402
-from napari_wsl_al.core.al.train import RegionTrainConfig  # noqa: E402
-from napari_wsl_al.core.data.synthetic import write_synthetic_slide  # noqa: E402
-from napari_wsl_al.core.project import Project  # noqa: E402
+from napari_wsl_al._qt.al_widget import ActiveLearningWidget
+from napari_wsl_al.core.al.rounds import ALSettings
+from napari_wsl_al.core.al.superpixels import SuperpixelConfig
+from napari_wsl_al.core.al.train import RegionTrainConfig
+from napari_wsl_al.core.data.synthetic import write_synthetic_slide
+from napari_wsl_al.core.project import Project
 
 HEARTBEAT_MS = 50
 
@@ -139,13 +139,18 @@ def main() -> int:
         import cProfile
         import pstats
 
-        for name in ("_suggested", "_trained"):
-            def profiled(result, slot=getattr(widget, name), name=name):
+        def profiled(name):
+            slot = getattr(widget, name)
+
+            def run(result):
                 profile = cProfile.Profile()
                 profile.runcall(slot, result)
                 print(f"--- {name} on the UI thread")
                 pstats.Stats(profile).sort_stats("cumulative").print_stats(18)
-            setattr(widget, name, profiled)
+            return run
+
+        for name in ("_suggested", "_trained"):
+            setattr(widget, name, profiled(name))
     viewer.window.add_dock_widget(widget, name="Active learning", area="right")
     pump_events(for_seconds(1))
     idle = pump_events(for_seconds(3))
