@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .al.labels import LABELS_FILE
 from .atomic import atomic_write
 from .errors import ProjectError
 
@@ -40,6 +44,24 @@ DEFAULT_CLASS_COLOURS = (
     "#f032e6",
     "#bcf60c",
 )
+
+#: Classes of a new project when the shipped default model's card cannot be read.
+FALLBACK_CLASSES = ("tumour", "normal")
+
+#: Name of the region class that the project's classes do not need to list (key ``1``).
+BACKGROUND_CLASS = "background"
+
+#: Keys no class may take, and what they do while labelling.
+RESERVED_KEYS = {
+    "1": "labels a region background",
+    "s": "skips a suggestion",
+    "u": "undoes the last label",
+}
+
+#: Keys offered to new classes, in order (``1`` is the background's).
+FREE_KEYS = tuple("234567890abcdefghijklmnopqrtvwxyz")
+
+_COLOUR = re.compile(r"#[0-9a-fA-F]{6}")
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,148 @@ def slide_key(name: str) -> str:
     return key or "slide"
 
 
+def default_project_classes() -> tuple[ClassSpec, ...]:
+    """Classes of a new project: those of the shipped default model, else
+    :data:`FALLBACK_CLASSES`, with the default colours and the keys 2, 3, ...
+
+    The names are read from the default model's card (``napari_wsl_al/models/default.json``),
+    without loading the model.
+    """
+    card = Path(__file__).resolve().parents[1] / "models" / "default.json"
+    try:
+        names = json.loads(card.read_text(encoding="utf-8"))["model"]["classes"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        names = FALLBACK_CLASSES
+    valid = isinstance(names, list) and names and all(isinstance(n, str) and n for n in names)
+    return _as_class_specs(names if valid and len(set(names)) == len(names) else FALLBACK_CLASSES)
+
+
+def _positional_key(index: int) -> str:
+    """The key a class takes when it gives none: ``index + 2`` (1 is the background's)."""
+    return str(index + 2) if index < 8 else ""
+
+
+def _effective_keys(specs: Sequence[ClassSpec]) -> list[str]:
+    """The key each class is labelled with: its own, else its positional one.
+
+    The labelling session uses the same rule; a class named ``background`` in the first place
+    is the background and takes key ``1``.
+    """
+    offset = 1 if specs and specs[0].name == BACKGROUND_CLASS else 0
+    keys = []
+    for index, spec in enumerate(specs):
+        if offset and index == 0:
+            keys.append(spec.key or "1")
+        else:
+            keys.append(spec.key or _positional_key(index - offset))
+    return keys
+
+
+def check_class_specs(specs: Sequence[ClassSpec]) -> tuple[ClassSpec, ...]:
+    """Validate a class list and return it normalised (names stripped, colours and keys in
+    lower case).
+
+    Rules: at least one class; names non-empty, without ``;``, unique (ignoring case), and
+    ``background`` only in the first place; colours ``#rrggbb``; a key is empty (the class
+    then takes its positional key, ``2`` for the first class) or one digit or ASCII letter;
+    ``1`` is the background's, ``s`` and ``u`` are the skip and undo keys
+    (:data:`RESERVED_KEYS`); no two classes share a key.
+
+    Parameters
+    ----------
+    specs : sequence of ClassSpec
+        The classes, in order.
+
+    Returns
+    -------
+    tuple of ClassSpec
+        The normalised classes.
+
+    Raises
+    ------
+    ValueError
+        Naming the first class that breaks a rule and what to do.
+    """
+    specs = list(specs)
+    if not specs:
+        raise ValueError("a project needs at least one class: add one")
+    normalised = []
+    seen: dict[str, str] = {}
+    for index, spec in enumerate(specs):
+        if not isinstance(spec, ClassSpec):
+            raise TypeError(f"class {index + 1} is a {type(spec).__name__}, not a ClassSpec")
+        name = str(spec.name).strip()
+        if not name:
+            raise ValueError(f"class {index + 1} has no name: give it one")
+        if ";" in name:
+            raise ValueError(f"class name {name!r} contains ';': choose a name without it")
+        if name.lower() in seen:
+            raise ValueError(
+                f"two classes are named {seen[name.lower()]!r} and {name!r}: give each class "
+                "its own name"
+            )
+        seen[name.lower()] = name
+        if name == BACKGROUND_CLASS and index > 0:
+            raise ValueError(
+                f"{BACKGROUND_CLASS!r} is the region class of key 1, not a class of the study: "
+                "choose another name"
+            )
+        colour = str(spec.colour).strip()
+        if not _COLOUR.fullmatch(colour):
+            raise ValueError(
+                f"class {name!r} has the colour {colour!r}: give a colour as #rrggbb"
+            )
+        key = str(spec.key).strip().lower()
+        is_background = name == BACKGROUND_CLASS
+        if key and not (len(key) == 1 and key.isascii() and key.isalnum()):
+            raise ValueError(
+                f"class {name!r} has the key {spec.key!r}: a key is one digit or letter"
+            )
+        if key in RESERVED_KEYS and not (is_background and key == "1"):
+            raise ValueError(
+                f"key {key!r} {RESERVED_KEYS[key]}: give class {name!r} another key"
+            )
+        normalised.append(ClassSpec(name=name, colour=colour.lower(), key=key))
+    owners: dict[str, str] = {}
+    for spec, key in zip(normalised, _effective_keys(normalised)):
+        if not key:
+            continue
+        if key in owners:
+            given = "its key" if spec.key else "its positional key: it gives none"
+            raise ValueError(
+                f"classes {owners[key]!r} and {spec.name!r} share the key {key!r} ({given}): "
+                "give each class its own key"
+            )
+        owners[key] = spec.name
+    return tuple(normalised)
+
+
+def free_class_key(specs: Sequence[ClassSpec]) -> str:
+    """The first key of :data:`FREE_KEYS` that no class of ``specs`` is labelled with
+    (``""`` when every one is taken)."""
+    used = set(_effective_keys(list(specs)))
+    return next((key for key in FREE_KEYS if key not in used), "")
+
+
+@dataclass(frozen=True)
+class RemovedSlide:
+    """What :meth:`Project.remove_slide` did.
+
+    Attributes
+    ----------
+    entry : dict
+        The slide's entry as it was in ``project.json``.
+    deleted : tuple of Path
+        Folders deleted (maps, superpixels); empty unless asked for.
+    labels_kept : int
+        Live labels of the slide left in ``labels.sqlite``.
+    """
+
+    entry: dict[str, Any]
+    deleted: tuple[Path, ...]
+    labels_kept: int
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
 
@@ -111,8 +275,9 @@ def write_json_atomic(path: Path, data: Any) -> None:
 class Project:
     """A study folder: classes, slides, settings, and the paths of what is computed for them.
 
-    Create one with :meth:`create`, open one with :meth:`open`; change :attr:`slides` or
-    :attr:`settings` through :meth:`add_slide` / :meth:`update_settings`, which save at once.
+    Create one with :meth:`create`, open one with :meth:`open`; change :attr:`slides`,
+    :attr:`classes` or :attr:`settings` through :meth:`add_slide` / :meth:`remove_slide`,
+    :meth:`set_classes` / :meth:`update_settings`, which save at once.
 
     Attributes
     ----------
@@ -308,6 +473,140 @@ class Project:
         self.save()
         return entry["name"]
 
+    def remove_slide(self, name: str, delete_files: bool = False) -> RemovedSlide:
+        """Unregister a slide and save at once.
+
+        The slide's labels (and suggestions) stay in ``labels.sqlite``: adding the slide again
+        under the same name brings them back.
+
+        Parameters
+        ----------
+        name : str
+            The slide's name in the project.
+        delete_files : bool
+            Also delete what was computed for the slide: its maps (:meth:`maps_path`) and its
+            superpixels (``superpixels/<slide>.zarr``). The slide file itself is never touched.
+
+        Returns
+        -------
+        RemovedSlide
+            The entry removed, the folders deleted and the number of labels kept.
+
+        Raises
+        ------
+        ProjectError
+            When no slide has that name, or a folder cannot be deleted (the slide is then
+            already unregistered).
+        """
+        for index, entry in enumerate(self.slides):
+            if entry["name"] == name:
+                break
+        else:
+            raise ProjectError(
+                f"no slide named {name!r} in the project",
+                path=self.path / PROJECT_FILE,
+                hint=f"known slides: {', '.join(self.slide_names()) or 'none'}",
+            )
+        labels_kept = self._count_labels(
+            "SELECT COUNT(*) FROM labels WHERE live = 1 AND slide = ?", (name,)
+        )
+        del self.slides[index]
+        self.save()
+        deleted = []
+        if delete_files:
+            for folder in (self.maps_path(name), self.superpixels_path(name)):
+                if not folder.exists():
+                    continue
+                try:
+                    shutil.rmtree(folder)
+                except OSError as error:
+                    raise ProjectError(
+                        f"the slide is removed from the project, but its files cannot be "
+                        f"deleted ({error.strerror or error})",
+                        path=folder,
+                        hint="delete the folder by hand, or check its permissions",
+                    ) from error
+                deleted.append(folder)
+        return RemovedSlide(entry=entry, deleted=tuple(deleted), labels_kept=labels_kept)
+
+    def set_classes(self, specs: Sequence[ClassSpec]) -> None:
+        """Replace the class list (names, colours, keys) and save at once.
+
+        ``specs`` is checked by :func:`check_class_specs`. Labels name their classes, so a
+        class that labels in ``labels.sqlite`` use (live ones, or earlier ones that undo can
+        bring back) keeps its name: renaming or removing it is refused. Models are tied to the
+        class names and their order: after a change of either, checkpoints trained for the
+        earlier list are refused by :meth:`check_model_classes`.
+
+        Parameters
+        ----------
+        specs : sequence of ClassSpec
+            The new classes, in order.
+
+        Raises
+        ------
+        ValueError
+            When a rule of :func:`check_class_specs` is broken, or a class that labels use is
+            renamed or removed; nothing is saved.
+        ProjectError
+            When ``labels.sqlite`` cannot be read.
+        """
+        specs = check_class_specs(specs)
+        gone = [name for name in self.class_names if name not in {s.name for s in specs}]
+        if gone:
+            used = self.class_label_counts()
+            for name in gone:
+                live, total = used.get(name, (0, 0))
+                if total:
+                    kept = f" and {total - live} earlier ones kept for undo" if total > live else ""
+                    raise ValueError(
+                        f"class {name!r} is used by labels in {LABELS_FILE} ({live} live{kept}): "
+                        "it cannot be renamed or removed (change its colour or key, or add a "
+                        "new class)"
+                    )
+        self.classes = specs
+        self.save()
+
+    def class_label_counts(self) -> dict[str, tuple[int, int]]:
+        """For each class named by a label in ``labels.sqlite``: ``(live labels, all labels)``.
+
+        All labels count the superseded and undone ones too (undo and redo can bring them
+        back). Empty when the project has no label database yet.
+
+        Raises
+        ------
+        ProjectError
+            When ``labels.sqlite`` cannot be read.
+        """
+        rows = self._read_labels(
+            "SELECT item.value, SUM(labels.live), COUNT(*) FROM labels, "
+            "json_each(labels.classes) AS item GROUP BY item.value"
+        )
+        return {str(name): (int(live), int(total)) for name, live, total in rows}
+
+    def _count_labels(self, sql: str, parameters: Sequence[Any] = ()) -> int:
+        rows = self._read_labels(sql, parameters)
+        return int(rows[0][0]) if rows else 0
+
+    def _read_labels(self, sql: str, parameters: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of a query on ``labels.sqlite``, opened read-only (none when it is absent)."""
+        file = self.path / LABELS_FILE
+        if not file.is_file() or file.stat().st_size == 0:
+            return []
+        try:
+            connection = sqlite3.connect(f"{file.resolve().as_uri()}?mode=ro", uri=True)
+            try:
+                return connection.execute(sql, tuple(parameters)).fetchall()
+            finally:
+                connection.close()
+        except sqlite3.Error as error:
+            raise ProjectError(
+                f"cannot read the label database ({error})",
+                path=file,
+                hint="check that it is a napari-wsl-al label database; restore a backup if it "
+                "is damaged",
+            ) from error
+
     def update_settings(self, **settings: Any) -> None:
         """Merge ``settings`` into :attr:`settings` and save."""
         self.settings.update(settings)
@@ -322,3 +621,7 @@ class Project:
     def maps_path(self, slide_name: str) -> Path:
         """``maps/<slide>.zarr``: the OME-Zarr group of a slide's maps."""
         return self.maps_dir / f"{slide_key(slide_name)}.zarr"
+
+    def superpixels_path(self, slide_name: str) -> Path:
+        """``superpixels/<slide>.zarr``: a slide's superpixel ids (written by active learning)."""
+        return self.path / "superpixels" / f"{slide_key(slide_name)}.zarr"
