@@ -873,6 +873,8 @@ class ActiveLearningWidget(QWidget):
             return
         if self.project is None:
             raise WslAlError("no project yet", hint="press Suggest and label some regions first")
+        # read again: another dock (Model, Project) may have changed the settings
+        self.project = Project.open(self.project.path)
         settings = replace(
             rounds.ALSettings.of_project(self.project),
             strategy=self.strategy_combo.currentText(),
