@@ -618,3 +618,37 @@ def test_tissue_window_resamples_nearest():
     # Outside the mask the edge is repeated; an offset window starts further in.
     assert sp._tissue_window(tissue, 2.0, 3, 3, 3, 1).astype(int).ravel().tolist() == [1, 1, 1]
     assert sp._tissue_window(tissue, 2.0, 1, 0, 1, 3).astype(int).tolist() == [[1, 1, 0]]
+
+
+def test_patch_folders_are_cut_patch_by_patch(tmp_path):
+    from PIL import Image
+
+    from napari_wsl_al.core.io.image_backend import PatchFolderReader
+
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    sizes = [(96, 80), (64, 96), (96, 96), (40, 50), (96, 70)]  # (height, width)
+    for index, (h, w) in enumerate(sizes):
+        image = synthetic_he_image((h, w), seed=index).image
+        Image.fromarray(image).save(folder / f"p{index}.png")
+    reader = PatchFolderReader(folder, mpp=0.5)
+    assert reader.cell_size == (96, 96) and reader.columns == 3
+    everywhere = TissueMask(np.ones((4, 4), bool), downsample=float(max(reader.dimensions)))
+    path = tmp_path / "superpixels" / "patches.zarr"
+    result = run_to_end(compute_slide_superpixels(reader, SMALL, path, everywhere))
+    labels = np.asarray(result.labels)
+    owner = {}
+    for index, (x, y, w, h) in enumerate(reader.patch_boxes):
+        inside = labels[y:y + h, x:x + w]
+        assert np.all(inside > 0)  # tissue everywhere in the patch: every pixel in a region
+        for region in np.unique(inside):
+            assert owner.setdefault(int(region), index) == index  # in one patch only
+    in_patches = np.zeros(labels.shape, bool)
+    for x, y, w, h in reader.patch_boxes:
+        in_patches[y:y + h, x:x + w] = True
+    assert not labels[~in_patches].any()  # the padding of the cells is in no region
+    assert sorted(owner) == list(range(1, result.n_regions + 1))
+    # regions of different patches are never neighbours
+    for first, second in result.adjacency():
+        assert owner[int(first)] == owner[int(second)]
+    assert len(result.adjacency()) > 0

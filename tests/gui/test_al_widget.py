@@ -272,3 +272,62 @@ def test_format_seconds():
     assert format_seconds(42.4) == "42 s"
     assert format_seconds(185) == "3 min 05 s"
     assert format_seconds(3720) == "1 h 02 min"
+
+
+def test_the_loop_on_a_folder_of_patches(make_napari_viewer, qtbot, tmp_path):
+    from napari_wsl_al.core.data.synthetic import write_synthetic_patch_set
+
+    root = write_synthetic_patch_set(tmp_path / "glas", n_per_class=2, shape=(160, 192))
+    folder = root / "images"
+    project = Project.create(tmp_path / "study", classes=["benign", "malignant"])
+    SETTINGS.save_to(project)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(folder), plugin="napari-wsl-al")
+    widget = ActiveLearningWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Active learning", area="right")
+    assert widget.slide_combo.currentText() == "images  (new: Suggest adds it)"
+    widget.mode_combo.setCurrentIndex(1)  # several classes per region
+    widget.suggest()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert "4 suggestions" in widget.status.text(), widget.status.text()
+    assert Project.open(project.path).slide_names() == ["images"]
+    reader = slide_layers(viewer)[0].metadata["reader"]
+    session = widget.session
+    # every suggested region lies inside one patch (none in the white padding of the mosaic)
+    for region in shown_regions(widget):
+        row0, col0, row1, col1 = (int(v) for v in session.superpixels.bboxes[region])
+        patches = {reader.patch_at(x + 0.5, y + 0.5) for y in (row0, row1 - 1)
+                   for x in (col0, col1 - 1)}
+        assert len(patches) == 1 and None not in patches
+
+    first = session.current_region
+    press(viewer, "2")
+    press(viewer, "3")  # both classes in one region
+    press(viewer, "Enter")
+    second = session.current_region
+    press(viewer, "1")
+    press(viewer, "Enter")
+    press(viewer, "u")  # the background label of `second` is taken back
+    assert session.current_region == second
+    press(viewer, "3")
+    press(viewer, "Enter")
+    with LabelStore.for_project(project.path) as store:
+        labels = {lab.region_id: lab.classes for lab in store.current(source="oracle")}
+    assert labels == {first: ("benign", "malignant"), second: ("malignant",)}
+    assert len(viewer.layers[LABELS_LAYER].data) == 2
+
+    widget.train()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    assert "Round 1 done" in widget.status.text(), widget.status.text()
+    after = shown_regions(widget)
+    assert not set(after) & {first, second} and len(after) == 4
+    assert len(viewer.layers[LABELS_LAYER].data) == 2
+    viewer.close()
+
+    again = make_napari_viewer()
+    reopened = ActiveLearningWidget(again)
+    again.window.add_dock_widget(reopened)
+    assert [layer.name for layer in slide_layers(again)] == ["images"]
+    assert shown_regions(reopened) == after
+    assert len(again.layers[LABELS_LAYER].data) == 2
+    assert "2</b> labels" in reopened.counters_label.text()

@@ -622,7 +622,9 @@ def compute_slide_superpixels(
 ) -> Generator[Progress, None, SuperpixelMap]:
     """Cut the tissue of a slide into regions, tile by tile, into an OME-Zarr store.
 
-    Only tiles holding tissue are read; memory holds one tile and the per-region stats. The
+    A patch folder (a reader with ``patch_boxes``) is cut patch by patch instead: no region
+    crosses from one patch to another or into the padding of the mosaic. Only tiles holding
+    tissue are read; memory holds one tile and the per-region stats. The
     store is built in ``<out_path>.partial`` and renamed when complete, so ``out_path`` is
     either absent, the previous store, or the new one; a ``.partial`` left by a killed run is
     removed and the work restarted.
@@ -667,8 +669,19 @@ def compute_slide_superpixels(
     if tissue is None:
         tissue = tissue_mask(reader)
     tile = int(config.tile_px)
-    boxes = [(y0, x0, min(height, y0 + tile), min(width, x0 + tile))
-             for y0 in range(0, height, tile) for x0 in range(0, width, tile)]
+    patch_boxes = getattr(reader, "patch_boxes", None)
+    if patch_boxes:
+        # A patch folder: each patch is cut on its own (no region crosses a patch border or
+        # reaches into the padding of its cell).
+        boxes = []
+        for bx, by, bw, bh in patch_boxes:
+            y0, x0 = math.ceil(by / downsample - 1e-9), math.ceil(bx / downsample - 1e-9)
+            y1 = min(height, max(y0 + 1, math.floor((by + bh) / downsample + 1e-9)))
+            x1 = min(width, max(x0 + 1, math.floor((bx + bw) / downsample + 1e-9)))
+            boxes.append((y0, x0, y1, x1))
+    else:
+        boxes = [(y0, x0, min(height, y0 + tile), min(width, x0 + tile))
+                 for y0 in range(0, height, tile) for x0 in range(0, width, tile)]
     has_tissue = [tissue.contains_box(x0 * downsample, y0 * downsample,
                                       (x1 - x0) * downsample, (y1 - y0) * downsample)
                   for y0, x0, y1, x1 in boxes]
@@ -688,7 +701,7 @@ def compute_slide_superpixels(
         left = np.zeros(tile, np.uint32)  # the last column of the tile to the left
         offset = done = 0
         for (y0, x0, y1, x1), holds_tissue in zip(boxes, has_tissue):
-            if x0 == 0:
+            if x0 == 0 and not patch_boxes:
                 above, bottom = bottom, np.zeros(width, np.uint32)
                 left = np.zeros(tile, np.uint32)
             ids = np.zeros((y1 - y0, x1 - x0), np.uint32)
@@ -706,13 +719,14 @@ def compute_slide_superpixels(
                     stats.append((counts[1:], bboxes[1:], centroids[1:]))
                     pairs.append(region_adjacency(ids))
                     offset += count
-            # Regions that touch across the tile's top and left borders.
-            pairs.append(_unique_pairs(*_neighbour_pixel_pairs(
-                np.stack([above[x0:x1], ids[0]]))))
-            pairs.append(_unique_pairs(*_neighbour_pixel_pairs(
-                np.stack([left[: y1 - y0], ids[:, 0]], axis=1))))
-            bottom[x0:x1] = ids[-1]
-            left = ids[:, -1].copy()
+            if not patch_boxes:
+                # Regions that touch across the tile's top and left borders.
+                pairs.append(_unique_pairs(*_neighbour_pixel_pairs(
+                    np.stack([above[x0:x1], ids[0]]))))
+                pairs.append(_unique_pairs(*_neighbour_pixel_pairs(
+                    np.stack([left[: y1 - y0], ids[:, 0]], axis=1))))
+                bottom[x0:x1] = ids[-1]
+                left = ids[:, -1].copy()
             if holds_tissue:
                 done += 1
                 yield Progress(step=done, total=total,
