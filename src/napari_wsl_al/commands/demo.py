@@ -10,7 +10,7 @@ NAME = "demo"
 HELP = "open the sample slide in napari with the plugin's widgets (--headless: no screen needed)"
 
 #: Dock widgets opened by the demo, by display name in napari.yaml; missing ones are skipped.
-DEMO_WIDGETS = ("Slide", "Inference", "Metrics", "Active learning")
+DEMO_WIDGETS = ("Project", "Model", "Slide", "Inference", "Metrics", "Active learning")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
