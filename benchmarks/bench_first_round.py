@@ -20,13 +20,13 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 os.environ["NAPARI_WSL_AL_PROJECT"] = str(Path(tempfile.mkdtemp()) / "study.wslal")
 
-import napari  # noqa: E402
+import napari
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_al_widget import press, pump_events  # noqa: E402
+from bench_al_widget import press, pump_events
 
-from napari_wsl_al._qt.al_widget import ActiveLearningWidget  # noqa: E402
-from napari_wsl_al.core.al.rounds import ALSettings  # noqa: E402
+from napari_wsl_al._qt.al_widget import ActiveLearningWidget
+from napari_wsl_al.core.al.rounds import ALSettings
 
 SLIDE = REPOSITORY / "sample_data" / "CMU-1-Small-Region.svs"
 #: Answers cycled over the suggestions: background, benign, malignant, background + benign ...
