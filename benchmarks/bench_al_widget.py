@@ -38,7 +38,7 @@ HEARTBEAT_MS = 50
 def pump_events(until, interval_ms: int = HEARTBEAT_MS, log: list | None = None) -> float:
     """Run the Qt event loop until ``until()``; longest heartbeat gap in seconds. With ``log``,
     every gap over twice the interval is appended as (seconds since start, gap, what ran)."""
-    from qtpy.QtCore import QTimer
+    from qtpy.QtCore import QEventLoop, QTimer
     from qtpy.QtWidgets import QApplication
 
     app = QApplication.instance()
@@ -57,10 +57,17 @@ def pump_events(until, interval_ms: int = HEARTBEAT_MS, log: list | None = None)
     timer.setInterval(interval_ms)
     timer.timeout.connect(beat)
     timer.start()
-    while not until():
-        app.processEvents()
-        time.sleep(0.002)
+    # Qt's own event loop, as in napari (it waits for events instead of polling for them)
+    loop = QEventLoop()
+    checker = QTimer()
+    checker.setInterval(10)
+    checker.timeout.connect(lambda: loop.quit() if until() else None)
+    checker.start()
+    if not until():
+        loop.exec()
+    checker.stop()
     timer.stop()
+    app.processEvents()
     return state["stall"]
 
 

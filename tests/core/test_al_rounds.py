@@ -129,8 +129,24 @@ def test_round_trains_checkpoints_and_suggests_unlabelled_regions(project):
     assert len(fresh) == 5 and not set(fresh) & set(labelled.tolist())
     model, number = rounds.current_model(project, SETTINGS)
     assert number == 1 and bool(model.segmentation_trained)
+    # each round keeps its own maps of the labelled slide
+    from napari_wsl_al.core.infer import MapStore
+
+    first_maps = rounds.round_maps_path(project, "synth", 1)
+    assert first_maps == project.path / "maps" / "synth.round_0001.zarr"
+    handles = MapStore(first_maps).handles()
+    assert {"fg", "seg"} <= set(handles) and "cam" not in handles
+    fg_round_1 = np.asarray(handles["fg"].levels[0][...])
     second = run_to_end(rounds.run_round(project, SETTINGS, suggest_after=False))
     assert second["round"] == 2
+    fg_round_2 = np.asarray(MapStore(rounds.round_maps_path(project, "synth", 2))
+                            .handles()["fg"].levels[0][...])
+    again = np.asarray(MapStore(first_maps).handles()["fg"].levels[0][...])
+    assert np.array_equal(again, fg_round_1)  # round 2 left round 1's maps alone
+    assert not np.array_equal(fg_round_2, fg_round_1)
+    no_maps = replace(SETTINGS, round_maps=False)
+    assert run_to_end(rounds.run_round(project, no_maps, suggest_after=False))["round"] == 3
+    assert not rounds.round_maps_path(project, "synth", 3).exists()
 
 
 def test_killed_round_leaves_nothing_and_runs_again(project, monkeypatch):

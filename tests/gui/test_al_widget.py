@@ -184,6 +184,18 @@ def test_the_labelling_loop(make_napari_viewer, qtbot, project, slide_path):
     assert all(s.round == 1 for s in session.suggestions)
     assert set(session._outlines) >= set(after)
     assert len(outlines.data) == 4 and len(viewer.layers[LABELS_LAYER].data) == 3
+    # the round's maps appear, one layer per event-loop turn; fg is shown
+    qtbot.waitUntil(lambda: "synth round 1 ovr_entropy_max" in viewer.layers, timeout=5000)
+    assert viewer.layers["synth round 1 fg"].visible
+    assert not viewer.layers["synth round 1 ovr_entropy_max"].visible
+    assert viewer.layers["synth round 1 fg"].metadata["wslal_round"] == 1
+    names = [layer.name for layer in viewer.layers]
+    assert names.index(SUGGESTIONS_LAYER) > names.index("synth round 1 fg")
+    earlier = viewer.add_image(np.zeros((4, 4)), name="synth round 0 fg",
+                               metadata={"wslal_round": 0})
+    widget._hide_earlier_round_maps("synth", 1)
+    assert not earlier.visible and viewer.layers["synth round 1 fg"].visible
+    viewer.layers.remove(earlier)
     labels = {lab.region_id: lab.classes for lab in session.store.current(source="oracle")}
     assert labels == {first: ("benign",), second: ("malignant",), clicked: ("background",)}
 
@@ -210,6 +222,7 @@ def test_the_labelling_loop(make_napari_viewer, qtbot, project, slide_path):
     reopened = ActiveLearningWidget(again)
     again.window.add_dock_widget(reopened)
     assert [layer.name for layer in slide_layers(again)] == ["synth"]
+    qtbot.waitUntil(lambda: "synth round 1 fg" in again.layers, timeout=5000)
     assert shown_regions(reopened) == after
     assert reopened.session.current_region == after[0]
     assert len(again.layers[LABELS_LAYER].data) == 3

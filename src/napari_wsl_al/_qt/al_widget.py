@@ -42,6 +42,8 @@ from ..core.al import rounds
 from ..core.al.acquisition import STRATEGIES
 from ..core.al.session import LabellingSession, round_and_open, suggest_and_open
 from ..core.errors import WslAlError
+from ..core.infer.session import map_layer_specs
+from ..core.infer.store import MapStore
 from ..core.io.base import SlideReader
 from ..core.project import PROJECT_FILE, Project
 from .infer_widget import default_project_path
@@ -60,6 +62,11 @@ CURRENT_WIDTH_PX = 2.0
 
 #: Opacity of the labelled regions' fill.
 LABELS_OPACITY = 0.4
+#: Maps of each round that the dock shows (the others are in the round's map store).
+ROUND_MAP_LAYERS = ("fg", "uncertainty/ovr_entropy_max")
+#: Pause before each round map layer is added: napari takes 0.1-0.3 s to make an image layer,
+#: and the pause lets the UI handle what waits (paint, input) between two of them.
+MAP_LAYER_DELAY_MS = 60
 #: The dock's Shapes layers, in drawing order, with what they are made with.
 SHAPES_LAYERS = {
     LABELS_LAYER: {"opacity": LABELS_OPACITY},
@@ -228,6 +235,8 @@ class ActiveLearningWidget(QWidget):
         self.project: Project | None = None
         self.session: LabellingSession | None = None
         self.worker = None
+        #: ``(round, MapLayerSpec)`` of the round maps still to add, one per event-loop turn.
+        self._pending_maps: list = []
         self._entries: list[dict] = []
         self._slide_name: str | None = None
         #: Label row ids drawn in the labels layer, in layer order.
@@ -430,7 +439,9 @@ class ActiveLearningWidget(QWidget):
         """A session on the chosen slide (opening its image when it is not shown yet)."""
         entry = self.slide_entry()
         if entry is not None and entry["in_project"] and self.project is not None:
-            self._install_session(LabellingSession(self.project, entry["name"], mode=self.mode()))
+            session = LabellingSession(self.project, entry["name"], mode=self.mode())
+            self._install_session(session)
+            self._queue_round_maps(session.slide, session.store.last_done_round())
             return
         if self.session is not None:
             self.session.close()
@@ -900,6 +911,52 @@ class ActiveLearningWidget(QWidget):
         text = f"Round {result['round']} done: loss {result['metrics']['loss']:.3f}"
         self.status.setText(text)
         show_info(text)
+        if session is not None:
+            self._queue_round_maps(session.slide, result["round"])
+
+    def _queue_round_maps(self, slide: str, number: int | None) -> None:
+        """Show round ``number``'s maps of ``slide`` (added over the next event-loop turns),
+        hiding earlier rounds' ones."""
+        if number is None:
+            return
+        self._pending_maps = [(number, spec) for spec in self.round_map_specs(slide, number)]
+        self._hide_earlier_round_maps(slide, number)
+        QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next_map)
+
+    def round_map_specs(self, slide: str, number: int) -> list:
+        """Layer specifications of round ``number``'s maps of ``slide`` shown by the dock
+        (:data:`ROUND_MAP_LAYERS`), named ``"<slide> round N <map>"``."""
+        if self.project is None:
+            return []
+        path = rounds.round_maps_path(self.project, slide, number)
+        if not path.exists():
+            return []
+        specs = map_layer_specs(MapStore(path).handles(), f"{slide} round {number}")
+        return [spec for spec in specs if spec.kwargs["metadata"]["wslal_map"] in ROUND_MAP_LAYERS]
+
+    def _hide_earlier_round_maps(self, slide: str, number: int) -> None:
+        """Earlier rounds' map layers stay, hidden, for comparison."""
+        for layer in self.viewer.layers:
+            earlier = layer.metadata.get("wslal_round")
+            if earlier is not None and earlier != number and layer.name.startswith(slide):
+                layer.visible = False
+
+    @reported
+    def _add_next_map(self) -> None:
+        """Add one map layer, and plan the next one after :data:`MAP_LAYER_DELAY_MS`."""
+        if not self._pending_maps:
+            return
+        number, spec = self._pending_maps.pop(0)
+        kwargs = dict(spec.kwargs)
+        kwargs["metadata"] = {**kwargs["metadata"], "wslal_round": number}
+        kwargs["visible"] = kwargs["metadata"]["wslal_map"] == "fg"
+        if spec.name in self.viewer.layers:
+            self.viewer.layers[spec.name].data = spec.data
+        else:
+            self.viewer.add_image(spec.data, name=spec.name, **kwargs)
+            self._raise_layers()
+        if self._pending_maps:
+            QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next_map)
 
     def cancel(self) -> None:
         """Stop the running job at its next step (a round is then run again from scratch)."""

@@ -73,6 +73,10 @@ class ALSettings:
         Side of the tiles read for training and scoring, at the working resolution.
     device : str
         ``auto``, ``cuda``, ``mps`` or ``cpu``.
+    round_maps : bool
+        After training, compute the new model's maps (:data:`ROUND_MAPS`) of every labelled
+        slide into ``maps/<slide>.round_NNNN.zarr``: each round keeps its own maps, so rounds
+        can be compared.
     """
 
     model: str = "default"
@@ -84,6 +88,7 @@ class ALSettings:
     train: RegionTrainConfig = field(default_factory=RegionTrainConfig)
     tile_px: int = 512
     device: str = "auto"
+    round_maps: bool = True
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -141,7 +146,43 @@ def region_classes(project: Project) -> tuple[str, ...]:
 
 def superpixels_path(project: Project, slide: str) -> Path:
     """``superpixels/<slide>.zarr`` in the project."""
-    return project.path / "superpixels" / f"{slide_key(slide)}.zarr"
+    return project.superpixels_path(slide)
+
+
+#: Maps computed for each round: the segmentation head's class probabilities, the foreground
+#: and the uncertainty maps.
+ROUND_MAPS = ("fg", "seg", "uncertainty")
+
+
+def round_maps_path(project: Project, slide: str, number: int) -> Path:
+    """``maps/<slide>.round_NNNN.zarr``: the maps of round ``number``'s model on ``slide``."""
+    return project.maps_dir / f"{slide_key(slide)}.round_{number:04d}.zarr"
+
+
+def infer_round_maps(
+    project: Project, slide: str, model, number: int, settings: ALSettings, device="cpu"
+) -> Generator[Progress, None, Path]:
+    """Compute round ``number``'s maps of ``slide`` with ``model`` (resumes a killed run).
+
+    Returns
+    -------
+    Path
+        The map store (:func:`round_maps_path`).
+    """
+    from ..infer.engine import InferenceConfig, infer_slide
+    from ..infer.store import MapStore
+
+    path = round_maps_path(project, slide, number)
+    config = InferenceConfig(device=str(device), maps=ROUND_MAPS, tile_size=settings.tile_px,
+                             overlap=min(128, settings.tile_px // 4))
+    reader = open_project_slide(project, slide)
+    try:
+        for progress in infer_slide(reader, model, config, MapStore(path)):
+            yield Progress(progress.step, progress.total,
+                           f"round {number} maps of {slide}: {progress.message}")
+    finally:
+        reader.close()
+    return path
 
 
 def checkpoint_path(project: Project, number: int) -> Path:
@@ -496,8 +537,11 @@ def run_round(
                     "region_classes": list(classes),
                 },
             )
+            slides = sorted({lab.slide for lab in store.current(source="oracle")})
+            if settings.round_maps:
+                for slide in slides:
+                    yield from infer_round_maps(project, slide, model, number, settings, device)
             if suggest_after:
-                slides = sorted({lab.slide for lab in store.current(source="oracle")})
                 for slide in slides:
                     yield from suggest(project, slide, settings, model, number)
             metrics["seconds"] = time.perf_counter() - start
