@@ -218,6 +218,9 @@ def test_cli_trains_end_to_end_on_a_tiny_glas_folder(tmp_path, capsys):
     with torch.inference_mode():
         output = model(torch.zeros(1, 3, 64, 64))
     assert output["logits"].shape == (1, 2)
+    # Max-Min's foreground is calibrated on the training images and kept in the checkpoint
+    low, high = config.head["fg_range"]
+    assert high > low and model.fg_range == (low, high) and extra["fg_range"] == [low, high]
 
 
 def test_cli_reports_a_broken_data_folder(tmp_path, capsys):

@@ -61,6 +61,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="early stopping on the validation error (0: off)")
     training.add_argument("--eval-every", type=int, default=1,
                           help="validate every N epochs (and after the last)")
+    training.add_argument("--warmup", type=int, default=0, help="linear warm-up epochs")
+    training.add_argument("--ema", type=float, default=None,
+                          help="keep an exponential moving average of the weights (e.g. 0.99)")
+    training.add_argument("--select", default="error", choices=("error", "loss", "last"),
+                          help="the epoch kept: lowest validation error or loss, or the last")
+    training.add_argument("--cutmix", type=float, default=0.0,
+                          help="probability of pasting a box from an image of the same class")
+    training.add_argument("--tta", action="store_true",
+                          help="validate on the four flips of each image")
+    training.add_argument("--stain", type=float, default=None,
+                          help="H&E stain augmentation strength (default 0.03)")
+    training.add_argument("--no-calibrate-fg", action="store_true",
+                          help="Max-Min: keep the per-image foreground normalisation instead of "
+                               "calibrating it on the training images")
     training.add_argument("--seed", type=int, default=0)
     training.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     training.add_argument("--num-workers", type=int, default=0)
@@ -186,6 +200,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..core.data.glas import GLAS_MPP, load_dataset, split_by_patient
+    from ..core.data.patches import AugmentConfig
     from ..core.models.checkpoint import save_checkpoint
     from ..core.models.factory import ModelConfig, build_model
     from ..core.progress import run_to_end
@@ -214,6 +229,12 @@ def run(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         num_threads=args.threads,
         target_mpp=args.target_mpp,
+        warmup_epochs=args.warmup,
+        ema_decay=args.ema,
+        select_on=args.select,
+        cutmix=args.cutmix,
+        tta_flips=args.tta,
+        **({} if args.stain is None else {"augment": AugmentConfig(hed=args.stain)}),
     )
     model_config = ModelConfig(
         arch=args.arch,
@@ -271,7 +292,16 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    final = evaluate(model, split_val, train_config.device, config=train_config) if len(split_val) else {}
+    fg_range = None
+    if args.arch == "maxmin" and not args.no_calibrate_fg:
+        from ..core.models.maxmin import calibrate_foreground
+        from ..core.wsl.train import make_torch_dataset
+
+        whole = make_torch_dataset(split_train, model, train_config, train=False)  # whole images
+        fg_range = calibrate_foreground(model, (image for image, *_ in whole))
+        model_config.head["fg_range"] = list(fg_range)
+    final = (evaluate(model, split_val, train_config.device, config=train_config,
+                      flips=train_config.tta_flips) if len(split_val) else {})
     extra = {
         "command": command,
         "data": {
@@ -290,6 +320,7 @@ def run(args: argparse.Namespace) -> int:
         "train_seconds": round(result.seconds, 1),
         "train_config": train_config.to_dict(),
         "pretrained": pretrained,
+        "fg_range": None if fg_range is None else list(fg_range),
         "environment": {
             "python": platform.python_version(),
             "torch": torch.__version__,

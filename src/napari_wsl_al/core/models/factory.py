@@ -52,6 +52,7 @@ DEFAULT_HEAD_PARAMS: dict[str, dict[str, Any]] = {
         "classifier_input_scale": 1.0,
         "inference_logits": "classifier",
         "separate_classifier_backbone": False,
+        "fg_range": None,
     },
     # Min-max entropy, Sec. 3 and App. A.1 (values illegible in our copy are our choices).
     "minmax-entropy": {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -66,6 +67,12 @@ class MaxMinModel(WslModel):
         Resize factor of ``X+``/``X-`` before ``C`` (1 = none; the authors' code uses 0.5).
     inference_logits : {"classifier", "localizer"}
         Source of ``forward``'s ``"logits"``.
+    fg_range : (float, float), optional
+        Calibration of the foreground in evaluation mode: the continuous mask is scaled from
+        ``(low, high)`` to ``(0, 1)`` (clipped) instead of from its own minimum and maximum in
+        each image, so that a tile of a slide, a patch and a whole image get the same mask for
+        the same tissue. Set by :func:`calibrate_foreground` from the training images; None
+        (the default, and in training): min-max per image, as in the paper.
     mean, std, mpp :
         See :class:`~napari_wsl_al.core.models.base.WslModel`.
     """
@@ -92,11 +99,14 @@ class MaxMinModel(WslModel):
         localizer_weight: float = 1.0,
         classifier_input_scale: float = 1.0,
         inference_logits: str = "classifier",
+        fg_range: tuple[float, float] | None = None,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
         mpp: float | None = None,
     ):
         super().__init__()
+        if fg_range is not None and not float(fg_range[1]) > float(fg_range[0]):
+            raise ValueError(f"fg_range must be (low, high) with low < high, got {fg_range}")
         if regularizer not in REGULARIZERS:
             raise ValueError(f"regularizer must be one of {REGULARIZERS}, not {regularizer!r}")
         if inference_logits not in INFERENCE_LOGITS:
@@ -127,6 +137,7 @@ class MaxMinModel(WslModel):
         self.localizer_weight = float(localizer_weight)
         self.classifier_input_scale = float(classifier_input_scale)
         self.inference_logits = inference_logits
+        self.fg_range = None if fg_range is None else (float(fg_range[0]), float(fg_range[1]))
         self.output_stride = backbone.output_stride
         self.mean, self.std, self.mpp = tuple(mean), tuple(std), mpp
 
@@ -136,12 +147,23 @@ class MaxMinModel(WslModel):
 
         ``fg`` is ``M+`` of Eq. 12 at the input resolution, in ``(0, 1)``.
         """
+        cams, logits, mask = self.raw_mask(x)
+        if self.fg_range is None or self.training:
+            scaled = minmax_normalize(mask)
+        else:
+            low, high = self.fg_range
+            scaled = ((mask - low) / (high - low)).clamp(0.0, 1.0)
+        fg = pseudo_binarize(scaled, self.sigma, self.omega)
+        return cams, logits, fg
+
+    def raw_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cams, localizer_logits, mask)``: the continuous mask before any normalisation,
+        ``sum_k p_k cam_k`` upsampled to the input size."""
         cams, logits = self.mask_head(self.backbone(x))
         posterior = F.softmax(logits, dim=1)
         mask = (posterior[:, :, None, None] * cams).sum(dim=1, keepdim=True)
         mask = F.interpolate(mask, size=x.shape[2:], mode="bilinear", align_corners=False)
-        fg = pseudo_binarize(minmax_normalize(mask), self.sigma, self.omega)
-        return cams, logits, fg
+        return cams, logits, mask
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """Classifier ``C`` on a (masked) image: ``(B, C)`` logits."""
@@ -210,6 +232,49 @@ class MaxMinModel(WslModel):
         )
 
 
+@torch.inference_mode()
+def calibrate_foreground(model: MaxMinModel, images) -> tuple[float, float]:
+    """The ``fg_range`` of a Max-Min model from its continuous masks on training images.
+
+    ``low`` and ``high`` are the medians, over the images, of each image's smallest and largest
+    mask value: on a typical whole training image the calibrated foreground is then what the
+    per-image min-max normalisation gives, and every tile of a slide is scaled the same way.
+
+    Parameters
+    ----------
+    model : MaxMinModel
+        The trained model (left in the mode it was in).
+    images : iterable of torch.Tensor
+        Normalised ``(3, H, W)`` or ``(1, 3, H, W)`` whole training images.
+
+    Returns
+    -------
+    (float, float)
+        ``(low, high)``; also set as ``model.fg_range`` and in ``model.config.head`` when the
+        model has a configuration, so that a saved checkpoint keeps it.
+    """
+    was_training = model.training
+    model.eval()
+    lows, highs = [], []
+    try:
+        for image in images:
+            _, _, mask = model.raw_mask(image if image.dim() == 4 else image[None])
+            lows.append(float(mask.min()))
+            highs.append(float(mask.max()))
+    finally:
+        model.train(was_training)
+    if not lows:
+        raise ValueError("calibrating the foreground needs at least one image")
+    low, high = float(np.median(lows)), float(np.median(highs))
+    if not high > low:
+        high = low + 1e-6
+    model.fg_range = (low, high)
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "head"):
+        config.head["fg_range"] = [low, high]
+    return low, high
+
+
 def expected_t(
     epoch: int, t_init: float = 5.0, t_factor: float = 1.01, t_max: float = 10.0
 ) -> float:
@@ -217,4 +282,4 @@ def expected_t(
     return min(t_init * math.pow(t_factor, epoch), t_max)
 
 
-__all__ = ["MaxMinModel", "INFERENCE_LOGITS", "expected_t"]
+__all__ = ["MaxMinModel", "INFERENCE_LOGITS", "calibrate_foreground", "expected_t"]
