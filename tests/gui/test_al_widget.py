@@ -20,7 +20,9 @@ from napari_wsl_al._qt.al_widget import (
     slide_layers,
     viewer_camera,
 )
+from napari_wsl_al.core.al import rounds
 from napari_wsl_al.core.al.labels import LabelStore
+from napari_wsl_al.core.infer.store import MapStore
 from napari_wsl_al.core.al.rounds import ALSettings
 from napari_wsl_al.core.al.superpixels import SuperpixelConfig
 from napari_wsl_al.core.al.train import RegionTrainConfig
@@ -191,11 +193,6 @@ def test_the_labelling_loop(make_napari_viewer, qtbot, project, slide_path):
     assert viewer.layers["synth round 1 fg"].metadata["wslal_round"] == 1
     names = [layer.name for layer in viewer.layers]
     assert names.index(SUGGESTIONS_LAYER) > names.index("synth round 1 fg")
-    earlier = viewer.add_image(np.zeros((4, 4)), name="synth round 0 fg",
-                               metadata={"wslal_round": 0})
-    widget._hide_earlier_round_maps("synth", 1)
-    assert not earlier.visible and viewer.layers["synth round 1 fg"].visible
-    viewer.layers.remove(earlier)
     labels = {lab.region_id: lab.classes for lab in session.store.current(source="oracle")}
     assert labels == {first: ("benign",), second: ("malignant",), clicked: ("background",)}
 
@@ -335,6 +332,27 @@ def test_the_loop_on_a_folder_of_patches(make_napari_viewer, qtbot, tmp_path):
     after = shown_regions(widget)
     assert not set(after) & {first, second} and len(after) == 4
     assert len(viewer.layers[LABELS_LAYER].data) == 2
+    qtbot.waitUntil(lambda: "images round 1 ovr_entropy_max" in viewer.layers, timeout=5000)
+    layers_after_round_1 = len(viewer.layers)
+
+    # A second round: the latest maps' layers get round 2's data, round 1's foreground stays
+    # beside them (hidden) for comparison.
+    press(viewer, "2")
+    press(viewer, "Enter")
+    widget.train()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    assert "Round 2 done" in widget.status.text(), widget.status.text()
+    qtbot.waitUntil(lambda: "images round 1 fg" in viewer.layers
+                    and "images round 2 fg" in viewer.layers, timeout=5000)
+    latest, previous = viewer.layers["images round 2 fg"], viewer.layers["images round 1 fg"]
+    assert latest.metadata["wslal_round_role"] == "latest" and latest.visible
+    assert previous.metadata["wslal_round_role"] == "previous" and not previous.visible
+    assert "images round 2 ovr_entropy_max" in viewer.layers
+    assert len(viewer.layers) == layers_after_round_1 + 1
+    after = shown_regions(widget)
+    np.testing.assert_array_equal(
+        np.asarray(previous.data[-1]), np.asarray(
+            MapStore(rounds.round_maps_path(project, "images", 1)).handles()["fg"].levels[-1]))
     viewer.close()
 
     again = make_napari_viewer()
@@ -342,5 +360,7 @@ def test_the_loop_on_a_folder_of_patches(make_napari_viewer, qtbot, tmp_path):
     again.window.add_dock_widget(reopened)
     assert [layer.name for layer in slide_layers(again)] == ["images"]
     assert shown_regions(reopened) == after
-    assert len(again.layers[LABELS_LAYER].data) == 2
-    assert "2</b> labels" in reopened.counters_label.text()
+    assert len(again.layers[LABELS_LAYER].data) == 3
+    assert "3</b> labels" in reopened.counters_label.text()
+    qtbot.waitUntil(lambda: "images round 1 fg" in again.layers, timeout=5000)
+    assert "images round 2 fg" in again.layers

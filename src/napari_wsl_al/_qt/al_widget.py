@@ -235,7 +235,7 @@ class ActiveLearningWidget(QWidget):
         self.project: Project | None = None
         self.session: LabellingSession | None = None
         self.worker = None
-        #: ``(round, MapLayerSpec)`` of the round maps still to add, one per event-loop turn.
+        #: ``(role, round, slide, MapLayerSpec)`` of the round map layers still to add.
         self._pending_maps: list = []
         self._entries: list[dict] = []
         self._slide_name: str | None = None
@@ -915,13 +915,40 @@ class ActiveLearningWidget(QWidget):
             self._queue_round_maps(session.slide, result["round"])
 
     def _queue_round_maps(self, slide: str, number: int | None) -> None:
-        """Show round ``number``'s maps of ``slide`` (added over the next event-loop turns),
-        hiding earlier rounds' ones."""
+        """Show round ``number``'s maps of ``slide`` (:data:`ROUND_MAP_LAYERS`) and, hidden,
+        the round before's foreground for comparison.
+
+        The layers are made once and then given each new round's data (a few tens of ms;
+        making an image layer takes napari 0.1-0.5 s); missing ones are added one at a time,
+        :data:`MAP_LAYER_DELAY_MS` apart, so that the UI runs in between.
+        """
         if number is None:
             return
-        self._pending_maps = [(number, spec) for spec in self.round_map_specs(slide, number)]
-        self._hide_earlier_round_maps(slide, number)
-        QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next_map)
+        wanted = [("latest", number, spec) for spec in self.round_map_specs(slide, number)]
+        if number > 1:
+            wanted += [("previous", number - 1, spec)
+                       for spec in self.round_map_specs(slide, number - 1)
+                       if spec.kwargs["metadata"]["wslal_map"] == "fg"]
+        self._pending_maps = []
+        for role, round_number, spec in wanted:
+            layer = self._round_layer(slide, role, spec.kwargs["metadata"]["wslal_map"])
+            if layer is None:
+                self._pending_maps.append((role, round_number, slide, spec))
+            else:
+                layer.data = spec.data
+                layer.name = spec.name
+                layer.metadata["wslal_round"] = round_number
+        if self._pending_maps:
+            QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next_map)
+
+    def _round_layer(self, slide: str, role: str, map_name: str):
+        """The dock's layer of ``map_name`` for the ``"latest"`` or ``"previous"`` round."""
+        for layer in self.viewer.layers:
+            meta = layer.metadata
+            if (meta.get("wslal_round_role") == role and meta.get("wslal_map") == map_name
+                    and meta.get("wslal_slide") == slide):
+                return layer
+        return None
 
     def round_map_specs(self, slide: str, number: int) -> list:
         """Layer specifications of round ``number``'s maps of ``slide`` shown by the dock
@@ -934,27 +961,18 @@ class ActiveLearningWidget(QWidget):
         specs = map_layer_specs(MapStore(path).handles(), f"{slide} round {number}")
         return [spec for spec in specs if spec.kwargs["metadata"]["wslal_map"] in ROUND_MAP_LAYERS]
 
-    def _hide_earlier_round_maps(self, slide: str, number: int) -> None:
-        """Earlier rounds' map layers stay, hidden, for comparison."""
-        for layer in self.viewer.layers:
-            earlier = layer.metadata.get("wslal_round")
-            if earlier is not None and earlier != number and layer.name.startswith(slide):
-                layer.visible = False
-
     @reported
     def _add_next_map(self) -> None:
-        """Add one map layer, and plan the next one after :data:`MAP_LAYER_DELAY_MS`."""
+        """Add one round map layer, and plan the next one after :data:`MAP_LAYER_DELAY_MS`."""
         if not self._pending_maps:
             return
-        number, spec = self._pending_maps.pop(0)
+        role, number, slide, spec = self._pending_maps.pop(0)
         kwargs = dict(spec.kwargs)
-        kwargs["metadata"] = {**kwargs["metadata"], "wslal_round": number}
-        kwargs["visible"] = kwargs["metadata"]["wslal_map"] == "fg"
-        if spec.name in self.viewer.layers:
-            self.viewer.layers[spec.name].data = spec.data
-        else:
-            self.viewer.add_image(spec.data, name=spec.name, **kwargs)
-            self._raise_layers()
+        kwargs["metadata"] = {**kwargs["metadata"], "wslal_round": number,
+                              "wslal_round_role": role, "wslal_slide": slide}
+        kwargs["visible"] = role == "latest" and kwargs["metadata"]["wslal_map"] == "fg"
+        self.viewer.add_image(spec.data, name=spec.name, **kwargs)
+        self._raise_layers()
         if self._pending_maps:
             QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next_map)
 
