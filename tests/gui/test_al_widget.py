@@ -22,10 +22,10 @@ from napari_wsl_al._qt.al_widget import (
 )
 from napari_wsl_al.core.al import rounds
 from napari_wsl_al.core.al.labels import LabelStore
-from napari_wsl_al.core.infer.store import MapStore
 from napari_wsl_al.core.al.rounds import ALSettings
 from napari_wsl_al.core.al.superpixels import SuperpixelConfig
 from napari_wsl_al.core.al.train import RegionTrainConfig
+from napari_wsl_al.core.infer.store import MapStore
 from napari_wsl_al.core.project import Project
 
 pytestmark = pytest.mark.gui
