@@ -217,7 +217,7 @@ def print_cv_table(path: Path) -> None:
         print(f"{path}: no cross-validation yet")
         return
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    header = (f"{'recipe':<28} {'method':<18} {'folds':>5} {'cl.err %':>14} {'F1+ %':>14} "
+    header = (f"{'recipe':<46} {'method':<18} {'folds':>5} {'cl.err %':>14} {'F1+ %':>14} "
               f"{'F1- %':>14} {'min/fold':>8}")
     print(header)
     print("-" * len(header))
@@ -225,12 +225,12 @@ def print_cv_table(path: Path) -> None:
         cells = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
                  for k in ("error", "f1_pos", "f1_neg")]
         minutes = row["wall_seconds"] / 60 / max(1, len(row["folds"]))
-        print(f"{row['recipe']:<28} {row['method']:<18} {len(row['folds']):>5} "
+        print(f"{row['recipe']:<46} {row['method']:<18} {len(row['folds']):>5} "
               f"{cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {minutes:>8.1f}")
         if "f1_pos_per_image" in row:  # Max-Min: F1 above with the calibrated foreground
             plain = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
                      for k in ("f1_pos_per_image", "f1_neg_per_image")]
-            print(f"{'':<28} {'(fg per image)':<18} {'':>5} {'':>14} {plain[0]:>14} "
+            print(f"{'':<46} {'(fg per image)':<18} {'':>5} {'':>14} {plain[0]:>14} "
                   f"{plain[1]:>14}")
     if rows:
         base = _mean_spread([f["all_ones_f1_pos"] for f in rows[0]["folds"]])
