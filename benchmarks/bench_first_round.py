@@ -46,7 +46,7 @@ def main() -> int:
     start = time.perf_counter()
     widget.suggest()
     pump_events(lambda: widget.worker is None)
-    times["Suggest (project created, superpixels, maps, 20 suggestions)"] = (
+    times["Suggest (project created, superpixels, regions scored, 20 suggestions)"] = (
         time.perf_counter() - start)
     print(widget.status.text(), flush=True)
     start = time.perf_counter()
@@ -60,7 +60,7 @@ def main() -> int:
     start = time.perf_counter()
     widget.train()
     pump_events(lambda: widget.worker is None)
-    times[f"Train next round ({defaults.train.steps} steps, then 20 new suggestions)"] = (
+    times[f"Train next round ({defaults.train.steps} steps, its maps, 20 new suggestions)"] = (
         time.perf_counter() - start)
     print(widget.status.text(), flush=True)
     total = sum(times.values())
