@@ -92,6 +92,12 @@ def test_train_from_the_dock_and_use_the_new_model(make_napari_viewer, qtbot, pa
     assert info.classes == ("benign", "malignant") and info.mpp == pytest.approx(0.62)
     assert "Best epoch" in info.summary and "glas_synth" in info.summary
     assert "train-wsl" in info.details and "--width 0.0625" in info.details
+    from napari_wsl_al.core.models.checkpoint import load_checkpoint
+
+    trained, trained_config, trained_extra = load_checkpoint(out)
+    low, high = trained_config.head["fg_range"]  # the foreground calibrated, as train-wsl does
+    assert high > low and trained.fg_range == (low, high)
+    assert trained_extra["fg_range"] == [low, high]
     assert widget.file_radio.isChecked() and widget.file_edit.text() == str(out)
     assert "Done in" in widget.progress_label.text()
     assert "validation error" in widget.progress_label.text()

@@ -49,7 +49,7 @@ from ..core.models.checkpoint import default_checkpoint_path, load_checkpoint, s
 from ..core.models.factory import ARCHITECTURES, ModelConfig, build_model
 from ..core.progress import Progress
 from ..core.project import PROJECT_FILE, Project
-from ..core.wsl.train import TrainConfig, seed_everything, train_wsl
+from ..core.wsl.train import seed_everything, train_wsl
 from .al_widget import reported
 from .infer_widget import InferenceWidget, default_project_path
 
@@ -320,18 +320,8 @@ def train_from_folder(args: argparse.Namespace) -> Generator[Progress, None, Pat
             hint="add --mpp (microns per pixel of the images) to the options, or drop --target-mpp",
         )
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
-    train_config = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
-        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
-        patience=args.patience or None, eval_every=args.eval_every, seed=args.seed,
-        device=args.device, num_workers=args.num_workers, max_minutes=args.max_minutes,
-        num_threads=args.threads, target_mpp=args.target_mpp,
-    )
-    model_config = ModelConfig(
-        arch=args.arch, classes=dataset.classes, depth=args.depth, width=args.width,
-        dropout=args.dropout, output_stride=args.output_stride,
-        mpp=args.target_mpp or data_mpp, head=train_command._parse_head(args.head),
-    )
+    train_config, model_config = train_command.configs_from_args(
+        args, dataset.classes, data_mpp)
     seed_everything(args.seed)
     model = build_model(model_config)
     pretrained = None
@@ -348,6 +338,8 @@ def train_from_folder(args: argparse.Namespace) -> Generator[Progress, None, Pat
         model, split_train, split_val, train_config, model_config=model_config,
         batch_progress=True,
     )
+    fg_range = train_command.calibrate_if_maxmin(args, model, model_config, split_train,
+                                                 train_config)
     yield Progress(1, 1, f"saving {Path(args.out).name}")
     val_metrics = {key[4:]: value for key, value in result.best_metrics.items()
                    if key.startswith("val_")}
@@ -365,6 +357,7 @@ def train_from_folder(args: argparse.Namespace) -> Generator[Progress, None, Pat
         "train_seconds": round(result.seconds, 1),
         "train_config": train_config.to_dict(),
         "pretrained": pretrained,
+        "fg_range": None if fg_range is None else list(fg_range),
         "environment": {
             "python": platform.python_version(), "torch": torch.__version__,
             "platform": platform.platform(), "threads": torch.get_num_threads(),

@@ -194,17 +194,59 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
+def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None):
+    """The ``(TrainConfig, ModelConfig)`` of a ``train-wsl`` command line."""
+    from ..core.data.patches import AugmentConfig
+    from ..core.models.factory import ModelConfig
+    from ..core.wsl.train import TrainConfig
+
+    train_config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
+        weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
+        patience=args.patience or None, eval_every=args.eval_every, seed=args.seed,
+        device=args.device, num_workers=args.num_workers, max_minutes=args.max_minutes,
+        num_threads=args.threads, target_mpp=args.target_mpp, warmup_epochs=args.warmup,
+        ema_decay=args.ema, select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
+        **({} if args.stain is None else {"augment": AugmentConfig(hed=args.stain)}),
+    )
+    model_config = ModelConfig(
+        arch=args.arch, classes=classes, depth=args.depth, width=args.width,
+        dropout=args.dropout, output_stride=args.output_stride,
+        mpp=args.target_mpp or data_mpp, head=_parse_head(args.head),
+    )
+    return train_config, model_config
+
+
+def calibrate_if_maxmin(args, model, model_config, train_set, train_config):
+    """Calibrate a trained Max-Min model's foreground on its whole training images (unless
+    ``--no-calibrate-fg``); the range is also written into ``model_config.head``.
+
+    Returns
+    -------
+    (float, float) or None
+        ``fg_range``, or None when nothing was calibrated.
+    """
+    if args.arch != "maxmin" or args.no_calibrate_fg:
+        return None
+    from ..core.models.maxmin import calibrate_foreground
+    from ..core.wsl.train import make_torch_dataset
+
+    whole = make_torch_dataset(train_set, model, train_config, train=False)  # whole images
+    fg_range = calibrate_foreground(model, (image for image, *_ in whole))
+    model_config.head["fg_range"] = list(fg_range)
+    return fg_range
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, save the best checkpoint and the logs, print the validation figures."""
     import torch
     from tqdm import tqdm
 
     from ..core.data.glas import GLAS_MPP, load_dataset, split_by_patient
-    from ..core.data.patches import AugmentConfig
     from ..core.models.checkpoint import save_checkpoint
-    from ..core.models.factory import ModelConfig, build_model
+    from ..core.models.factory import build_model
     from ..core.progress import run_to_end
-    from ..core.wsl.train import TrainConfig, evaluate, seed_everything, train_wsl
+    from ..core.wsl.train import evaluate, seed_everything, train_wsl
 
     command = command_line(args)
     dataset = load_dataset(args.data)
@@ -213,39 +255,7 @@ def run(args: argparse.Namespace) -> int:
     if args.target_mpp and not data_mpp:
         raise SystemExit(f"{NAME}: --target-mpp needs the resolution of the images (--mpp)")
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
-    model_mpp = args.target_mpp or data_mpp
-    train_config = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        crop_size=args.crop_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        lr_schedule=args.lr_schedule,
-        patience=args.patience or None,
-        eval_every=args.eval_every,
-        seed=args.seed,
-        device=args.device,
-        num_workers=args.num_workers,
-        max_minutes=args.max_minutes,
-        num_threads=args.threads,
-        target_mpp=args.target_mpp,
-        warmup_epochs=args.warmup,
-        ema_decay=args.ema,
-        select_on=args.select,
-        cutmix=args.cutmix,
-        tta_flips=args.tta,
-        **({} if args.stain is None else {"augment": AugmentConfig(hed=args.stain)}),
-    )
-    model_config = ModelConfig(
-        arch=args.arch,
-        classes=dataset.classes,
-        depth=args.depth,
-        width=args.width,
-        dropout=args.dropout,
-        output_stride=args.output_stride,
-        mpp=model_mpp,
-        head=_parse_head(args.head),
-    )
+    train_config, model_config = configs_from_args(args, dataset.classes, data_mpp)
     if args.threads:
         torch.set_num_threads(args.threads)
     seed_everything(args.seed)
@@ -292,14 +302,7 @@ def run(args: argparse.Namespace) -> int:
         )
     finally:
         bar.close()
-    fg_range = None
-    if args.arch == "maxmin" and not args.no_calibrate_fg:
-        from ..core.models.maxmin import calibrate_foreground
-        from ..core.wsl.train import make_torch_dataset
-
-        whole = make_torch_dataset(split_train, model, train_config, train=False)  # whole images
-        fg_range = calibrate_foreground(model, (image for image, *_ in whole))
-        model_config.head["fg_range"] = list(fg_range)
+    fg_range = calibrate_if_maxmin(args, model, model_config, split_train, train_config)
     final = (evaluate(model, split_val, train_config.device, config=train_config,
                       flips=train_config.tta_flips) if len(split_val) else {})
     extra = {
