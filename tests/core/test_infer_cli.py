@@ -75,3 +75,27 @@ def test_cli_infer_refuses_a_model_for_other_classes(tmp_path, tiny_checkpoint, 
     err = capsys.readouterr().err
     assert "project.json" in err and "['tumour', 'normal']" in err and "benign" in err
     assert not project.maps_dir.exists() or not any(project.maps_dir.iterdir())
+
+
+def test_cli_infer_goes_on_past_slides_it_cannot_use_and_sums_up(tmp_path, tiny_checkpoint,
+                                                                 capsys):
+    good = write_tiff(tmp_path / "a.tif", gradient_image(256, 256))
+    broken = tmp_path / "b.svs"
+    broken.write_bytes(b"not a slide at all")
+    glass = write_tiff(tmp_path / "c.tif", np.full((256, 256, 3), 250, np.uint8))
+    last = write_tiff(tmp_path / "d.tif", gradient_image(256, 320))
+    options = ["--model", str(tiny_checkpoint), "--project", str(tmp_path / "study.wslal"),
+               "--level", "0", "--tile-size", "128", "--overlap", "0", "--device", "cpu"]
+    code = main(["infer", str(good), str(broken), str(glass), str(last), *options])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "d.tif: maps written to" in captured.out  # the slide after the failures was done
+    assert "4 slides: 2 done, 0 reused (already computed), 2 failed" in captured.out
+    assert f"failed: {broken}:" in captured.out and f"failed: {glass}:" in captured.out
+    assert f"{broken}: error:" in captured.err and "tissue" in captured.err
+    # the glass slide opened and stays registered (a lower --tissue-threshold may do); the
+    # file that is not a slide is not
+    assert Project.open(tmp_path / "study.wslal").slide_names() == ["a", "c", "d"]
+    # again with the good ones: both reused, exit 0
+    assert main(["infer", str(good), str(last), *options]) == 0
+    assert "2 slides: 0 done, 2 reused (already computed), 0 failed" in capsys.readouterr().out

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 NAME = "infer"
@@ -74,10 +75,8 @@ def _project(args: argparse.Namespace, model_classes):
 
 def run(args: argparse.Namespace) -> int:
     """Infer every slide and print where its maps were written."""
-    from tqdm import tqdm
-
-    from ..core.infer import MapStore, infer_slide, load_inference_model
-    from ..core.io import open_slide
+    from ..core.errors import WslAlError
+    from ..core.infer import load_inference_model
 
     try:
         config = _config(args)
@@ -99,23 +98,48 @@ def run(args: argparse.Namespace) -> int:
 
     model = load_inference_model(model_choice, config.device)
     project = _project(args, model.classes)
+    outcomes = []  # (slide, "done" | "reused" | "failed", detail)
     for path in args.slides:
-        with open_slide(path) as reader:
-            name = project.add_slide(path)
-            store = MapStore(project.maps_path(name))
-            job = infer_slide(reader, model, config, store, region=args.region)
-            with tqdm(desc=name, unit="tile", dynamic_ncols=True) as bar:
-                while True:
-                    try:
-                        progress = next(job)
-                    except StopIteration as stop:
-                        result = stop.value
-                        break
-                    bar.total = progress.total
-                    bar.n = progress.step
-                    bar.set_postfix(tiles_per_s=f"{progress.metrics.get('tiles_per_s', 0):.1f}")
-                    bar.refresh()
+        try:
+            result = _infer_one(path, project, model, config, args.region)
+        except WslAlError as error:
+            print(f"napari-wsl-al infer: {path}: error: {error}", file=sys.stderr)
+            outcomes.append((path, "failed", str(error)))
+            continue
         print(f"{path}: maps written to {result.path} ({result.tiles_computed} of "
               f"{result.tiles_total} tiles computed, {result.seconds:.1f} s on {result.device}): "
               f"{', '.join(result.maps)}")
-    return 0
+        state = "reused" if result.tiles_computed == 0 and result.tiles_total else "done"
+        outcomes.append((path, state, f"{result.tiles_computed} of {result.tiles_total} tiles"))
+    failed = [outcome for outcome in outcomes if outcome[1] == "failed"]
+    if len(outcomes) > 1:
+        counts = {state: sum(1 for o in outcomes if o[1] == state)
+                  for state in ("done", "reused", "failed")}
+        print(f"{len(outcomes)} slides: {counts['done']} done, {counts['reused']} reused "
+              f"(already computed), {counts['failed']} failed")
+        for path, _, reason in failed:
+            print(f"  failed: {path}: {reason}")
+    return 1 if failed else 0
+
+
+def _infer_one(path, project, model, config, region):
+    """Maps of one slide into the project, with a progress bar; the engine's result."""
+    from tqdm import tqdm
+
+    from ..core.infer import MapStore, infer_slide
+    from ..core.io import open_slide
+
+    with open_slide(path) as reader:
+        name = project.add_slide(path)
+        store = MapStore(project.maps_path(name))
+        job = infer_slide(reader, model, config, store, region=region)
+        with tqdm(desc=name, unit="tile", dynamic_ncols=True) as bar:
+            while True:
+                try:
+                    progress = next(job)
+                except StopIteration as stop:
+                    return stop.value
+                bar.total = progress.total
+                bar.n = progress.step
+                bar.set_postfix(tiles_per_s=f"{progress.metrics.get('tiles_per_s', 0):.1f}")
+                bar.refresh()
