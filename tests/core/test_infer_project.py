@@ -60,8 +60,57 @@ def test_settings_are_saved_atomically(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("napari_wsl_al.core.atomic.os.replace", fail)
-    with pytest.raises(OSError):
+    with pytest.raises(ProjectError, match="No space left on device"):
         project.update_settings(inference={"mpp": 1.0})
     monkeypatch.undo()
     assert Project.open(project.path).settings["inference"] == {"mpp": 0.5}
     assert not [p for p in project.path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "fragment"),
+    [
+        (lambda d: d["slides"].append({"path": "/x.svs"}), "slide entry 1 is damaged"),
+        (lambda d: d["slides"].append("x.svs"), "slide entry 1 is damaged"),
+        (lambda d: d["slides"].append({"name": "x", "path": 3}), "path that is not text"),
+        (lambda d: d.__setitem__("slides", {"a": 1}), "'slides' must be a list"),
+        (lambda d: d.__setitem__("settings", [1, 2]), "'settings' must be a JSON object"),
+    ],
+)
+def test_damaged_entries_are_named_and_the_file_left_alone(tmp_path, breakage, fragment):
+    project = Project.create(tmp_path / "s.wslal", classes=["a", "b"])
+    file = project.path / "project.json"
+    data = json.loads(file.read_text())
+    breakage(data)
+    file.write_text(json.dumps(data))
+    before = file.read_bytes()
+    with pytest.raises(ProjectError, match=fragment) as info:
+        Project.open(project.path)
+    assert "project.json" in str(info.value)
+    assert file.read_bytes() == before
+
+
+def test_a_file_is_not_a_project(tmp_path):
+    file = tmp_path / "notes.txt"
+    file.write_text("hello")
+    for action in (Project.open, lambda p: Project.create(p, classes=["a"])):
+        with pytest.raises(ProjectError, match="a file, not a project folder") as info:
+            action(file)
+        assert "notes.txt" in str(info.value)
+    assert file.read_text() == "hello"
+
+
+def test_a_project_that_cannot_be_saved_says_so(tmp_path, monkeypatch):
+    import napari_wsl_al.core.project as project_module
+
+    project = Project.create(tmp_path / "s.wslal", classes=["a", "b"])
+    before = (project.path / "project.json").read_bytes()
+
+    def read_only(path, data):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(project_module, "write_json_atomic", read_only)
+    with pytest.raises(ProjectError, match="cannot save the project file: Permission denied") as info:
+        project.add_slide(tmp_path / "new.svs")
+    assert "project.json" in str(info.value) and "writable" in str(info.value)
+    assert (project.path / "project.json").read_bytes() == before

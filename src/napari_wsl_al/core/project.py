@@ -337,6 +337,9 @@ class Project:
         path = Path(path)
         if not path.suffix:
             path = path.with_name(path.name + PROJECT_SUFFIX)
+        if path.is_file():
+            raise ProjectError("this is a file, not a project folder", path=path,
+                               hint="give a new folder name (study.wslal) or an existing project")
         if (path / PROJECT_FILE).exists():
             if exist_ok:
                 return cls.open(path)
@@ -367,6 +370,9 @@ class Project:
         """
         path = Path(path)
         file = path / PROJECT_FILE
+        if path.is_file():
+            raise ProjectError("this is a file, not a project folder", path=path,
+                               hint="give the project's folder (study.wslal)")
         if not file.is_file():
             raise ProjectError("not a napari-wsl-al project (no project.json)", path=path,
                                hint="create one with `napari-wsl-al infer SLIDE --project FOLDER`, "
@@ -391,18 +397,52 @@ class Project:
             classes = tuple(ClassSpec.from_json(item) for item in data["classes"])
         except (KeyError, TypeError) as error:
             raise ProjectError(f"the class list is damaged: {error}", path=file) from error
+        slides = data.get("slides", [])
+        if not isinstance(slides, list):
+            raise ProjectError(
+                f"'slides' must be a list of slide entries, not {type(slides).__name__}",
+                path=file, hint="fix the file by hand, or restore it from a backup")
+        for index, entry in enumerate(slides):
+            if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+                raise ProjectError(
+                    f"slide entry {index + 1} is damaged: {json.dumps(entry)[:80]} has no name",
+                    path=file,
+                    hint='each slide needs {"name": ..., "path": ...}; fix or remove the entry')
+            if entry.get("path") is not None and not isinstance(entry["path"], str):
+                raise ProjectError(
+                    f"slide {entry['name']!r} has a path that is not text: {entry['path']!r}",
+                    path=file, hint="fix or remove the entry")
+        settings = data.get("settings", {})
+        if not isinstance(settings, dict):
+            raise ProjectError(
+                f"'settings' must be a JSON object, not {type(settings).__name__}",
+                path=file, hint='replace it with {} to go back to the defaults')
         return cls(
             path=path,
             classes=classes,
-            slides=[dict(entry) for entry in data.get("slides", [])],
-            settings=dict(data.get("settings", {})),
+            slides=[dict(entry) for entry in slides],
+            settings=dict(settings),
             format_version=version,
             created_with=str(data.get("created_with", "unknown")),
         )
 
     def save(self) -> None:
-        """Write ``project.json`` atomically."""
-        write_json_atomic(self.path / PROJECT_FILE, self.to_json())
+        """Write ``project.json`` atomically.
+
+        Raises
+        ------
+        ProjectError
+            When it cannot be written (read-only folder, full disk); the file on disk is then
+            the previous one, unchanged.
+        """
+        try:
+            write_json_atomic(self.path / PROJECT_FILE, self.to_json())
+        except OSError as error:
+            raise ProjectError(
+                f"cannot save the project file: {error.strerror or error}",
+                path=self.path / PROJECT_FILE,
+                hint="check that the project folder is writable and the disk has space",
+            ) from error
 
     def to_json(self) -> dict[str, Any]:
         """The JSON content of ``project.json``."""
