@@ -34,7 +34,7 @@ from napari_wsl_al.core.models.gradcam import grad_cam
 from napari_wsl_al.core.models.maxmin import expected_t
 from napari_wsl_al.core.progress import run_to_end
 from napari_wsl_al.core.wsl import losses
-from napari_wsl_al.core.wsl.train import TrainConfig, train_wsl
+from napari_wsl_al.core.wsl.train import TrainConfig, _is_better, train_wsl
 
 torch.set_num_threads(1)
 
@@ -608,12 +608,13 @@ def _items(labels):
     return [(torch.zeros(3, 2, 2), torch.tensor(label), torch.full((2, 2), -1)) for label in labels]
 
 
-def _scripted_run(gradients, **changes):
+def _scripted_run(gradients, val_labels=(1, 1), **changes):
     values = {"epochs": len(gradients), "batch_size": 2, "lr": 1.0, "momentum": 0.0,
               "weight_decay": 0.0, "lr_schedule": "constant", "patience": None, "device": "cpu"}
     values.update(changes)
     model = ScriptedBias(gradients)
-    result = run_to_end(train_wsl(model, _items([0, 1]), _items([1, 1]), TrainConfig(**values)))
+    val_set = _items(val_labels)
+    result = run_to_end(train_wsl(model, _items([0, 1]), val_set, TrainConfig(**values)))
     return model, result
 
 
@@ -642,6 +643,18 @@ def test_train_wsl_breaks_error_ties_by_loss_and_selects_on_loss():
     #    log(1 + e^-6) = 0.002476 -> the last epoch
     model, result = _scripted_run([[1.0, -1.0], [-2.0, 2.0], [4.0, -4.0]], select_on="loss")
     assert result.best_epoch == 2 and model.bias.tolist() == pytest.approx([-3.0, 3.0])
+    # validation labels (1, 1, 0), margin m = b1 - b0: error 1/3 if m > 0 else 2/3,
+    # loss (2 log(1 + e^-m) + log(1 + e^m)) / 3
+    #   epoch 0: b = (-2, 2), m = 4: error 1/3, loss 1.351483
+    #   epoch 1: b = (0.05, -0.05), m = -0.1: error 2/3, loss 0.711063
+    # selection on the error keeps epoch 0, selection on the loss epoch 1
+    for select_on, best, bias in (("error", 0, [-2.0, 2.0]), ("loss", 1, [0.05, -0.05])):
+        model, result = _scripted_run([[2.0, -2.0], [-2.05, 2.05]], (1, 1, 0), select_on=select_on)
+        assert [r["val_loss"] for r in result.history] == pytest.approx(
+            [1.351483, 0.711063], abs=1e-6
+        )
+        assert [r["val_error"] for r in result.history] == pytest.approx([1 / 3, 2 / 3])
+        assert result.best_epoch == best and model.bias.tolist() == pytest.approx(bias)
     # early stopping: best at epoch 0, patience 1 -> stops after epoch 1, restores epoch 0
     model, result = _scripted_run([[1.0, -1.0], [-3.0, 3.0], [-1.0, 1.0]], patience=1)
     assert result.stopped == "early-stopping" and len(result.history) == 2
@@ -851,3 +864,32 @@ def test_minmax_entropy_constructor_defaults():
     assert model.use_size_constraint is True and model.mask_head.modalities == 2
     # a depth of 0 and any positive slope are accepted
     MinMaxEntropyModel(EvenColumns(), ("a", "b"), erase_depth=0, trust_slope=1e-3)
+
+
+def test_epoch_comparison_by_hand():
+    """``_is_better(candidate, best, select_on)`` on hand-made validation records."""
+
+    def record(error, loss):
+        return {"val_error": error, "val_loss": loss}
+
+    nan = float("nan")
+    assert _is_better(record(0.5, 9.0), None)
+    # "last": always the newer epoch
+    assert _is_better(record(0.9, 9.0), record(0.1, 0.1), "last")
+    # "loss": strictly lower loss; missing or NaN values never win
+    assert _is_better(record(0.9, 0.5), record(0.1, 0.6), "loss")
+    assert not _is_better(record(0.1, 0.6), record(0.9, 0.6), "loss")
+    assert not _is_better(record(0.1, 0.7), record(0.9, 0.6), "loss")
+    assert not _is_better(record(0.1, nan), record(0.9, 0.6), "loss")
+    assert not _is_better(record(0.1, None), record(0.9, 0.6), "loss")
+    assert not _is_better(record(0.1, 0.5), record(0.9, None), "loss")
+    # "error": lower error wins whatever the loss (here by 0.5, less than 1);
+    # equal error: the lower loss wins; higher error never (even by 0.5)
+    assert _is_better(record(0.25, 9.0), record(0.75, 0.1), "error")
+    assert _is_better(record(0.25, 0.3), record(0.25, 0.4), "error")
+    assert not _is_better(record(0.25, 0.4), record(0.25, 0.4), "error")
+    assert not _is_better(record(0.75, 0.1), record(0.25, 0.4), "error")
+    assert not _is_better(record(nan, 0.1), record(0.25, 0.4), "error")
+    assert not _is_better(record(None, 0.1), record(0.25, 0.4), "error")
+    assert not _is_better(record(0.1, 0.1), record(None, 0.4), "error")
+    assert not _is_better(record(0.1, 0.1), record(None, 0.4))
