@@ -60,18 +60,6 @@ def test_kl_variants_equal_eem_sem_up_to_log_c():
     assert losses.kl_from_uniform(torch.zeros(1, 4)).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_binary_gradients_match_appendix_a():
-    # App. A.4: d(-H)/dp1 = log(p1 / (1 - p1)); A.7: d(H(q, p))/dp1 = -(1/2)(1/p1 - 1/(1-p1))
-    p1 = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
-    probs = torch.stack([p1, 1 - p1])
-    (-(probs * probs.log()).sum() * -1).backward()
-    assert p1.grad.item() == pytest.approx(math.log(0.3 / 0.7))
-    p1.grad = None
-    probs = torch.stack([p1, 1 - p1])
-    (-(probs.log()).mean()).backward()
-    assert p1.grad.item() == pytest.approx(-0.5 * (1 / 0.3 - 1 / 0.7))
-
-
 def test_unknown_regularizer_refused():
     with pytest.raises(ValueError, match="regulariser"):
         losses.background_regularizer(torch.zeros(1, 2), "entropy-min")
