@@ -46,10 +46,10 @@ from ..core.data.glas import GLAS_MPP, load_dataset, split_by_patient
 from ..core.errors import DatasetError, WslAlError
 from ..core.infer.loading import DEFAULT_MODEL
 from ..core.models.checkpoint import default_checkpoint_path, load_checkpoint, save_checkpoint
-from ..core.models.factory import ARCHITECTURES, ModelConfig, build_model
+from ..core.models.factory import ARCHITECTURES, ModelConfig
 from ..core.progress import Progress
 from ..core.project import PROJECT_FILE, Project
-from ..core.wsl.train import seed_everything, train_wsl
+from ..core.wsl.train import train_wsl
 from .al_widget import reported
 from .infer_widget import InferenceWidget, default_project_path
 
@@ -322,18 +322,8 @@ def train_from_folder(args: argparse.Namespace) -> Generator[Progress, None, Pat
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
     train_config, model_config = train_command.configs_from_args(
         args, dataset.classes, data_mpp)
-    seed_everything(args.seed)
-    model = build_model(model_config)
-    pretrained = None
-    if args.pretrained:
-        from ..core.models.backbones import load_backbone_weights
-
-        report = load_backbone_weights(model.backbone, args.pretrained)
-        pretrained = {"source": str(args.pretrained), "report": str(report)}
-    split_train, split_val = split.train, split.val
-    if data_mpp is not None:
-        split_train = train_command._with_mpp(split_train, data_mpp)
-        split_val = train_command._with_mpp(split_val, data_mpp)
+    model, pretrained, split_train, split_val = train_command.model_and_data(
+        args, model_config, split, data_mpp)
     result = yield from train_wsl(
         model, split_train, split_val, train_config, model_config=model_config,
         batch_progress=True,

@@ -217,6 +217,31 @@ def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None)
     return train_config, model_config
 
 
+def model_and_data(args: argparse.Namespace, model_config, split, data_mpp: float | None):
+    """The seeded new model (with ``--pretrained`` weights) and the two parts of the split
+    carrying the images' resolution, so that ``--target-mpp`` rescales them.
+
+    Returns
+    -------
+    model, pretrained, train_part, val_part
+        ``pretrained`` describes the weights loaded (None without ``--pretrained``).
+    """
+    from ..core.models.factory import build_model
+    from ..core.wsl.train import seed_everything
+
+    seed_everything(args.seed)
+    model = build_model(model_config)
+    pretrained = None
+    if args.pretrained:
+        from ..core.models.backbones import load_backbone_weights
+
+        report = load_backbone_weights(model.backbone, args.pretrained)
+        pretrained = {"source": str(args.pretrained), "report": str(report)}
+    train_part = split.train if data_mpp is None else _with_mpp(split.train, data_mpp)
+    val_part = split.val if data_mpp is None else _with_mpp(split.val, data_mpp)
+    return model, pretrained, train_part, val_part
+
+
 def calibrate_if_maxmin(args, model, model_config, train_set, train_config):
     """Calibrate a trained Max-Min model's foreground on its whole training images (unless
     ``--no-calibrate-fg``); the range is also written into ``model_config.head``.
@@ -244,9 +269,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..core.data.glas import GLAS_MPP, load_dataset, split_by_patient
     from ..core.models.checkpoint import save_checkpoint
-    from ..core.models.factory import build_model
     from ..core.progress import run_to_end
-    from ..core.wsl.train import evaluate, seed_everything, train_wsl
+    from ..core.wsl.train import evaluate, train_wsl
 
     command = command_line(args)
     dataset = load_dataset(args.data)
@@ -258,18 +282,8 @@ def run(args: argparse.Namespace) -> int:
     train_config, model_config = configs_from_args(args, dataset.classes, data_mpp)
     if args.threads:
         torch.set_num_threads(args.threads)
-    seed_everything(args.seed)
-    model = build_model(model_config)
-    pretrained = None
-    if args.pretrained:
-        from ..core.models.backbones import load_backbone_weights
-
-        report = load_backbone_weights(model.backbone, args.pretrained)
-        pretrained = {"source": str(args.pretrained), "report": str(report)}
-
-    # mpp of the files, so that target_mpp rescales them
-    split_train = split.train if data_mpp is None else _with_mpp(split.train, data_mpp)
-    split_val = split.val if data_mpp is None else _with_mpp(split.val, data_mpp)
+    model, pretrained, split_train, split_val = model_and_data(args, model_config, split,
+                                                                data_mpp)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
