@@ -388,6 +388,17 @@ def load_dataset(root: str | Path, classes: Sequence[str] | None = None) -> Patc
     return load_class_folders(root, classes=classes)
 
 
+def _groups(dataset: PatchDataset) -> tuple[bool, dict[str, list[int]]]:
+    """``(by_patient, groups)``: image indices per patient, or one group per image when the
+    data set has fewer than two patient ids."""
+    by_patient = dataset.has_patient_ids and len({r.patient_id for r in dataset}) > 1
+    groups: dict[str, list[int]] = {}
+    for index, record in enumerate(dataset.records):
+        key = record.patient_id if by_patient else record.name + f"#{index}"
+        groups.setdefault(key, []).append(index)
+    return by_patient, groups
+
+
 def split_by_patient(
     dataset: PatchDataset, val_fraction: float = 0.2, seed: int = 0
 ) -> DatasetSplit:
@@ -419,12 +430,8 @@ def split_by_patient(
         raise DatasetError(
             f"{len(dataset)} image(s): too few to split", dataset.root, hint="add images"
         )
-    by_patient = dataset.has_patient_ids and len({r.patient_id for r in dataset}) > 1
+    by_patient, groups = _groups(dataset)
     grouped_by = "patient" if by_patient else "image"
-    groups: dict[str, list[int]] = {}
-    for index, record in enumerate(dataset.records):
-        key = record.patient_id if by_patient else record.name + f"#{index}"
-        groups.setdefault(key, []).append(index)
     labels = dataset.labels
     n_classes = len(dataset.classes)
     keys = sorted(groups, key=_natural_key)
@@ -492,11 +499,7 @@ def patient_folds(dataset: PatchDataset, k: int = 5, seed: int = 0) -> list[Data
         ``k`` splits; split ``i`` has fold ``i`` as ``val`` and the other folds as ``train``.
         Every image is in exactly one ``val`` part.
     """
-    by_patient = dataset.has_patient_ids and len({r.patient_id for r in dataset}) > 1
-    groups: dict[str, list[int]] = {}
-    for index, record in enumerate(dataset.records):
-        key = record.patient_id if by_patient else record.name + f"#{index}"
-        groups.setdefault(key, []).append(index)
+    by_patient, groups = _groups(dataset)
     keys = sorted(groups, key=_natural_key)
     if not 2 <= k <= len(keys):
         raise DatasetError(
