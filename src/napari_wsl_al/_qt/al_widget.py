@@ -971,7 +971,10 @@ class ActiveLearningWidget(QWidget):
         kwargs["metadata"] = {**kwargs["metadata"], "wslal_round": number,
                               "wslal_round_role": role, "wslal_slide": slide}
         kwargs["visible"] = role == "latest" and kwargs["metadata"]["wslal_map"] == "fg"
+        active = self.viewer.layers.selection.active
         self.viewer.add_image(spec.data, name=spec.name, **kwargs)
+        if active is not None and active in self.viewer.layers:  # the new map is not picked
+            self.viewer.layers.selection.active = active
         self._raise_layers()
         if self._pending_maps:
             QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next_map)
