@@ -82,6 +82,17 @@ def test_create_add_remove_and_edit_classes(
     assert slide_rows(widget) == ["synth   ·   synth.tif", "images   ·   images"]
     assert len(changes) == 3 and not [n for n in notes if n[0] == "error"]
 
+    # Another folder of the same name gets a name of its own, and the user is told.
+    twin = tmp_path / "elsewhere" / "images"
+    twin.mkdir(parents=True)
+    first = min(Path(patch_folder).iterdir())
+    (twin / first.name).write_bytes(first.read_bytes())
+    widget.add_patch_folder(twin)
+    assert [entry["name"] for entry in saved(folder)["slides"]][-1] == "elsewhere_images"
+    assert "elsewhere_images (the name images was taken by another file)" in widget.status.text()
+    widget.project.remove_slide("elsewhere_images")
+    changes.pop()
+
     # What cannot be read as a slide is refused, with what to do.
     bad = tmp_path / "notes.txt"
     bad.write_text("not a slide")

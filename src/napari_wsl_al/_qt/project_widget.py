@@ -50,6 +50,7 @@ from ..core.project import (
     check_class_specs,
     default_project_classes,
     free_class_key,
+    slide_key,
 )
 from .al_widget import _same_file, reported, slide_layers
 from .infer_widget import default_project_path
@@ -371,17 +372,14 @@ class ProjectWidget(QWidget):
         path = Path(path)
         with open_slide(path):
             pass  # refused here, with what to do, when it is no slide that can be read
-        before = {entry["name"]: entry.get("path") for entry in project.slides}
+        before = set(project.slide_names())
         added = project.add_slide(path, name=name)
-        if added not in before:
-            return f"added {added}"
-        if _same_file(before[added], path):
+        if added in before:
             return f"{added} is already in the project"
-        raise ProjectError(
-            f"the project already has a slide named {added!r} ({before[added]})",
-            path=path,
-            hint="remove that slide first, or rename the file",
-        )
+        wanted = slide_key(name if name is not None else (path.stem if path.suffix else path.name))
+        if added != wanted:
+            return f"added {added} (the name {wanted} was taken by another file)"
+        return f"added {added}"
 
     @reported
     def add_slide_file(self, path: str | Path) -> None:

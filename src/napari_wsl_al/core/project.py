@@ -10,10 +10,12 @@ Every write of ``project.json`` is atomic (a temporary file in the same folder, 
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
 import sqlite3
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -114,9 +116,27 @@ def _as_class_specs(classes: Any) -> tuple[ClassSpec, ...]:
 
 
 def slide_key(name: str) -> str:
-    """A file-system-safe name for a slide's files (maps, superpixels)."""
-    key = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
+    """A file-system-safe name for a slide's files (maps, superpixels).
+
+    Accents are dropped (``Präparat`` becomes ``Praparat``); any other run of characters
+    outside ``A-Z a-z 0-9 . _ -`` becomes ``_``. A name left empty (only non-Latin
+    characters, say) becomes ``slide``; :meth:`Project.add_slide` then makes it unique.
+    """
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    key = re.sub(r"[^A-Za-z0-9._-]+", "_", ascii_name).strip("._")
     return key or "slide"
+
+
+def _same_path(a: str | None, b: str | None) -> bool:
+    """Whether two recorded slide paths name the same file or folder."""
+    if a is None or b is None:
+        return False
+    if a == b:
+        return True
+    try:
+        return Path(a).samefile(b)
+    except OSError:
+        return False
 
 
 def default_project_classes() -> tuple[ClassSpec, ...]:
@@ -493,25 +513,48 @@ class Project:
     def add_slide(self, slide: str | Path | None, name: str | None = None) -> str:
         """Register a slide (once) and save; returns its name in the project.
 
+        Names are unique in a project, compared without regard to case (they name files):
+        a slide whose name is taken by another file gets its folder's name in front
+        (``caseB_slide``), or else a number (``slide-2``). The same file added again keeps
+        the name it was given first, whatever ``name`` says. Callers use the returned name.
+
         Parameters
         ----------
         slide : str or Path or None
-            The slide file; None for an in-memory slide (then ``name`` is required).
+            The slide file; None for an in-memory slide (then ``name`` is required, and an
+            in-memory slide of the same name is the same slide).
         name : str, optional
-            Name in the project; the file name without its extension by default.
+            Name wanted in the project; the file name without its extension by default.
         """
         if slide is None:
             if not name:
                 raise ValueError("an in-memory slide needs a name")
             entry = {"name": slide_key(name), "path": None}
+            for existing in self.slides:
+                if existing["name"] == entry["name"] and existing.get("path") is None:
+                    return existing["name"]
         else:
             entry = self._slide_entry(slide, name)
-        for existing in self.slides:
-            if existing["name"] == entry["name"]:
-                return existing["name"]
+            for existing in self.slides:
+                if _same_path(existing.get("path"), entry["path"]):
+                    return existing["name"]
+        entry["name"] = self._unique_name(entry["name"], entry["path"])
         self.slides.append(entry)
         self.save()
         return entry["name"]
+
+    def _unique_name(self, name: str, path: str | None) -> str:
+        """``name``, or a variant of it that no registered slide uses (case-insensitively)."""
+        taken = {entry["name"].casefold() for entry in self.slides}
+        if name.casefold() not in taken:
+            return name
+        candidates = []
+        if path is not None:
+            parent = slide_key(Path(path).parent.name)
+            if parent != "slide":
+                candidates.append(f"{parent}_{name}")
+        candidates = itertools.chain(candidates, (f"{name}-{n}" for n in itertools.count(2)))
+        return next(c for c in candidates if c.casefold() not in taken)
 
     def remove_slide(self, name: str, delete_files: bool = False) -> RemovedSlide:
         """Unregister a slide and save at once.
