@@ -220,7 +220,7 @@ class InferenceSession:
         """The map store of a slide (in the project, or the session's temporary folder)."""
         name = slide_key(reader.name)
         if self.project is not None:
-            self.project.add_slide(reader.path, name=name)
+            name = self.project.add_slide(reader.path, name=name)
             return MapStore(self.project.maps_path(name))
         if self._scratch is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="wslal-maps-")
