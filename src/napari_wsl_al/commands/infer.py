@@ -106,9 +106,12 @@ def run(args: argparse.Namespace) -> int:
             print(f"napari-wsl-al infer: {path}: error: {error}", file=sys.stderr)
             outcomes.append((path, "failed", str(error)))
             continue
+        unit = "tiles" if result.patches_csv is None else "patches"
         print(f"{path}: maps written to {result.path} ({result.tiles_computed} of "
-              f"{result.tiles_total} tiles computed, {result.seconds:.1f} s on {result.device}): "
+              f"{result.tiles_total} {unit} computed, {result.seconds:.1f} s on {result.device}): "
               f"{', '.join(result.maps)}")
+        if result.patches_csv is not None:
+            print(patch_summary(result.patches, result.patches_csv))
         state = "reused" if result.tiles_computed == 0 and result.tiles_total else "done"
         outcomes.append((path, state, f"{result.tiles_computed} of {result.tiles_total} tiles"))
     failed = [outcome for outcome in outcomes if outcome[1] == "failed"]
@@ -120,6 +123,23 @@ def run(args: argparse.Namespace) -> int:
         for path, _, reason in failed:
             print(f"  failed: {path}: {reason}")
     return 1 if failed else 0
+
+
+def patch_summary(patches, table) -> str:
+    """Lines saying how many patches each class got, the least confident ones and the CSV."""
+    if not patches:
+        return f"  no patch finished; classes will be in {table}"
+    counts: dict[str, list[float]] = {}
+    for patch in patches:
+        counts.setdefault(patch.prediction, []).append(patch.confidence)
+    classes = [name for name in patches[0].classes if name in counts]
+    parts = [f"{len(counts[name])} {name} (mean confidence {sum(counts[name]) / len(counts[name]):.2f})"
+             for name in classes]
+    lines = [f"  {len(patches)} patches: {', '.join(parts)}; per-patch classes in {table}"]
+    unsure = sorted(patches, key=lambda patch: patch.confidence)[:3]
+    lines.append("  least confident: " + ", ".join(
+        f"{patch.name} {patch.prediction} {patch.confidence:.2f}" for patch in unsure))
+    return "\n".join(lines)
 
 
 def _infer_one(path, project, model, config, region):

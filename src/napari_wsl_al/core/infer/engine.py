@@ -92,7 +92,20 @@ class InferenceConfig:
         Multiply the foreground probability and the normalised CAMs by the fraction of tissue
         under each map pixel (HSV saturation above the tissue mask's threshold), so that glass
         is never foreground nor any class, whatever the model makes of it (a model trained on
-        glands with white lumens may call white glass foreground).
+        glands with white lumens may call white glass foreground). For a folder of patches,
+        the fraction of the patch's own tissue mask instead, which keeps lumens as tissue.
+
+    Notes
+    -----
+    Foreground normalisation. A Max-Min model scales its continuous mask to ``[0, 1]`` before
+    the sigmoid: with its calibrated ``fg_range`` when the checkpoint has one, else from the
+    mask's own minimum and maximum over the image it sees. So that no tile is scaled on its
+    own, a slide is normalised per slide: without ``fg_range``, :func:`infer_slide` measures
+    the slide's range once before the tiles, from a sample of tissue tiles (the medians of
+    each tile's smallest and largest mask value, the statistic of
+    :func:`~napari_wsl_al.core.models.maxmin.calibrate_foreground`), records it in the map
+    store's spec (``fg_range``) and uses it for every tile. A folder of patches is normalised
+    per patch: each patch is one whole image, seen by the model as in training.
     """
 
     mpp: float | None = None
@@ -164,15 +177,22 @@ class InferenceResult:
     maps : dict of str to MapHandle
         The maps, ready for napari layers.
     tiles_total : int
-        Tiles of the requested region with tissue.
+        Tiles of the requested region with tissue (patches, for a folder of patches).
     tiles_computed : int
         Tiles computed by this run (the others were done before).
     seconds : float
         Wall time of this run.
-    grid : TileGrid
-        The tiles.
+    grid : TileGrid or None
+        The tiles; None for a folder of patches (one tile per patch).
     device : str
         The device the model ran on at the end (after any fallback).
+    warnings : list of str
+        What happened on the way (out-of-memory fallbacks).
+    patches : list of PatchPrediction
+        For a folder of patches: the image-level class of every finished patch
+        (:class:`~napari_wsl_al.core.infer.patches.PatchPrediction`); empty for a slide.
+    patches_csv : Path or None
+        For a folder of patches: the CSV of ``patches`` beside the maps.
     """
 
     path: Path
@@ -180,9 +200,11 @@ class InferenceResult:
     tiles_total: int
     tiles_computed: int
     seconds: float
-    grid: TileGrid
+    grid: TileGrid | None
     device: str = "cpu"
     warnings: list[str] = field(default_factory=list)
+    patches: list[Any] = field(default_factory=list)
+    patches_csv: Path | None = None
 
 
 # ---------------------------------------------------------------------- model outputs
@@ -424,6 +446,11 @@ class _TileReader:
 
 
 # ---------------------------------------------------------------------- the job
+def is_patch_folder(reader: SlideReader) -> bool:
+    """Whether ``reader`` is a folder of patches (a mosaic of separate images)."""
+    return hasattr(reader, "patch_boxes") and hasattr(reader, "read_patch")
+
+
 def _resolve_target(reader: SlideReader, model: WslModel,
                     config: InferenceConfig) -> tuple[float | None, int | None]:
     if config.mpp is not None or config.level is not None:
@@ -431,6 +458,69 @@ def _resolve_target(reader: SlideReader, model: WslModel,
     if model.mpp is not None and reader.mpp is not None:
         return float(model.mpp), None
     return None, 0
+
+
+#: Tiles sampled over a slide's tissue to set its foreground range (see :func:`infer_slide`).
+FG_RANGE_SAMPLE_TILES = 24
+
+#: Least tissue fraction of a tile sampled for the foreground range.
+FG_RANGE_TISSUE_FRACTION = 0.5
+
+
+def needs_slide_fg_range(model: WslModel) -> bool:
+    """Whether a slide's foreground range must be measured: a Max-Min model (it has
+    ``raw_mask``) without a calibrated ``fg_range``."""
+    return callable(getattr(model, "raw_mask", None)) and getattr(model, "fg_range", 0) is None
+
+
+def _stored_fg_range(output: MapStore, spec: dict[str, Any]) -> list[float] | None:
+    """The range kept in the store when everything else of its spec matches ``spec``."""
+    info = output.read_info()
+    stored = dict((info or {}).get("spec") or {})
+    kept = stored.pop("fg_range", None)
+    return kept if kept is not None and stored == spec else None
+
+
+def _slide_fg_range(reader: SlideReader, model: WslModel, config: InferenceConfig,
+                    device: torch.device, grid: TileGrid, region, tissue, mpp, level,
+                    overlap: int) -> list[float]:
+    """``[low, high]``: medians over a sample of tissue tiles of each tile's smallest and
+    largest continuous mask value (``raw_mask``), the statistic of
+    :func:`~napari_wsl_al.core.models.maxmin.calibrate_foreground`.
+
+    The sample is up to :data:`FG_RANGE_SAMPLE_TILES` tiles spread evenly, in raster order,
+    over the whole slide's tiles holding at least :data:`FG_RANGE_TISSUE_FRACTION` tissue
+    (whatever the region asked for, so that every region of a slide gets the same range);
+    the tiles of the run when no tile holds that much.
+    """
+    from .errors import NoTissueError
+
+    sample_grid = grid
+    if region is not None or tissue is not None:
+        try:
+            sample_grid = tile_grid(reader, config.tile_size, overlap, mpp=mpp, level=level,
+                                    tissue=tissue, tissue_threshold=FG_RANGE_TISSUE_FRACTION)
+        except NoTissueError:
+            sample_grid = grid
+    count = min(FG_RANGE_SAMPLE_TILES, len(sample_grid))
+    picks = np.unique(np.linspace(0, len(sample_grid) - 1, count).round().astype(np.int64))
+    tiles = sample_grid.tiles[picks]
+    tile_reader = _TileReader(reader, sample_grid, model, pin=False)
+    lows: list[float] = []
+    highs: list[float] = []
+    with torch.inference_mode():
+        for start in range(0, len(tiles), config.batch_size):
+            _, images, _ = tile_reader(tiles[start : start + config.batch_size])
+            with torch.autocast("cuda", dtype=torch.float16,
+                                enabled=bool(config.amp and device.type == "cuda")):
+                _, _, mask = model.raw_mask(images.to(device))
+            mask = mask.float().flatten(1)
+            lows.extend(mask.amin(dim=1).tolist())
+            highs.extend(mask.amax(dim=1).tolist())
+    low, high = float(np.median(lows)), float(np.median(highs))
+    if not high > low:
+        high = low + 1e-6
+    return [low, high]
 
 
 def _geometry(reader: SlideReader, grid: TileGrid, stride: int):
@@ -454,6 +544,15 @@ def infer_slide(
     tissue: TissueLike | None = None,
 ):
     """Run a model over a slide's tissue, tile by tile, writing blended maps to ``output``.
+
+    A folder of patches (a reader with ``patch_boxes``, such as
+    :class:`~napari_wsl_al.core.io.image_backend.PatchFolderReader`) is inferred patch by
+    patch instead: each patch is one image, whose maps fill its own cell of the mosaic and
+    whose image-level class goes to the result and to ``maps/<slide>.patches.csv`` (see
+    :func:`~napari_wsl_al.core.infer.patches.infer_patches`).
+
+    The foreground of a Max-Min model without a calibrated range is normalised once per
+    slide, from a sample of tissue tiles, never per tile (see :class:`InferenceConfig`).
 
     Parameters
     ----------
@@ -492,6 +591,19 @@ def infer_slide(
     DiskFullError
         The disk filled up; finished tiles are kept and a new run resumes.
     """
+    if is_patch_folder(reader):
+        from .patches import infer_patches
+
+        job = infer_patches(reader, model, config, output, region=region)
+    else:
+        job = _infer_tiles(reader, model, config, output, region, tissue)
+    return (yield from job)
+
+
+def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
+                 output: MapStore, region: tuple[int, int, int, int] | None,
+                 tissue: TissueLike | None):
+    """:func:`infer_slide` on a slide: overlapping tiles blended into the maps."""
     started = time.perf_counter()
     device = resolve_device(config.device)
     was_training = model.training
@@ -534,6 +646,11 @@ def infer_slide(
         "slide": {"name": reader.name, "path": None if reader.path is None else str(reader.path),
                   "mpp": None if reader.mpp is None else list(reader.mpp)},
     }
+    if needs_slide_fg_range(model):
+        # One foreground range for the whole slide, kept with the maps (a resumed run and a
+        # run over another region of the slide use the same one).
+        spec["fg_range"] = _stored_fg_range(output, spec) or _slide_fg_range(
+            reader, model, config, device, grid, region, tissue, mpp, level, overlap)
     total = len(grid)
     if output.is_complete(spec, grid.tiles):
         # Finished maps reopen without running the model at all.
@@ -572,6 +689,9 @@ def infer_slide(
     next_batch = 0
     loop_started = time.perf_counter()
     completed = False
+    own_fg_range = getattr(model, "fg_range", None)
+    if spec.get("fg_range") is not None:
+        model.fg_range = tuple(spec["fg_range"])
     try:
         while next_batch < len(batches) and len(pending_reads) <= config.prefetch:
             pending_reads.append(reading.submit(tile_reader, batches[next_batch]))
@@ -613,6 +733,8 @@ def infer_slide(
             except Exception as error:  # the original error (if any) matters more
                 log.warning("while stopping inference: %s", error)
         writing.shutdown(wait=True)
+        if spec.get("fg_range") is not None:
+            model.fg_range = own_fg_range
         model.train(was_training)
     return InferenceResult(output.path, output.handles(), total, computed,
                            time.perf_counter() - started, grid, str(runner.device),
