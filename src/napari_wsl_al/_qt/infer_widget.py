@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 from ..core.infer.engine import InferenceConfig
 from ..core.infer.session import InferenceSession, region_from_corners, region_from_points
 from ..core.io.base import SlideReader
+from .patch_table import PatchTable
 
 #: Seconds between refreshes of the map layers while a run goes on.
 REFRESH_INTERVAL_S = 1.0
@@ -191,6 +192,8 @@ class InferenceWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        self.patch_table = PatchTable(self.viewer)
+        layout.addWidget(self.patch_table)
         layout.addStretch(1)
 
         self.resolution_combo.currentIndexChanged.connect(self._resolution_changed)
@@ -330,6 +333,7 @@ class InferenceWidget(QWidget):
     def _on_returned(self, result) -> None:
         self.refresh_layers()
         self.update_outline()
+        self.patch_table.update_from(result, self.session.store, getattr(self, "_slide", None))
         if result is None:
             self.status.setText("cancelled; run again to resume")
             return
