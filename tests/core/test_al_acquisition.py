@@ -660,3 +660,200 @@ def test_add_image_equals_flat_pixels_without_region_zero():
     np.testing.assert_allclose(by_image.mean_entropy, flat.mean_entropy)
     np.testing.assert_allclose(by_image.mc_mean_variance, flat.mc_mean_variance)
     assert by_image.has_pixels.tolist() == [False, True, True]
+
+
+# --- ties of the max aggregation ---------------------------------------------------------------
+
+H_049 = 0.6929471672244782  # binary entropy of 0.49: 2e-4 below ln 2
+
+
+def _saturated_regions():
+    """Regions 1 and 2 share the max one-vs-rest entropy ln 2 (a pixel at p = 0.5) and are
+    predicted foreground; region 1's other pixels are confident, region 2's are not."""
+    p_fg = [0.5, 0.99, 0.99,  # region 1: max ln 2, mean (ln 2 + 2 H(0.01)) / 3
+            0.5, 0.7, 0.7,  # region 2: max ln 2, mean (ln 2 + 2 H(0.3)) / 3
+            0.2, 0.2, 0.2,  # region 3: background, H(0.2)
+            0.49, 0.49, 0.49]  # region 4: max = mean = H(0.49), 2e-4 below ln 2
+    ids = np.repeat([1, 2, 3, 4], 3)
+    return stats_of(ids, [[1 - p, p] for p in p_fg])
+
+
+def test_tie_scores_are_the_other_aggregation():
+    stats = _saturated_regions()
+    mean_1, mean_2 = (LN2 + 2 * H_001) / 3, (LN2 + 2 * H_03) / 3
+    np.testing.assert_allclose(acquisition.tie_scores(stats, "oreal")[1:],
+                               [mean_1, mean_2, H_02, H_049], rtol=1e-5)
+    np.testing.assert_allclose(acquisition.tie_scores(stats, "oreal", "mean")[1:],
+                               [LN2, LN2, H_02, H_049], rtol=1e-5)
+    np.testing.assert_allclose(acquisition.tie_scores(stats, "entropy", "max")[1:],
+                               [mean_1, mean_2, H_02, H_049], rtol=1e-5)
+    assert acquisition.tie_scores(stats, "bvsb") is None
+    assert acquisition.tie_scores(stats, "random") is None
+
+
+def test_oreal_max_ties_go_to_the_region_uncertain_on_average():
+    stats = _saturated_regions()
+    scores = score_regions(stats, "oreal")
+    assert scores[1] == scores[2] == pytest.approx(LN2)  # tied, as on tissue edges
+    # ITEMSPERCLASS([0, 0], 2) = [1, 1]: one foreground pick, one background pick
+    exact = select_regions(stats, "oreal", 2, tie_tolerance=0.0)
+    # foreground: region 2, not region 1 whose id is lower; background: region 4 (H(0.49))
+    assert exact.ids.tolist() == [2, 4]
+    assert exact.classes.tolist() == [1, 0]
+    # the global ranking (entropy by max) breaks ties the same way
+    assert select_regions(stats, "entropy", 4, aggregation="max",
+                          tie_tolerance=0.0).ids.tolist() == [2, 1, 4, 3]
+    # within the tolerance (1e-3 nats by default), region 4 (2e-4 below ln 2) ties as well
+    # and is the most uncertain on average
+    tolerant = select_regions(stats, "entropy", 4, aggregation="max")
+    assert tolerant.ids.tolist() == [4, 2, 1, 3]
+    np.testing.assert_allclose(tolerant.scores, [H_049, LN2, LN2, H_02], rtol=1e-5)
+    # the order is the same every time, and the same whatever order the pixels came in
+    shuffled = RegionStats(4, 2)
+    order = np.random.default_rng(0).permutation(12)
+    p_fg = np.array([0.5, 0.99, 0.99, 0.5, 0.7, 0.7, 0.2, 0.2, 0.2, 0.49, 0.49, 0.49])
+    shuffled.add(np.repeat([1, 2, 3, 4], 3)[order], np.stack([1 - p_fg, p_fg], 1)[order])
+    assert select_regions(shuffled, "entropy", 4, aggregation="max").ids.tolist() == [4, 2, 1, 3]
+    with pytest.raises(ActiveLearningError, match="tie_tolerance"):
+        select_regions(stats, "oreal", 2, tie_tolerance=-1.0)
+
+
+def test_tie_groups_start_at_their_best_score():
+    groups = acquisition._tie_groups(np.array([1.0, 0.9995, 0.999, 0.9984, 0.998, 0.5]), 1e-3)
+    # 0.9984 is more than 1e-3 below 1.0 and starts a group with 0.998
+    assert groups.tolist() == [0, 0, 0, 1, 1, 2]
+    assert acquisition._tie_groups(np.array([2.0, 2.0, 1.0]), 0.0).tolist() == [0, 0, 1]
+    assert acquisition._tie_groups(np.array([-np.inf, -np.inf]), 1e-3).tolist() == [0, 0]
+    assert acquisition._tie_groups(np.zeros(0), 1e-3).size == 0
+
+
+# --- glass --------------------------------------------------------------------------------------
+
+
+def test_glass_pixels_bright_and_unsaturated_by_hand():
+    colours = {
+        (255, 255, 255): True,  # clear glass
+        (250, 240, 245): True,  # darkest 240 > 0.8 * 255, saturation 10 / 250 = 0.04
+        (250, 230, 240): False,  # saturation 20 / 250 = 0.08: pale stain
+        (240, 200, 220): False,  # darkest 200 < 204: not bright
+        (200, 120, 170): False,  # eosin
+    }
+    image = np.concatenate([np.full((6, 6, 3), colour, np.uint8) for colour in colours], axis=1)
+    glass = acquisition.glass_pixels(image)
+    for index, expected in enumerate(colours.values()):
+        assert bool(glass[2:4, 6 * index + 2:6 * index + 4].all()) is expected
+        assert bool(glass[2:4, 6 * index + 2:6 * index + 4].any()) is expected
+    with pytest.raises(ActiveLearningError, match="uint8 RGB"):
+        acquisition.glass_pixels(np.zeros((4, 4), np.uint8))
+
+
+def test_glass_fraction_per_region_by_hand_and_merged():
+    ids = np.array([1, 1, 1, 1, 2, 2, 3])
+    glass = np.array([1, 1, 1, 0, 0, 0, 1], bool)
+    probs = np.full((7, 2), 0.5, np.float32)
+    first = RegionStats(4, 2).add(ids[:4], probs[:4], glass=glass[:4])
+    first.merge(RegionStats(4, 2).add(ids[4:], probs[4:], glass=glass[4:]))
+    np.testing.assert_allclose(first.glass_fraction, [0, 0.75, 0, 1, 0])
+    assert first.glass_checked.tolist() == [0, 4, 2, 1, 0]
+    # without images nothing is checked, and nothing is left out for glass
+    plain = stats_of(ids, probs)
+    assert plain.glass_checked.sum() == 0
+    assert "glass_regions" not in select_regions(plain, "entropy", 3).params
+    with pytest.raises(ActiveLearningError, match="glass has 3 values"):
+        RegionStats(4, 2).add(ids, probs, glass=glass[:3])
+
+
+def _tissue_with_glass_gaps():
+    """A 160 x 160 tissue at 1 um/px crossed by gaps of glass: a crack of 8 x 120 px and squares
+    of 24 x 24 px (576 um^2 each, far below the tissue mask's 20,000 um^2 floor)."""
+    rng = np.random.default_rng(0)
+    image = np.empty((160, 160, 3), np.float32)
+    image[:] = (200, 120, 170)
+    image[:, :80] = (150, 80, 160)  # hematoxylin-rich half
+    gaps = np.zeros((160, 160), bool)
+    for top, left in ((8, 8), (8, 120), (90, 40), (120, 120), (80, 96)):
+        gaps[top:top + 24, left:left + 24] = True
+    gaps[50:58, 20:140] = True  # a crack
+    image[gaps] = (246, 245, 246)
+    image = np.clip(image + rng.normal(0, 2, image.shape), 0, 255).astype(np.uint8)
+    return image, gaps
+
+
+def test_small_glass_gaps_count_as_tissue_but_are_never_suggested():
+    from napari_wsl_al.core.al.superpixels import SuperpixelConfig, superpixels_for_image
+    from napari_wsl_al.core.data.tissue import tissue_mask_from_rgb
+
+    image, gaps = _tissue_with_glass_gaps()
+    tissue = tissue_mask_from_rgb(image, pixel_um=1.0).mask
+    assert tissue.all()  # the gaps are too small to be glass for the tissue mask
+    regions = superpixels_for_image(image, SuperpixelConfig(region_px=16), tissue).astype(np.int64)
+    n_regions = int(regions.max())
+    # a model that hesitates on glass (p = 0.5) and is sure of the tissue (0.9 / 0.1)
+    p_fg = np.where(gaps, 0.5, np.where(np.arange(160)[None, :] < 80, 0.9, 0.1))
+    probs = np.stack([1 - p_fg, p_fg]).astype(np.float32)
+    stats = RegionStats(n_regions, 2).add_image(regions, probs, image=image)
+    gap_share = (np.bincount(regions.ravel(), gaps.ravel(), n_regions + 1)
+                 / np.maximum(np.bincount(regions.ravel(), minlength=n_regions + 1), 1))
+    glassy = np.flatnonzero(stats.glass_fraction > 0.5)
+    # the glass test finds the gaps, rims included
+    assert set(np.flatnonzero(gap_share >= 0.8).tolist()) <= set(glassy.tolist())
+    assert (gap_share[glassy] > 0.4).all()
+    assert (stats.glass_fraction[gap_share == 0] == 0).all()
+    assert glassy.size >= 6  # the squares and the crack make regions of their own
+    for strategy in ("oreal", "entropy", "bvsb", "pixbal", "random"):
+        before = select_regions(stats, strategy, 10, rng=0, max_glass_fraction=None)
+        after = select_regions(stats, strategy, 10, rng=0)
+        assert after.params["glass_regions"] == glassy.size
+        assert not np.isin(after.ids, glassy).any(), strategy
+        assert (gap_share[after.ids] < 0.5).all(), strategy
+        assert len(after) == 10
+        if strategy != "random":
+            # without the glass test, the uncertain glass is suggested
+            assert np.isin(before.ids, glassy).sum() >= 3, strategy
+    everything = select_regions(stats, "entropy", n_regions)
+    assert sorted(everything.ids.tolist()) == sorted(
+        set(range(1, n_regions + 1)) - set(glassy.tolist()))
+    config = SelectionConfig(strategy="entropy", n=n_regions, max_glass_fraction=None)
+    assert len(select_with_config(stats, config)) == n_regions
+    with pytest.raises(ActiveLearningError, match="max_glass_fraction"):
+        SelectionConfig(max_glass_fraction=1.5)
+    with pytest.raises(ActiveLearningError, match="pixels, the region map"):
+        RegionStats(n_regions, 2).add_image(regions, probs, image=image[:64, :64])
+
+
+# --- protected regions (Label_prop, WACV'21 Alg. 1) ---------------------------------------------
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "oreal", "random", "bvsb"])
+def test_protected_regions_are_picked_only_when_nothing_else_is_left(strategy):
+    # entropy falls with the id: 1 is the most uncertain
+    p_fg = [0.5, 0.45, 0.4, 0.35, 0.3, 0.25, 0.2, 0.15]
+    stats = stats_of(np.arange(1, 9), [[1 - p, p] for p in p_fg])
+    protected = [1, 2, 5]
+    few = select_regions(stats, strategy, 3, protected=protected, labelled=[8], rng=3)
+    assert not np.isin(few.ids, protected).any()
+    assert few.params["protected"] == 3
+    if strategy == "entropy":
+        assert few.ids.tolist() == [3, 4, 6]
+    # 4 open regions (3, 4, 6, 7) for 6 picks: all of them, then the best protected ones
+    many = select_regions(stats, strategy, 6, protected=protected, labelled=[8], rng=3)
+    assert set(many.ids[:4].tolist()) == {3, 4, 6, 7}
+    assert set(many.ids[4:].tolist()) <= set(protected)
+    if strategy != "random":
+        assert many.ids[4:].tolist() == [1, 2]
+    assert (many.classes[4:] == -1).all()
+    # a labelled protected region is still never picked
+    assert 5 not in select_regions(stats, strategy, 8, protected=protected,
+                                   labelled=[5], rng=3).ids.tolist()
+
+
+def test_protected_regions_keep_the_no_adjacent_rule():
+    p_fg = [0.5, 0.45, 0.4, 0.35]
+    stats = stats_of([1, 2, 3, 4], [[1 - p, p] for p in p_fg])
+    chain = np.array([[1, 2], [2, 3], [3, 4]])
+    picks = select_regions(stats, "entropy", 4, adjacency=chain, no_adjacent=True,
+                           protected=[2, 4])
+    # 1 and 3 are open; 3 blocks 2 and 4 (its neighbours) even though they are protected
+    assert picks.ids.tolist() == [1, 3]
+    with pytest.raises(ActiveLearningError, match="protected ids"):
+        select_regions(stats, "entropy", 2, protected=[9])

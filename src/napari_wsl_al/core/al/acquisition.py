@@ -32,6 +32,17 @@ Entropies use the natural logarithm. Image-level strategies for patch data sets
 (:func:`score_images`) and the Label_prop neighbour search of the WACV'21 paper
 (:func:`colour_histograms`, :func:`js_divergence`, :func:`label_prop_candidates`) complete the
 module.
+
+Three rules hold for every strategy in :func:`select_regions`:
+
+* **no glass**: a region that is mostly glass (:func:`glass_pixels`, the glass test of
+  :mod:`napari_wsl_al.core.data.tissue`, counted per region when the images are given to
+  :meth:`RegionStats.add_image`) is never suggested, however uncertain the model is there;
+* **ties broken by the other aggregation**: regions ranked by a maximum (entropy or OREAL with
+  ``max``, which saturates near ``ln 2`` on tissue edges) that tie are ordered by their mean,
+  and the other way round; then by id;
+* **protected regions last**: regions passed as ``protected`` (those of Label_prop's
+  pseudo-labelled images, WACV'21 Alg. 1) are picked only once no other candidate is left.
 """
 
 from __future__ import annotations
@@ -65,6 +76,21 @@ BLOCK_PIXELS = 1 << 18
 #: Histogram values held at once by :func:`js_divergence` (bounds its temporary memory).
 JS_CHUNK_VALUES = 1 << 22
 
+#: Glass test of :func:`glass_pixels`, the defaults of
+#: :func:`~napari_wsl_al.core.data.tissue.tissue_mask_from_rgb`: the darkest channel above this
+#: fraction of 255 ...
+GLASS_BRIGHTNESS = 0.8
+#: ... and an HSV saturation at most this (the ceiling of the tissue mask's adaptive threshold).
+GLASS_SATURATION = 0.06
+
+#: A region with more than this fraction of glass pixels is never suggested.
+MAX_GLASS_FRACTION = 0.5
+
+#: Scores (nats) closer than this to the best of their group count as tied and are ordered by
+#: :func:`tie_scores`: near ``ln 2`` a max-aggregated entropy differs between regions only in
+#: its fourth decimal (0.001 nats is a change of about 0.002 in the probability there).
+TIE_TOLERANCE = 1e-3
+
 _TINY = np.finfo(np.float32).tiny
 
 
@@ -83,6 +109,44 @@ def _mc_variance(mc_probs: np.ndarray) -> np.ndarray:
     for class_index in range(1, n_classes):
         total += per_class[:, class_index]
     return total.astype(np.float64) / (n_passes * n_classes)
+
+
+def glass_pixels(image) -> np.ndarray:
+    """Which pixels of an RGB image are glass: bright and unsaturated.
+
+    The glass test of :func:`~napari_wsl_al.core.data.tissue.tissue_mask_from_rgb` without its
+    size floor: a pixel is glass when its darkest channel is above ``GLASS_BRIGHTNESS * 255``
+    and its HSV saturation is at most :data:`GLASS_SATURATION`, tested on the pixel and on the
+    3 x 3 mean around it (glass if either passes): the mean keeps noisy glass, the pixel keeps
+    the one-pixel rim of a gap that the mean blurs into the tissue beside it. Gaps of glass
+    between pieces of tissue, too small for the tissue mask to leave out, are glass here.
+
+    Parameters
+    ----------
+    image : array (H, W, 3) of uint8
+        RGB pixels.
+
+    Returns
+    -------
+    ndarray of bool, shape (H, W)
+    """
+    from scipy import ndimage
+
+    from ..data.tissue import hsv_saturation
+
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ActiveLearningError(
+            f"the image is {image.dtype} of shape {image.shape}; expected (H, W, 3) uint8 RGB",
+            hint="convert grayscale, RGBA or 16-bit images to 8-bit RGB first")
+
+    def bright_and_unsaturated(rgb: np.ndarray) -> np.ndarray:
+        darkest = np.minimum(np.minimum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+        return (darkest > GLASS_BRIGHTNESS * 255.0) & (hsv_saturation(rgb) <= GLASS_SATURATION)
+
+    pixels = image.astype(np.float32)
+    smooth = ndimage.uniform_filter(pixels, size=(3, 3, 1), mode="nearest")
+    return bright_and_unsaturated(pixels) | bright_and_unsaturated(smooth)
 
 
 def _per_pixel(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -124,6 +188,11 @@ class RegionStats:
         Sum of the pixels' MC-dropout variance (mean over the classes).
     mc_pixel_count : ndarray of int64, shape (R + 1,)
         Pixels that came with MC-dropout passes.
+    glass_count : ndarray of int64, shape (R + 1,)
+        Pixels found to be glass (:func:`glass_pixels`), among those added with their image or
+        a glass mask.
+    glass_checked : ndarray of int64, shape (R + 1,)
+        Pixels added with their image or a glass mask.
     """
 
     def __init__(self, n_regions: int, n_classes: int):
@@ -147,8 +216,10 @@ class RegionStats:
         self.ovr_entropy_max = np.zeros(shape)
         self.mc_variance_sum = np.zeros(rows)
         self.mc_pixel_count = np.zeros(rows, dtype=np.int64)
+        self.glass_count = np.zeros(rows, dtype=np.int64)
+        self.glass_checked = np.zeros(rows, dtype=np.int64)
 
-    def add(self, region_ids, probs, mc_probs=None) -> RegionStats:
+    def add(self, region_ids, probs, mc_probs=None, glass=None) -> RegionStats:
         """Accumulate one chunk of pixels (a tile, an image).
 
         Parameters
@@ -159,6 +230,9 @@ class RegionStats:
             Softmax probabilities of every pixel.
         mc_probs : array of float, shape (T, N, K), optional
             Probabilities of T MC-dropout passes over the same pixels.
+        glass : array of bool, shape (N,), optional
+            Which pixels are glass (:func:`glass_pixels`); counted per region, also where the
+            probabilities are not finite.
 
         Returns
         -------
@@ -186,6 +260,14 @@ class RegionStats:
             raise ActiveLearningError(
                 f"region ids span {ids.min()}..{ids.max()}, outside 0..{self.n_regions}",
                 hint="the superpixel map does not match these statistics; recompute it")
+        if glass is not None:
+            glass = np.asarray(glass, dtype=bool).reshape(-1)
+            if glass.size != ids.size:
+                raise ActiveLearningError(
+                    f"glass has {glass.size} values; expected one per region id ({ids.size})")
+            np.add.at(self.glass_checked, ids, 1)
+            np.add.at(self.glass_count, ids[glass], 1)
+            self.glass_checked[0] = self.glass_count[0] = 0
         for start in range(0, ids.size, BLOCK_PIXELS):
             block = slice(start, start + BLOCK_PIXELS)
             self._add_block(ids[block], probs[block],
@@ -232,10 +314,15 @@ class RegionStats:
             np.add.at(self.mc_variance_sum, ids, mc_variance)
             np.add.at(self.mc_pixel_count, ids, 1)
 
-    def add_image(self, region_map, probs, mc_probs=None) -> RegionStats:
+    def add_image(self, region_map, probs, mc_probs=None, image=None) -> RegionStats:
         """Accumulate one image of class maps: ``region_map`` ``(H, W)``, ``probs``
-        ``(K, H, W)``, ``mc_probs`` ``(T, K, H, W)``; pixels of region 0 are skipped."""
-        ids = np.asarray(region_map).reshape(-1)
+        ``(K, H, W)``, ``mc_probs`` ``(T, K, H, W)``; pixels of region 0 are skipped.
+
+        With ``image``, the ``(H, W, 3)`` uint8 RGB the maps were computed on, the glass pixels
+        of every region are counted too (:func:`glass_pixels`).
+        """
+        region_map = np.asarray(region_map)
+        ids = region_map.reshape(-1)
         keep = ids > 0
         probs = np.asarray(probs)
         flat = probs.reshape(probs.shape[0], -1).T[keep]
@@ -244,7 +331,14 @@ class RegionStats:
             mc_probs = np.asarray(mc_probs)
             mc_flat = mc_probs.reshape(mc_probs.shape[0], mc_probs.shape[1], -1)
             mc_flat = mc_flat.transpose(0, 2, 1)[:, keep]
-        return self.add(ids[keep], flat, mc_probs=mc_flat)
+        glass = None
+        if image is not None:
+            if np.shape(image)[:2] != region_map.shape:
+                raise ActiveLearningError(
+                    f"the image is {np.shape(image)[:2]} pixels, the region map "
+                    f"{region_map.shape}", hint="give the image the maps were computed on")
+            glass = glass_pixels(image).reshape(-1)[keep]
+        return self.add(ids[keep], flat, mc_probs=mc_flat, glass=glass)
 
     def merge(self, other: RegionStats) -> RegionStats:
         """Add another accumulation over the same regions (another worker, another slide part).
@@ -256,7 +350,8 @@ class RegionStats:
                 f"cannot merge statistics of {other.n_regions} regions x {other.n_classes} "
                 f"classes into {self.n_regions} regions x {self.n_classes} classes")
         for name in ("pixel_count", "entropy_sum", "bvsb_sum_by_class", "predicted_count",
-                     "probability_sum", "ovr_entropy_sum", "mc_variance_sum", "mc_pixel_count"):
+                     "probability_sum", "ovr_entropy_sum", "mc_variance_sum", "mc_pixel_count",
+                     "glass_count", "glass_checked"):
             getattr(self, name)[...] += getattr(other, name)
         for name in ("entropy_max", "ovr_entropy_max"):
             np.maximum(getattr(self, name), getattr(other, name), out=getattr(self, name))
@@ -271,6 +366,11 @@ class RegionStats:
     def has_mc(self) -> bool:
         """Whether any MC-dropout passes were added."""
         return bool(self.mc_pixel_count.any())
+
+    @property
+    def glass_fraction(self) -> np.ndarray:
+        """(R + 1,) fraction of a region's checked pixels that are glass (0 where none checked)."""
+        return _per_pixel(self.glass_count, self.glass_checked)
 
     @property
     def mean_entropy(self) -> np.ndarray:
@@ -370,6 +470,8 @@ class SelectionConfig:
         No two picks share a border.
     seed : int
         Seed of the random generator (random strategy, reproducibility).
+    max_glass_fraction : float or None
+        Regions with more glass than this are never picked (None: no glass test).
     """
 
     strategy: str = "oreal"
@@ -381,9 +483,13 @@ class SelectionConfig:
     context: bool = True
     no_adjacent: bool = False
     seed: int = 0
+    max_glass_fraction: float | None = MAX_GLASS_FRACTION
 
     def __post_init__(self):
         _check_strategy(self.strategy, STRATEGIES)
+        if self.max_glass_fraction is not None and not 0 <= self.max_glass_fraction <= 1:
+            raise ActiveLearningError(
+                f"max_glass_fraction must be in 0..1, not {self.max_glass_fraction}")
         if self.n < 0:
             raise ActiveLearningError(f"n must be >= 0, not {self.n}")
         if self.aggregation is not None:
@@ -493,6 +599,37 @@ def score_regions(
     return scores
 
 
+#: The aggregation that breaks the ties of the other one.
+_OTHER_AGGREGATION = {"max": "mean", "mean": "max"}
+
+
+def tie_scores(
+    stats: RegionStats, strategy: str, aggregation: str | None = None
+) -> np.ndarray | None:
+    """Second key of the ranking: what orders regions of equal :func:`score_regions` score.
+
+    The maximum of a per-pixel uncertainty saturates (OREAL's one-vs-rest entropy reaches
+    ``ln 2`` wherever one pixel has ``p_c = 0.5``, as on every tissue edge), so many regions
+    share the top score. Among them, the one whose pixels are uncertain on average is the more
+    useful: for ``entropy`` and ``oreal`` aggregated by ``max`` the second key is the mean
+    (for OREAL, of the one-vs-rest entropy of the region's dominant predicted class), and by
+    ``mean`` it is the max. Other strategies have none (ties go to the lower id).
+
+    Returns
+    -------
+    ndarray of float64, shape (R + 1,), or None
+    """
+    _check_strategy(strategy, STRATEGIES)
+    aggregation = _aggregation_for(strategy, aggregation)
+    if aggregation is None:
+        return None
+    other = _OTHER_AGGREGATION[aggregation]
+    if strategy == "entropy":
+        return stats.mean_entropy if other == "mean" else stats.entropy_max.copy()
+    ovr = stats.ovr_entropy(other)
+    return ovr[np.arange(ovr.shape[0]), stats.dominant_class]
+
+
 def _classbal_scores(stats: RegionStats, present: np.ndarray) -> np.ndarray:
     uncertainty = stats.mean_bvsb
     scores = np.zeros(uncertainty.shape)
@@ -539,8 +676,11 @@ def items_per_class(labelled_counts, budget: int) -> np.ndarray:
 class _Picker:
     """Bookkeeping of one batch: candidates left, picks so far, adjacency blocking."""
 
-    def __init__(self, candidates: np.ndarray, adjacency: np.ndarray | None, no_adjacent: bool):
+    def __init__(self, candidates: np.ndarray, adjacency: np.ndarray | None, no_adjacent: bool,
+                 tie_tolerance: float = TIE_TOLERANCE):
+        self.tie_tolerance = float(tie_tolerance)
         self.available = candidates.copy()
+        self.blocked = np.zeros(candidates.size, dtype=bool)
         self.ids: list[int] = []
         self.scores: list[float] = []
         self.classes: list[int] = []
@@ -549,12 +689,19 @@ class _Picker:
         if no_adjacent and adjacency is not None:
             self.neighbours = _neighbour_lists(adjacency, candidates.size)
 
-    def take(self, scores: np.ndarray, mask: np.ndarray, count: int, class_index: int) -> None:
-        """Pick up to ``count`` regions of ``mask`` by decreasing score (ties: lower id)."""
+    def take(self, scores: np.ndarray, mask: np.ndarray, count: int, class_index: int,
+             secondary: np.ndarray | None = None) -> None:
+        """Pick up to ``count`` regions of ``mask`` by decreasing score.
+
+        Ties go to the higher ``secondary`` score when one is given, then to the lower id.
+        """
         if count <= 0:
             return
         ids = np.flatnonzero(mask & self.available)
         ranked = ids[np.argsort(-scores[ids], kind="stable")]
+        if secondary is not None and ranked.size > 1:
+            groups = _tie_groups(scores[ranked], self.tie_tolerance)
+            ranked = ranked[np.lexsort((ranked, -secondary[ranked], groups))]
         if self.neighbours is None:
             chosen = ranked[:count]
         else:
@@ -571,10 +718,19 @@ class _Picker:
             if not self.available[region]:
                 continue
             chosen.append(region)
-            self.available[indices[indptr[region]:indptr[region + 1]]] = False
+            neighbours = indices[indptr[region]:indptr[region + 1]]
+            self.available[neighbours] = False
+            self.blocked[neighbours] = True
             if len(chosen) == count:
                 break
         return np.asarray(chosen, dtype=np.int64)
+
+    def release(self, mask: np.ndarray) -> None:
+        """Make the regions of ``mask`` candidates (protected regions, once the rest ran out),
+        except those picked or next to a pick under ``no_adjacent``."""
+        released = mask & ~self.blocked
+        released[np.asarray(self.ids, dtype=np.int64)] = False
+        self.available |= released
 
     def adjacent_to_picks(self) -> np.ndarray:
         """Bool mask of the regions sharing a border with a pick made so far."""
@@ -588,6 +744,22 @@ class _Picker:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+def _tie_groups(descending: np.ndarray, tolerance: float) -> np.ndarray:
+    """Group numbers of scores sorted in decreasing order: a group holds the scores within
+    ``tolerance`` of its first (best) one; with ``tolerance`` 0, equal scores.
+
+    One binary search per group, so at most ``(max - min) / tolerance + 1`` steps.
+    """
+    negated = -np.asarray(descending, dtype=np.float64)
+    groups = np.empty(negated.size, dtype=np.int64)
+    start = group = 0
+    while start < negated.size:
+        end = int(np.searchsorted(negated, negated[start] + tolerance, side="right"))
+        groups[start:max(end, start + 1)] = group
+        start, group = max(end, start + 1), group + 1
+    return groups
 
 
 def _neighbour_lists(pairs: np.ndarray, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
@@ -628,13 +800,24 @@ def select_regions(
     n_background: int | None = 0,
     context: bool = True,
     background_class: int | None = 0,
+    protected=None,
+    max_glass_fraction: float | None = MAX_GLASS_FRACTION,
+    tie_tolerance: float = TIE_TOLERANCE,
 ) -> Selection:
     """Pick the ``n`` regions to label next.
 
-    A batch never holds region 0, a region without pixels or an already labelled region; when
-    fewer candidates are left, all of them are returned. With ``no_adjacent`` the picks are
-    made greedily in order of usefulness and a region next to an earlier pick is skipped, so no
-    two picks of the batch share a border.
+    A batch never holds region 0, a region without pixels, an already labelled region or a
+    region that is mostly glass (its :attr:`RegionStats.glass_fraction` above
+    ``max_glass_fraction``); when fewer candidates are left, all of them are returned. With
+    ``no_adjacent`` the picks are made greedily in order of usefulness and a region next to an
+    earlier pick is skipped, so no two picks of the batch share a border. Regions whose scores
+    tie (within ``tie_tolerance`` of the best of their group) are ordered by the score of the
+    other aggregation (:func:`tie_scores`), then by id; so ``scores`` may rise by less than
+    ``tie_tolerance`` from one pick to the next.
+
+    ``protected`` regions (WACV'21 Alg. 1: those of pseudo-labelled images) are left out of the
+    selection, whatever the strategy; only when it found fewer than ``n`` other regions are the
+    protected ones ranked, by the strategy's global score (class -1), to fill the batch.
 
     OREAL follows Alg. 1 of its paper: ``delta = ITEMSPERCLASS(class_counts, n)`` (the
     background's count replaced by ``n_background``, 0 by default, which oversamples it); then
@@ -674,6 +857,14 @@ def select_regions(
         OREAL: context sampling of background regions next to the foreground picks.
     background_class : int or None
         The background class index (None: no class gets a background treatment).
+    protected : array of int, optional
+        Ids of regions picked only when no other candidate is left.
+    max_glass_fraction : float or None
+        Regions with a larger fraction of glass pixels are never picked (None: no glass test).
+        Only regions whose pixels were added with their image are tested.
+    tie_tolerance : float
+        Score difference below which two regions count as tied (0: exact ties only); only for
+        the strategies that have a second key (:func:`tie_scores`).
 
     Returns
     -------
@@ -698,10 +889,24 @@ def select_regions(
                                   hint="pass adjacency=(E, 2) pairs of neighbouring region ids")
     candidates = stats.has_pixels
     candidates[labelled_ids.reshape(-1)] = False
-    picker = _Picker(candidates, pairs, no_adjacent)
+    params: dict[str, Any] = {"n": int(n), "no_adjacent": bool(no_adjacent)}
+    if max_glass_fraction is not None and stats.glass_checked.any():
+        glassy = candidates & (stats.glass_fraction > max_glass_fraction)
+        candidates &= ~glassy
+        params["max_glass_fraction"] = float(max_glass_fraction)
+        params["glass_regions"] = int(glassy.sum())
+    kept_back = np.zeros(candidates.size, dtype=bool)
+    if protected is not None:
+        protected_ids = _check_ids(protected, stats.n_regions, "protected ids", hint)
+        kept_back[protected_ids.reshape(-1)] = True
+        kept_back &= candidates
+        params["protected"] = int(kept_back.sum())
+    if not tie_tolerance >= 0:
+        raise ActiveLearningError(f"tie_tolerance must be >= 0, not {tie_tolerance}")
+    picker = _Picker(candidates & ~kept_back, pairs, no_adjacent, tie_tolerance)
     aggregation = _aggregation_for(strategy, aggregation)
     scores = score_regions(stats, strategy, aggregation=aggregation, nu=nu, rng=rng)
-    params: dict[str, Any] = {"n": int(n), "no_adjacent": bool(no_adjacent)}
+    secondary = tie_scores(stats, strategy, aggregation)
     if aggregation is not None:
         params["aggregation"] = aggregation
     if strategy == "pixbal":
@@ -710,7 +915,10 @@ def select_regions(
         params.update(_select_oreal(
             stats, picker, scores, n, aggregation, items_per_class, class_counts, n_background,
             context, background_class))
-    picker.take(scores, candidates, n - len(picker), -1)
+    picker.take(scores, candidates, n - len(picker), -1, secondary)
+    if len(picker) < n and kept_back.any():
+        picker.release(kept_back)
+        picker.take(scores, kept_back, n - len(picker), -1, secondary)
     return Selection(
         ids=np.asarray(picker.ids, dtype=np.int64),
         scores=np.asarray(picker.scores, dtype=np.float64),
@@ -744,21 +952,26 @@ def _select_oreal(
                 f"items_per_class {delta.tolist()} must give one non-negative count per class "
                 f"({n_classes}) summing to n = {n}")
     ovr = stats.ovr_entropy(aggregation)
+    other = stats.ovr_entropy(_OTHER_AGGREGATION[aggregation])
     dominant = stats.dominant_class
     foreground = [c for c in range(n_classes) if c != background_class]
     for class_index in foreground:
-        picker.take(ovr[:, class_index], dominant == class_index, delta[class_index], class_index)
+        picker.take(ovr[:, class_index], dominant == class_index, delta[class_index], class_index,
+                    other[:, class_index])
     used_context = False
     if background_class is not None:
         is_background = dominant == background_class
         quota = int(delta[background_class])
+        background_other = other[:, background_class]
         if context and picker.pairs is not None:
             used_context = True
             near = picker.adjacent_to_picks()
             before = len(picker)
-            picker.take(ovr[:, background_class], is_background & near, quota, -1)
+            picker.take(ovr[:, background_class], is_background & near, quota, -1,
+                        background_other)
             quota -= len(picker) - before
-        picker.take(ovr[:, background_class], is_background, quota, background_class)
+        picker.take(ovr[:, background_class], is_background, quota, background_class,
+                    background_other)
     return {
         "items_per_class": delta.tolist(),
         "class_counts": counts.tolist(),
@@ -786,7 +999,8 @@ def select_with_config(
         no_adjacent=config.no_adjacent,
         rng=np.random.default_rng(config.seed) if rng is None else rng,
         aggregation=config.aggregation, nu=config.nu, items_per_class=config.items_per_class,
-        class_counts=class_counts, n_background=config.n_background, context=config.context)
+        class_counts=class_counts, n_background=config.n_background, context=config.context,
+        max_glass_fraction=config.max_glass_fraction)
 
 
 # --- image level (patch data sets, WACV'21) ---------------------------------------------------
