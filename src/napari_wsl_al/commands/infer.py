@@ -51,6 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="least tissue fraction of a processed tile (0: all tiles)")
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     parser.add_argument("--scheduler", help="dask.distributed scheduler address: one task per slide")
+    parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
+                        help="how long to wait for another run writing the same slide's maps "
+                        "before giving up on that slide (default: 10)")
 
 
 def _config(args: argparse.Namespace):
@@ -101,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     outcomes = []  # (slide, "done" | "reused" | "failed", detail)
     for path in args.slides:
         try:
-            result = _infer_one(path, project, model, config, args.region)
+            result = _infer_one(path, project, model, config, args.region, args.lock_timeout)
         except WslAlError as error:
             print(f"napari-wsl-al infer: {path}: error: {error}", file=sys.stderr)
             outcomes.append((path, "failed", str(error)))
@@ -142,7 +145,7 @@ def patch_summary(patches, table) -> str:
     return "\n".join(lines)
 
 
-def _infer_one(path, project, model, config, region):
+def _infer_one(path, project, model, config, region, lock_timeout=None):
     """Maps of one slide into the project, with a progress bar; the engine's result."""
     from tqdm import tqdm
 
@@ -151,7 +154,7 @@ def _infer_one(path, project, model, config, region):
 
     with open_slide(path) as reader:
         name = project.add_slide(path)
-        store = MapStore(project.maps_path(name))
+        store = MapStore(project.maps_path(name), lock_timeout=lock_timeout)
         job = infer_slide(reader, model, config, store, region=region)
         with tqdm(desc=name, unit="tile", dynamic_ncols=True) as bar:
             while True:
@@ -161,5 +164,7 @@ def _infer_one(path, project, model, config, region):
                     return stop.value
                 bar.total = progress.total
                 bar.n = progress.step
+                # while another run writes the same maps: "waiting for another run ..."
+                bar.set_description(progress.message if "waited_s" in progress.metrics else name)
                 bar.set_postfix(tiles_per_s=f"{progress.metrics.get('tiles_per_s', 0):.1f}")
                 bar.refresh()

@@ -590,6 +590,9 @@ def infer_slide(
         No tile of the slide or region holds enough tissue.
     DiskFullError
         The disk filled up; finished tiles are kept and a new run resumes.
+    MapStoreError
+        Another run kept writing the same store for as long as this one waited for it
+        (``output.lock_timeout`` seconds, yielding progress records that say so).
     """
     if is_patch_folder(reader):
         from .patches import infer_patches
@@ -597,7 +600,8 @@ def infer_slide(
         job = infer_patches(reader, model, config, output, region=region)
     else:
         job = _infer_tiles(reader, model, config, output, region, tissue)
-    return (yield from job)
+    # One run writes a store at a time: the lock covers prepare to the last flush.
+    return (yield from output.writing(job, reader.name))
 
 
 def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,

@@ -2,7 +2,7 @@
 
 Layout of ``maps/<slide>.zarr`` (zarr format 2, OME-NGFF 0.4 ``multiscales`` on every map)::
 
-    .zattrs                 {"wslal": {spec, map list, geometry}}
+    .zattrs                 {"wslal": {spec, map list, geometry, pyramid_stale}}
     cam/0 cam/1 ...         (C, Y, X) per-class CAMs, pyramid levels 0, 1, ...
     fg/  bg/                (Y, X) foreground / background probability
     probs/                  (K, Y, X) class probabilities
@@ -11,16 +11,34 @@ Layout of ``maps/<slide>.zarr`` (zarr format 2, OME-NGFF 0.4 ``multiscales`` on 
     _tiles                  (rows, cols, channels, n, n) raw tile outputs, one chunk per tile
     _done                   (rows, cols) uint8: 1 where a tile is stored *and* blended
 
+and beside it ``maps/<slide>.zarr.lock``, the lock file of the run writing it.
+
 Blending. Each tile's outputs (at map resolution, ``n = tile_size / output_stride`` pixels)
 are kept in ``_tiles``. A map pixel is the weighted mean of the finished tiles covering it,
 weighted by a cosine-tapered window (flat inside, ``sin^2`` ramps over the overlap; the ramps
 of two neighbours sum to one), so no seams show. A finished batch rewrites the map pixels its
 tiles cover from ``_tiles`` (and the neighbours already finished). Every write is idempotent,
 and ``_done`` is written last: a run killed at any moment resumes by recomputing only the tiles
-not marked, and zarr replaces each chunk file atomically, so what was finished stays intact.
+not marked, and zarr replaces each chunk and metadata file atomically, so what was finished
+stays intact.
 
-Memory is bounded by tiles: a batch touches a strip of the map one tile high, and a small
-cache keeps the tiles of the current and the previous tile row.
+Pyramid. The lower levels are rebuilt from level 0 every :data:`PYRAMID_INTERVAL_S` and on
+:meth:`MapStore.flush`. Before level-0 pixels change, the box holding them is recorded as
+``pyramid_stale`` in the attributes; it is cleared once the levels below are rebuilt over it.
+A run killed at any moment thus leaves the exact region whose lower levels may be stale, and the
+next :meth:`MapStore.prepare` rebuilds it first (a store without the record, written before it
+existed, has its whole pyramid rebuilt). A store is *complete* when every tile is done and no
+region is stale: a run killed after its last tile, before its final flush brought the pyramid
+up to date, leaves a store that is not, and the next run repairs it without the model.
+
+One writer. A run holds ``<store>.lock`` (a :mod:`filelock` lock, released by the system even
+when the process is killed) from before :meth:`MapStore.prepare` to after its last flush; a
+second run on the same store waits up to :data:`LOCK_TIMEOUT_S`, then gives up with a
+:class:`~napari_wsl_al.core.infer.errors.MapStoreError`. Readers need no lock.
+
+Memory is bounded by tiles: a batch touches a strip of the map one tile high, a small cache
+keeps the tiles of the current and the previous tile row, and the pyramid is rebuilt in blocks
+of :data:`PYRAMID_BLOCK` map pixels.
 
 Coordinates. Map pixel ``(j, i)`` covers level-0 pixels ``[i * f, (i + 1) * f)`` with
 ``f = output_stride * downsample``. ``scale`` is ``f`` times the slide's microns per pixel
@@ -42,8 +60,10 @@ from pathlib import Path
 from typing import Any
 
 import dask.array as da
+import filelock
 import numpy as np
 
+from ..progress import Progress
 from .errors import DiskFullError, MapStoreError
 
 #: Version of the map store layout.
@@ -60,6 +80,16 @@ BLEND_INTERVAL_S = 0.5
 
 #: Seconds between updates of the lower pyramid levels while a run goes on.
 PYRAMID_INTERVAL_S = 2.0
+
+#: Side, in level-0 map pixels, of the blocks in which the lower pyramid levels are rebuilt
+#: (rounded up to a multiple of ``2 ** (levels - 1)``): memory stays bounded by blocks.
+PYRAMID_BLOCK = 1024
+
+#: Seconds a run waits for another run writing the same map store before giving up.
+LOCK_TIMEOUT_S = 10.0
+
+#: Seconds between two tries to take a store's lock (and two progress records) while waiting.
+LOCK_POLL_S = 0.5
 
 _DISK_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
@@ -148,6 +178,12 @@ def _downsample_2x(block: np.ndarray) -> np.ndarray:
     return shaped.mean(axis=(-3, -1), dtype=np.float32)
 
 
+def lock_path(store_path: str | Path) -> Path:
+    """``<store>.lock`` beside a map store: the lock file of the run writing it."""
+    path = Path(store_path)
+    return path.with_name(path.name + ".lock")
+
+
 def _is_disk_full(error: BaseException) -> bool:
     while error is not None:
         if isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS:
@@ -163,16 +199,21 @@ class MapStore:
     ----------
     path : str or Path
         The ``.zarr`` folder (``Project.maps_path(slide)``); created on :meth:`prepare`.
+    lock_timeout : float, optional
+        Seconds to wait for another run writing this store (:data:`LOCK_TIMEOUT_S` when None).
 
     Notes
     -----
-    One writer at a time: :func:`~napari_wsl_al.core.infer.engine.infer_slide` calls
-    :meth:`prepare`, then :meth:`write_tiles` from its writer thread, then :meth:`flush`.
-    Readers (napari layers) may read :meth:`handles` meanwhile.
+    One writer at a time: :func:`~napari_wsl_al.core.infer.engine.infer_slide` runs its job
+    through :meth:`writing`, which holds the store's lock file (:func:`lock_path`) across
+    :meth:`prepare`, :meth:`write_tiles` (from its writer thread) and the last :meth:`flush`,
+    and releases it however the job ends (done, cancelled, failed). Readers (napari layers)
+    may read :meth:`handles` meanwhile, without the lock: files are replaced atomically.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, lock_timeout: float | None = None) -> None:
         self.path = Path(path)
+        self.lock_timeout = lock_timeout
         self._group = None
         self._info: dict[str, Any] | None = None
         self._maps: list[MapSpec] = []
@@ -204,10 +245,81 @@ class MapStore:
         except (OSError, ValueError, KeyError) as error:
             raise MapStoreError(f"cannot read the map store: {error}", path=self.path) from error
 
+    @property
+    def lock_path(self) -> Path:
+        """The lock file of the run writing this store (:func:`lock_path`)."""
+        return lock_path(self.path)
+
+    def writing(self, job, slide: str):
+        """Run ``job``, a generator writing this store, holding the store's lock.
+
+        Waits up to ``lock_timeout`` seconds for another run (another process, or another
+        job of this one) writing the same store, yielding a :class:`Progress` record every
+        :data:`LOCK_POLL_S` meanwhile (so a GUI shows it and can cancel). The lock is released
+        when ``job`` returns, raises or is closed.
+
+        Parameters
+        ----------
+        job : generator
+            Yields :class:`Progress` records, returns a result.
+        slide : str
+            Name of the slide, for the messages.
+
+        Returns
+        -------
+        object
+            What ``job`` returns.
+
+        Raises
+        ------
+        MapStoreError
+            Another run kept the store for the whole wait, or the lock file cannot be made.
+        """
+        lock = yield from self._take_lock(slide)
+        try:
+            return (yield from job)
+        finally:
+            lock.release()
+
+    def _take_lock(self, slide: str):
+        timeout = LOCK_TIMEOUT_S if self.lock_timeout is None else float(self.lock_timeout)
+        path = self.lock_path
+        lock = filelock.FileLock(str(path), thread_local=False)
+        started = time.monotonic()
+        while True:
+            waited = time.monotonic() - started
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                lock.acquire(timeout=max(0.0, min(LOCK_POLL_S, timeout - waited)))
+                return lock
+            except filelock.Timeout:
+                waited = time.monotonic() - started
+                if waited >= timeout:
+                    raise MapStoreError(
+                        f"another run is writing the maps of slide {slide!r} (waited "
+                        f"{timeout:g} s for it to finish)", path=self.path,
+                        hint="let that run finish, then run inference again (the maps it "
+                        "finished are reused), or stop it",
+                    ) from None
+            except OSError as error:
+                raise MapStoreError(f"cannot make the lock file {path.name}: {error}",
+                                    path=self.path,
+                                    hint="check that the folder exists and can be written") \
+                    from error
+            yield Progress(0, None, f"waiting for another run writing the maps of slide "
+                           f"{slide!r} ({waited:.0f} s of {timeout:g} s)",
+                           {"tiles_per_s": 0.0, "batch": 0, "computed": 0, "waited_s": waited})
+
     def is_complete(self, spec: dict[str, Any], tiles: np.ndarray) -> bool:
-        """Whether the store holds maps made with ``spec`` with every tile of ``tiles`` done."""
+        """Whether the store holds maps made with ``spec`` with every tile of ``tiles`` done.
+
+        And with the whole pyramid up to date: a store killed after its last tile, before
+        its final flush, is not complete.
+        """
         info = self.read_info()
         if info is None or info.get("spec") != spec:
+            return False
+        if info.get("pyramid_stale", "unknown") is not None:
             return False
         done = self.done_bitmap()
         tiles = np.asarray(tiles).reshape(-1, 2)
@@ -228,6 +340,8 @@ class MapStore:
         dtype: str = "float32",
     ) -> np.ndarray:
         """Open the store for writing, creating it (or resetting it when ``spec`` changed).
+
+        The caller holds the store's lock (:meth:`writing`).
 
         Parameters
         ----------
@@ -257,6 +371,11 @@ class MapStore:
         -------
         ndarray
             The ``(rows, cols)`` bool bitmap of tiles already done.
+
+        Notes
+        -----
+        Lower pyramid levels that a killed run left stale (``pyramid_stale``) are rebuilt here,
+        before anything else is written.
         """
         info = self.read_info()
         if info is not None and info.get("spec") != spec:
@@ -267,7 +386,7 @@ class MapStore:
             self._guard(lambda: shutil.rmtree(self.path))
             info = None
         channel_total = max(stop for _, stop in tile_channels.values())
-        rows, cols = grid_shape
+        cols = grid_shape[1]
         n = int(tile_map_size)
         if info is None:
             self._guard(lambda: self._create(spec, maps, tile_channels, grid_shape, n, step_map,
@@ -290,7 +409,11 @@ class MapStore:
         self._window = np.outer(blend_window(n, n - step_map), blend_window(n, n - step_map))
         self._stored = self.done.copy()
         self._pending: list[tuple[int, int]] = []
-        self._dirty = None
+        stale = self._info.get("pyramid_stale", "unknown")
+        if stale == "unknown":  # written before the record existed: rebuild it all
+            stale = [0, 0, *self._info["map_shape"]]
+        self._dirty = None if stale is None else [int(v) for v in stale]
+        self._guard(self._update_pyramid)
         self._last_pyramid = self._last_blend = time.monotonic()
         return self.done.copy()
 
@@ -336,6 +459,7 @@ class MapStore:
                 "unit": unit,
                 "dtype": dtype,
                 "tiles_done": 0,
+                "pyramid_stale": None,
             }
             building.rename(self.path)
         except BaseException:
@@ -432,10 +556,15 @@ class MapStore:
         n, step = self._info["tile_map_size"], self._info["step_map"]
         pending = np.array(self._pending, dtype=np.int64)
         # One strip per tile row: a strip is one tile high, memory stays bounded by tiles.
+        strips = []
         for r in np.unique(pending[:, 0]):
             cols = pending[pending[:, 0] == r, 1]
-            box = (int(r) * step, int(cols.min()) * step,
-                   int(r) * step + n, int(cols.max()) * step + n)
+            strips.append((int(r) * step, int(cols.min()) * step,
+                           int(r) * step + n, int(cols.max()) * step + n))
+        # Recorded before level 0 changes: a kill leaves the region to rebuild below it.
+        self._mark_dirty((min(b[0] for b in strips), min(b[1] for b in strips),
+                          max(b[2] for b in strips), max(b[3] for b in strips)))
+        for box in strips:
             self._blend_box(box, self._stored)
         # The done bitmap last: a tile is marked only once its maps are written.
         self._done_array[...] = self._stored.astype(np.uint8)
@@ -458,7 +587,10 @@ class MapStore:
         return data
 
     def _blend_box(self, box: tuple[int, int, int, int], done: np.ndarray) -> None:
-        """Recompute every map over a box of level-0 map pixels from the finished tiles."""
+        """Recompute every map over a box of level-0 map pixels from the finished tiles.
+
+        The caller records the box as stale (:meth:`_mark_dirty`) first.
+        """
         map_h, map_w = self._info["map_shape"]
         n, step = self._info["tile_map_size"], self._info["step_map"]
         y0, x0 = max(0, box[0]), max(0, box[1])
@@ -495,39 +627,68 @@ class MapStore:
                 target[y0:y1, x0:x1] = value
             else:
                 target[:, y0:y1, x0:x1] = value
-        self._mark_dirty((y0, x0, y1, x1))
+
+    def _record_stale(self, box: list[int] | None) -> None:
+        """Write the region whose lower pyramid levels may be stale (None: none) to the store."""
+        info = dict(self._info)
+        info["pyramid_stale"] = box
+        self._group.attrs["wslal"] = info
+        self._info = info
 
     def _mark_dirty(self, box: tuple[int, int, int, int]) -> None:
-        if self._dirty is None:
-            self._dirty = list(box)
-        else:
-            self._dirty = [min(self._dirty[0], box[0]), min(self._dirty[1], box[1]),
-                           max(self._dirty[2], box[2]), max(self._dirty[3], box[3])]
+        """Add a box of level-0 map pixels about to change to the stale region, on disk."""
+        map_h, map_w = self._info["map_shape"]
+        box = [max(0, int(box[0])), max(0, int(box[1])),
+               min(map_h, int(box[2])), min(map_w, int(box[3]))]
+        if self._dirty is not None:
+            box = [min(self._dirty[0], box[0]), min(self._dirty[1], box[1]),
+                   max(self._dirty[2], box[2]), max(self._dirty[3], box[3])]
+        if box != self._dirty:
+            self._dirty = box
+            self._record_stale(box)
 
     def _update_pyramid(self) -> None:
-        """Recompute the lower pyramid levels over the region changed since the last update."""
+        """Rebuild the lower pyramid levels over the stale region, then clear it on disk."""
         self._last_pyramid = time.monotonic()
         if self._dirty is None:
             return
-        y0, x0, y1, x1 = self._dirty
-        self._dirty = None
         shapes = self._info["level_shapes"]
-        for level in range(1, len(shapes)):
-            y0, x0 = y0 // 2, x0 // 2
-            y1, x1 = min(shapes[level][0], -(-y1 // 2)), min(shapes[level][1], -(-x1 // 2))
-            ph, pw = shapes[level - 1]
-            for m in self._maps:
-                above, below = self._arrays[m.name][level - 1], self._arrays[m.name][level]
-                sy, sx = slice(2 * y0, min(ph, 2 * y1)), slice(2 * x0, min(pw, 2 * x1))
-                if m.channels is None:
-                    block = np.asarray(above[sy, sx], np.float32)
-                    below[y0:y1, x0:x1] = _downsample_2x(block).astype(below.dtype)
-                else:
-                    block = np.asarray(above[:, sy, sx], np.float32)
-                    below[:, y0:y1, x0:x1] = _downsample_2x(block).astype(below.dtype)
+        if len(shapes) > 1:
+            # Blocks aligned to 2 ** (levels - 1): each level's block is the 2 x 2 mean of the
+            # block above, computed in memory; the edge of odd sizes is replicated.
+            align = 2 ** (len(shapes) - 1)
+            side = align * -(-PYRAMID_BLOCK // align)
+            map_h, map_w = shapes[0]
+            y0, x0, y1, x1 = self._dirty
+            y0, x0 = y0 // align * align, x0 // align * align
+            y1, x1 = min(map_h, -(-y1 // align) * align), min(map_w, -(-x1 // align) * align)
+            for by in range(y0, y1, side):
+                for bx in range(x0, x1, side):
+                    self._rebuild_block(by, bx, min(by + side, y1), min(bx + side, x1))
+        self._dirty = None
+        self._record_stale(None)
+
+    def _rebuild_block(self, y0: int, x0: int, y1: int, x1: int) -> None:
+        """Every lower level of every map under one aligned block of level-0 map pixels."""
+        for m in self._maps:
+            arrays = self._arrays[m.name]
+            lead = () if m.channels is None else (slice(None),)
+            block = np.asarray(arrays[0][lead + (slice(y0, y1), slice(x0, x1))], np.float32)
+            for level in range(1, len(arrays)):
+                block = _downsample_2x(block)
+                ly0, lx0 = y0 >> level, x0 >> level
+                below = arrays[level]
+                stored = block.astype(below.dtype, copy=False)
+                below[lead + (slice(ly0, ly0 + stored.shape[-2]),
+                              slice(lx0, lx0 + stored.shape[-1]))] = stored
+                block = stored.astype(np.float32, copy=False)  # what a read would give back
 
     def flush(self, tiles_done: int | None = None) -> None:
-        """Bring the pyramid up to date and record the progress in the metadata."""
+        """Blend the tiles stored so far, bring the pyramid up to date and record both.
+
+        After the final flush of a run that did every tile, the store is complete
+        (:meth:`is_complete`).
+        """
 
         def _flush():
             if self._info is None:
@@ -628,5 +789,5 @@ def map_level_count(shape: tuple[int, int]) -> int:
     return len(_pyramid_shapes(shape))
 
 
-__all__ = ["MapStore", "MapSpec", "MapHandle", "blend_window", "derived_maps",
+__all__ = ["MapHandle", "MapSpec", "MapStore", "blend_window", "derived_maps", "lock_path",
            "map_level_count"]
