@@ -26,7 +26,9 @@ def _maps(text: str) -> tuple[str, ...]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of the sub-command."""
-    parser.add_argument("slides", nargs="+", type=Path, metavar="SLIDE", help="slide files")
+    parser.add_argument("slides", nargs="+", type=Path, metavar="SLIDE",
+                        help="slide files, or folders of patches (each patch inferred as one "
+                        "image; its class goes to maps/<folder>.patches.csv)")
     parser.add_argument("--model", default="default",
                         help="'default' (the shipped model) or a checkpoint file (.pt)")
     parser.add_argument("--project", type=Path, required=True,
