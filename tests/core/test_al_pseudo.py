@@ -1,4 +1,5 @@
-"""Stage-2 pseudo labels (NeurIPS'23 Eq. 8, 11-13) on toy 2-D feature maps."""
+"""Stage-2 pseudo labels (NeurIPS'23 Eq. 8, 11-13) on toy 2-D feature maps; Label_prop's
+pseudo-labelled set and masks (WACV'21 Alg. 1) on hand-made histograms and maps."""
 
 import math
 
@@ -7,7 +8,11 @@ import pytest
 import torch
 
 from napari_wsl_al.core.al.pseudo import (
+    LABEL_PROP_K,
+    LABEL_PROP_LAMBDA,
     expand_labels,
+    label_prop_mask,
+    label_prop_set,
     localize_labels,
     prototype_thresholds,
     prototypes,
@@ -212,3 +217,55 @@ def test_threshold_with_negative_cosines():
     # the last pixel: cos -0.981 to (1, 0), -0.196 to (0, 1) -> class 1
     alpha = prototype_thresholds(*toy(pixels, [(), {0, 1}], 2))
     assert alpha[1].tolist() == pytest.approx([1.0, (1.0 - 0.2 / math.sqrt(1.04)) / 2])
+
+
+# --- Label_prop (WACV'21) -----------------------------------------------------------------------
+
+# One plane of two bins per image. 0 and 6 are labelled (6 was pseudo-labelled before the oracle
+# answered on it); 4 was pseudo-labelled in the previous round; 3 looks like 0 but is another
+# class.
+HISTOGRAMS = np.array([[[1.0, 0.0]], [[0.9, 0.1]], [[0.5, 0.5]], [[1.0, 0.0]], [[0.92, 0.08]],
+                       [[0.0, 1.0]], [[0.95, 0.05]]])
+IMAGE_CLASSES = [0, 0, 0, 1, 0, 0, 0]
+LABELLED = [True, False, False, False, False, False, True]
+PREVIOUS = [False, False, False, False, True, False, True]
+
+
+def test_label_prop_set_takes_the_nearest_unlabelled_images_of_the_same_class():
+    # k = 1: the nearest of 0 is 4 (0.92, 0.08), but 4 is already in P, so not in U: 1 instead;
+    # the nearest of 6 in U is 1 too; 3 never (another class); 6 leaves P (now labelled)
+    one = label_prop_set(HISTOGRAMS, IMAGE_CLASSES, LABELLED, PREVIOUS, k=1)
+    assert np.flatnonzero(one).tolist() == [1, 4]
+    # k = 2: then 2 (0.5, 0.5), nearer than 5 (0, 1) to both
+    assert np.flatnonzero(label_prop_set(HISTOGRAMS, IMAGE_CLASSES, LABELLED, PREVIOUS,
+                                         k=2)).tolist() == [1, 2, 4]
+    # a large k takes every unlabelled image of class 0, never one of class 1
+    assert np.flatnonzero(label_prop_set(HISTOGRAMS, IMAGE_CLASSES, LABELLED, PREVIOUS,
+                                         k=LABEL_PROP_K)).tolist() == [1, 2, 4, 5]
+    # without a previous P, 4 is in U and is the nearest of both 0 and 6
+    assert np.flatnonzero(label_prop_set(HISTOGRAMS, IMAGE_CLASSES, LABELLED, None,
+                                         k=1)).tolist() == [4]
+    # nothing labelled: P keeps what it had, less nothing
+    assert np.flatnonzero(label_prop_set(HISTOGRAMS, IMAGE_CLASSES, [False] * 7, PREVIOUS,
+                                         k=3)).tolist() == [4, 6]
+    with pytest.raises(ActiveLearningError, match="pseudo-labelled flags"):
+        label_prop_set(HISTOGRAMS, IMAGE_CLASSES, LABELLED, PREVIOUS[:3], k=1)
+    with pytest.raises(ActiveLearningError, match="one of each per image"):
+        label_prop_set(HISTOGRAMS[:5], IMAGE_CLASSES, LABELLED, None, k=1)
+    assert (LABEL_PROP_K, LABEL_PROP_LAMBDA) == (40, 0.1)  # the paper's values for GlaS
+
+
+def test_label_prop_mask_is_the_foreground_in_the_image_class():
+    # P(background) 0.7, 0.5, 0.3 and NaN over four pixels
+    probs = np.array([[[0.7, 0.5, 0.3, np.nan]], [[0.2, 0.1, 0.6, 0.5]], [[0.1, 0.4, 0.1, 0.5]]])
+    np.testing.assert_array_equal(label_prop_mask(probs, 2), [[0, 0, 2, X]])
+    np.testing.assert_array_equal(label_prop_mask(probs, 1), [[0, 0, 1, X]])
+    # without an image class: the most probable class of every pixel
+    np.testing.assert_array_equal(label_prop_mask(probs), [[0, 0, 1, X]])
+    assert label_prop_mask(probs, 2).dtype == np.uint8
+    with pytest.raises(ActiveLearningError, match="foreground class 0"):
+        label_prop_mask(probs, 0)
+    with pytest.raises(ActiveLearningError, match="foreground class 3"):
+        label_prop_mask(probs, 3)
+    with pytest.raises(ActiveLearningError, match="K >= 2"):
+        label_prop_mask(probs[0])

@@ -1,17 +1,24 @@
-"""Training the joint model from region labels: initialisation from WSL, crops, learning, scores."""
+"""Training the joint model from region labels: initialisation from WSL, crops, learning, scores,
+Label_prop's Eq. 1."""
+
+import math
 
 import numpy as np
 import pytest
 import torch
 
+from napari_wsl_al.core.al.losses import RegionLossConfig
 from napari_wsl_al.core.al.train import (
     RegionItem,
     RegionTrainConfig,
     _crop_around,
     joint_from_wsl,
+    label_prop_loss,
     load_round_model,
     pad_to_stride,
+    predict_image_classes,
     predict_items,
+    pseudo_segmentations,
     segmentation_scores,
     train_dense,
     train_regions,
@@ -46,12 +53,12 @@ def test_joint_from_wsl_copies_backbone_and_classifier():
 def test_load_round_model_checks_segmentation_classes(tmp_path):
     joint, config = joint_from_wsl(tiny_wsl(), SEG)
     path = save_checkpoint(tmp_path / "round.pt", joint, config)
-    model, loaded = load_round_model(path, SEG)
+    _, loaded = load_round_model(path, SEG)
     assert loaded.seg_classes == SEG
     with pytest.raises(ActiveLearningError, match="segments"):
         load_round_model(path, ("background", "tumour"))
     wsl_path = save_checkpoint(tmp_path / "wsl.pt", tiny_wsl(), tiny_wsl().config)
-    converted, converted_config = load_round_model(wsl_path, SEG)
+    _, converted_config = load_round_model(wsl_path, SEG)
     assert converted_config.arch == "joint"
 
 
@@ -197,3 +204,96 @@ def test_progress_every_ten_steps_and_at_the_end():
     )
     assert [r.step for r in records] == [10, 20, 23]
     assert all(r.total == 23 and "loss" in r.metrics for r in records)
+
+
+def _label_prop_batch():
+    """Two 1 x 2 crops, two classes: crop 0 oracle-labelled (region 1 = class 1), crop 1
+    pseudo-labelled (background, then class 1)."""
+    logits = torch.tensor([
+        [[[0.0, 0.0]], [[math.log(3.0), 0.0]]],  # P(1) = 3/4, 1/2
+        [[[math.log(4.0), 0.0]], [[0.0, math.log(9.0)]]],  # P(0) = 4/5, P(1) = 9/10
+    ], requires_grad=True)
+    superpixels = torch.tensor([[[1, 1]], [[0, 0]]])
+    classes = torch.tensor([[False, False], [False, True]])
+    pseudo = torch.tensor([[[IGNORE_INDEX, IGNORE_INDEX]], [[0, 1]]])
+    return logits, superpixels, classes, pseudo
+
+
+def test_label_prop_loss_is_equation_1_by_hand():
+    logits, superpixels, classes, pseudo = _label_prop_batch()
+    # L: lambda_CE * mean over the region of -log P(1): 16 (ln 4/3 + ln 2) / 2
+    loss_l = 16 * (math.log(4 / 3) + math.log(2)) / 2
+    # P: lambda_CE * mean pixel cross-entropy on the pseudo labels: 16 (ln 5/4 + ln 10/9) / 2
+    loss_p = 16 * (math.log(5 / 4) + math.log(10 / 9)) / 2
+    loss, parts = label_prop_loss(logits, superpixels, classes, pseudo,
+                                  torch.tensor([False, True]), weight=0.1)
+    # (n_L loss_L + lambda n_P loss_P) / (n_L + n_P)
+    assert loss.item() == pytest.approx((loss_l + 0.1 * loss_p) / 2, rel=1e-6)
+    assert parts["labelled"] == pytest.approx(loss_l, rel=1e-6)
+    assert parts["pseudo"] == pytest.approx(loss_p, rel=1e-6)
+    assert (parts["labelled_crops"], parts["pseudo_crops"]) == (1.0, 1.0)
+    # the pseudo crop's gradient is lambda times what it would be alone
+    loss.backward()
+    pseudo_grad = logits.grad[1].clone()
+    logits.grad = None
+    alone, _ = label_prop_loss(logits, superpixels, classes, pseudo, torch.tensor([False, True]),
+                               weight=1.0)
+    alone.backward()
+    torch.testing.assert_close(pseudo_grad, 0.1 * logits.grad[1])
+    # lambda 0: the oracle part alone, still divided by the whole batch
+    zero, _ = label_prop_loss(logits, superpixels, classes, pseudo, torch.tensor([False, True]),
+                              weight=0.0)
+    assert zero.item() == pytest.approx(loss_l / 2, rel=1e-6)
+    # other loss weights scale both parts alike
+    halved, _ = label_prop_loss(logits, superpixels, classes, pseudo, torch.tensor([False, True]),
+                                weight=0.1, config=RegionLossConfig(lambda_ce=8.0))
+    assert halved.item() == pytest.approx((loss_l + 0.1 * loss_p) / 4, rel=1e-6)
+    # both crops as pseudo-labelled: crop 0 has no pseudo label, so the mean is crop 1's
+    only_pseudo, _ = label_prop_loss(logits, superpixels, classes, pseudo,
+                                     torch.tensor([True, True]), weight=0.5)
+    assert only_pseudo.item() == pytest.approx(0.5 * 2 * loss_p / 2, rel=1e-6)
+    with pytest.raises(ActiveLearningError, match="lambda"):
+        label_prop_loss(logits, superpixels, classes, pseudo, torch.tensor([False, True]), -1.0)
+    with pytest.raises(ActiveLearningError, match="is_pseudo"):
+        label_prop_loss(logits, superpixels, classes, pseudo, torch.tensor([False]), 0.1)
+
+
+def test_pseudo_labelled_images_teach_what_the_oracle_labels_lack():
+    items, truths = _stripes_items(3)
+    table = np.zeros((7, 3), bool)
+    table[2, 0] = True  # the oracle labelled only the background half of image 0
+    maps = [None, truths[1].astype(np.uint8), truths[2].astype(np.uint8)]
+    config = RegionTrainConfig(steps=60, batch_size=2, crop_size=32, lr=5e-3)
+    dice = {}
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        model, _ = joint_from_wsl(tiny_wsl(), SEG)
+        result = run_to_end(train_regions(model, items, table, config, pseudo_maps=maps,
+                                          pseudo_weight=weight))
+        assert (result["labelled_images"], result["pseudo_images"]) == (1, 2)
+        dice[weight] = segmentation_scores(model, items, truths)["dice"]
+    # with lambda 0 nothing says what the foreground is; with the pseudo-labelled images it is
+    # learnt
+    assert dice[0.0] < 0.3 and dice[1.0] > 0.8
+    model, _ = joint_from_wsl(tiny_wsl(), SEG)
+    with pytest.raises(ActiveLearningError, match="2 pseudo maps for 3 images"):
+        run_to_end(train_regions(model, items, table, config, pseudo_maps=maps[:2]))
+    with pytest.raises(ActiveLearningError, match="the pseudo map of img1"):
+        run_to_end(train_regions(model, items, table, config,
+                                 pseudo_maps=[None, maps[1][:10], None]))
+    with pytest.raises(ActiveLearningError, match="lambda"):
+        run_to_end(train_regions(model, items, table, config, pseudo_maps=maps,
+                                 pseudo_weight=-0.1))
+
+
+def test_pseudo_segmentations_and_image_classes_come_from_the_two_heads():
+    torch.manual_seed(0)
+    items, _ = _stripes_items(2)
+    model, _ = joint_from_wsl(tiny_wsl(), SEG)
+    classes = predict_image_classes(model, items)
+    assert classes.shape == (2,) and classes.dtype == np.int64 and set(classes) <= {0, 1}
+    masks = pseudo_segmentations(model, items, [2, 1])
+    for (_, probs, _, _), mask, foreground in zip(predict_items(model, items), masks, (2, 1)):
+        np.testing.assert_array_equal(mask, np.where(probs[0] < 0.5, foreground, 0))
+    with pytest.raises(ActiveLearningError, match="1 foreground classes for 2 images"):
+        pseudo_segmentations(model, items, [1])

@@ -24,6 +24,14 @@ Features ``f(x)`` are the decoder features the last 1x1 classifier reads
 ``(R+1, K)`` bool; row 0 and all-False rows are unlabelled); numpy arrays are accepted. Nothing
 here needs a gradient; every function runs under ``torch.no_grad``. Pixels without a pseudo
 label are ``IGNORE_INDEX`` (255).
+
+Label_prop (Belharbi et al., WACV'21, ``al-joint-cls-seg-weak-annotator-wacv2021``, Alg. 1)
+works on whole images of a patch data set instead: :func:`label_prop_set` keeps the set ``P``
+of pseudo-labelled images (the ``k`` nearest unlabelled images of the same image-level class
+to every labelled one, by the Jensen-Shannon divergence of their colour histograms), and
+:func:`label_prop_mask` turns the segmentation head's output on one of them into its
+pseudo-segmentation ``m-hat``, trained with weight ``lambda`` (Eq. 1,
+:func:`~napari_wsl_al.core.al.train.label_prop_loss`).
 """
 
 from __future__ import annotations
@@ -36,10 +44,22 @@ from torch.nn import functional as F
 
 from ..errors import ActiveLearningError
 from ..models.joint import IGNORE_INDEX
+from .acquisition import label_prop_candidates
 from .losses import check_region_labels, region_argmax_pixels
 
+#: Label_prop's neighbours per labelled image, the WACV'21 value (Sec. 4, "we set k = 40").
+LABEL_PROP_K = 40
+
+#: Label_prop's weight ``lambda`` of the pseudo-labelled images in Eq. 1, the WACV'21 value for
+#: GlaS (0.001 for CUB; the authors recommend small values).
+LABEL_PROP_LAMBDA = 0.1
+
 __all__ = [
+    "LABEL_PROP_K",
+    "LABEL_PROP_LAMBDA",
     "expand_labels",
+    "label_prop_mask",
+    "label_prop_set",
     "localize_labels",
     "prototype_thresholds",
     "prototypes",
@@ -298,3 +318,90 @@ def stage2_labels(features, probs, superpixels, region_classes, adjacency=None) 
         expanded = _expanded_map(local, adjacency)
         labels = torch.where(labels == IGNORE_INDEX, expanded, labels)
     return labels.reshape(local.shape)
+
+
+def label_prop_set(histograms, image_classes, labelled, pseudo, k: int = LABEL_PROP_K) -> np.ndarray:
+    """The pseudo-labelled images of a round, ``P_r = (P_{r-1} - L_r) + U''_r`` (WACV'21 Alg. 1).
+
+    ``U''_r`` holds, for every labelled image, its ``k`` nearest unlabelled images of the same
+    image-level class (:func:`~napari_wsl_al.core.al.acquisition.label_prop_candidates`: the
+    Jensen-Shannon divergence of colour histograms summed over the planes). Unlabelled means
+    in ``U``: neither labelled nor already pseudo-labelled, since ``D = L + U + P`` are
+    disjoint. An image of ``P_{r-1}`` that the oracle labelled since (``labelled``) leaves ``P``.
+
+    Parameters
+    ----------
+    histograms : array, shape (M, P, b)
+        Colour histograms of the M images.
+    image_classes : array of int, shape (M,)
+        Image-level class of every image (known, or predicted by the classification head).
+    labelled : array of bool, shape (M,)
+        ``L_r``: images holding an oracle label.
+    pseudo : array of bool, shape (M,), or None
+        ``P_{r-1}`` (None: empty).
+    k : int
+        Neighbours per labelled image.
+
+    Returns
+    -------
+    ndarray of bool, shape (M,)
+        ``P_r``.
+    """
+    labelled = np.asarray(labelled, dtype=bool).reshape(-1)
+    previous = np.zeros(labelled.size, bool) if pseudo is None else np.asarray(pseudo, bool)
+    if previous.shape != labelled.shape:
+        raise ActiveLearningError(
+            f"{previous.size} pseudo-labelled flags for {labelled.size} images",
+            hint="give one flag per image")
+    kept = previous & ~labelled
+    pool = np.flatnonzero(~kept)
+    histograms = np.asarray(histograms)
+    classes = np.asarray(image_classes).reshape(-1)
+    if histograms.shape[0] != labelled.size or classes.size != labelled.size:
+        raise ActiveLearningError(
+            f"{histograms.shape[0]} histograms and {classes.size} classes for {labelled.size} "
+            "images: expected one of each per image")
+    picks, _, _ = label_prop_candidates(histograms[pool], classes[pool], labelled[pool], k)
+    kept[pool[picks]] = True
+    return kept
+
+
+def label_prop_mask(probs, foreground_class: int | None = None, background: int = 0) -> np.ndarray:
+    """Pseudo-segmentation ``m-hat`` of one image from the segmentation head (WACV'21 Label_prop).
+
+    With ``foreground_class`` (the segmentation class of the image's image-level class), a
+    pixel is that class where the foreground ``1 - P(background)`` is above 0.5, and background
+    elsewhere: the binary mask the paper's segmentation head gives, in the image's class.
+    Without it, every pixel takes its most probable class.
+
+    Parameters
+    ----------
+    probs : array of float, shape (K, H, W)
+        Softmax probabilities of the segmentation head.
+    foreground_class : int, optional
+        Class of the image's foreground, in ``1..K-1``.
+    background : int
+        Index of the background class.
+
+    Returns
+    -------
+    ndarray of uint8, shape (H, W)
+        Classes; ``IGNORE_INDEX`` where the probabilities are not finite.
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[0] < 2:
+        raise ActiveLearningError(
+            f"probs must be (K, H, W) with K >= 2 classes, not of shape {probs.shape}")
+    n_classes = probs.shape[0]
+    finite = np.isfinite(probs).all(axis=0)
+    if foreground_class is None:
+        mask = np.nan_to_num(probs, nan=-1.0).argmax(axis=0).astype(np.uint8)
+    else:
+        if not 0 <= foreground_class < n_classes or foreground_class == background:
+            raise ActiveLearningError(
+                f"foreground class {foreground_class} is not one of the {n_classes - 1} "
+                f"foreground classes")
+        foreground = probs[background] < 0.5
+        mask = np.where(foreground, foreground_class, background).astype(np.uint8)
+    mask[~finite] = IGNORE_INDEX
+    return mask

@@ -8,6 +8,9 @@ Stage 1 (MulActSeg Eq. 10): pixel cross-entropy on regions labelled with one cla
 positive and prototypical pixel losses on multi-class regions; unlabelled pixels are ignored.
 Stage 2 (optional, Eq. 11-13): pseudo labels localised inside labelled regions and expanded to
 adjacent unlabelled ones, trained with the pixel cross-entropy.
+Label_prop (optional, WACV'21 Eq. 1): whole images near the labelled ones, with
+pseudo-segmentations from the segmentation head, trained with the weight ``lambda``
+(:func:`label_prop_loss`).
 
 Inputs are :class:`RegionItem` images at the working resolution, each with its superpixel ids
 (unique over all items); labels are a ``(R+1, K)`` multi-hot table indexed by region id.
@@ -32,7 +35,7 @@ from ..models.factory import ModelConfig, build_model
 from ..models.joint import IGNORE_INDEX, JointModel
 from ..progress import Progress
 from .losses import RegionLossConfig, pseudo_label_ce, region_loss
-from .pseudo import stage2_labels
+from .pseudo import LABEL_PROP_LAMBDA, label_prop_mask, stage2_labels
 
 #: Model initialisations of a round.
 INIT_CHOICES = ("previous", "wsl", "scratch")
@@ -258,7 +261,138 @@ def predict_items(
         model.train(was_training)
 
 
+@torch.inference_mode()
+def predict_image_classes(
+    model: JointModel, items: Sequence[RegionItem], device: str | torch.device | None = "cpu"
+) -> np.ndarray:
+    """Image-level class of every item by the classification head (argmax of its logits)."""
+    device = resolve_device(device)
+    was_training = model.training
+    model.eval()
+    try:
+        classes = [
+            int(model(_to_tensor(model, [pad_to_stride(item.image)], device))["logits"].argmax(1))
+            for item in items
+        ]
+    finally:
+        model.train(was_training)
+    return np.asarray(classes, dtype=np.int64)
+
+
+def pseudo_segmentations(
+    model: JointModel,
+    items: Sequence[RegionItem],
+    foreground_classes: Sequence[int] | None = None,
+    device: str | torch.device | None = "cpu",
+) -> list[np.ndarray]:
+    """Label_prop's pseudo-segmentations ``m-hat`` of ``items`` by the segmentation head.
+
+    Parameters
+    ----------
+    model : JointModel
+        The newest model (WACV'21 Alg. 1, line 10: pseudo labels are made again every round).
+    items : sequence of RegionItem
+        The pseudo-labelled images.
+    foreground_classes : sequence of int, optional
+        Per item, the segmentation class of its image-level class (foreground where
+        ``1 - P(background) > 0.5``); None: every pixel's most probable class.
+    device : str or torch.device, optional
+        Where to predict.
+
+    Returns
+    -------
+    list of ndarray
+        ``(H, W)`` uint8 class maps (:func:`~napari_wsl_al.core.al.pseudo.label_prop_mask`).
+    """
+    if foreground_classes is not None and len(foreground_classes) != len(items):
+        raise ActiveLearningError(
+            f"{len(foreground_classes)} foreground classes for {len(items)} images")
+    masks = []
+    for index, probs, _, _ in predict_items(model, items, device):
+        foreground = None if foreground_classes is None else int(foreground_classes[index])
+        masks.append(label_prop_mask(probs, foreground))
+    return masks
+
+
 # ---------------------------------------------------------------------- training
+def label_prop_loss(
+    seg_logits: torch.Tensor,
+    superpixels: torch.Tensor,
+    region_classes: torch.Tensor,
+    pseudo_labels: torch.Tensor,
+    is_pseudo: torch.Tensor,
+    weight: float = LABEL_PROP_LAMBDA,
+    config: RegionLossConfig | None = None,
+    region_weights: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """WACV'21 Eq. 1 on a batch of oracle-labelled and pseudo-labelled crops.
+
+    ``sum_L loss(f(x), m) + lambda sum_P loss(f(x), m-hat)``, estimated on a mini-batch of
+    ``n_L`` crops of oracle-labelled images and ``n_P`` crops of pseudo-labelled ones drawn
+    uniformly from ``L + P`` as
+
+    ``(n_L * loss_L + lambda * n_P * loss_P) / (n_L + n_P)``
+
+    where ``loss_L`` is the region loss (MulActSeg Eq. 10, :func:`region_loss`) of the
+    oracle-labelled crops and ``loss_P = lambda_CE * CE`` the same loss on dense labels: Eq. 10
+    for pixels that each carry one class, ``lambda_CE`` times the mean pixel cross-entropy
+    over the pseudo-labelled pixels (:func:`pseudo_label_ce`). Its expectation is Eq. 1
+    divided by ``|L| + |P|``.
+
+    Parameters
+    ----------
+    seg_logits : Tensor
+        ``(B, K, H, W)`` segmentation logits.
+    superpixels : Tensor
+        ``(B, H, W)`` region ids (read on the oracle-labelled crops only).
+    region_classes : Tensor
+        ``(R+1, K)`` multi-hot oracle labels.
+    pseudo_labels : Tensor
+        ``(B, H, W)`` pseudo-segmentations (read on the pseudo-labelled crops only;
+        ``IGNORE_INDEX`` where none).
+    is_pseudo : Tensor
+        ``(B,)`` bool, which crops come from pseudo-labelled images.
+    weight : float
+        ``lambda``.
+    config : RegionLossConfig, optional
+        Weights of Eq. 10 (default: the paper's).
+    region_weights : Tensor, optional
+        ``(R+1,)`` weight of each oracle region.
+
+    Returns
+    -------
+    loss : Tensor
+        Scalar loss.
+    parts : dict
+        ``labelled`` (``loss_L``), ``pseudo`` (``loss_P``), ``labelled_crops``, ``pseudo_crops``.
+    """
+    if not weight >= 0:
+        raise ActiveLearningError(f"lambda must be >= 0, not {weight}")
+    config = RegionLossConfig() if config is None else config
+    is_pseudo = torch.as_tensor(is_pseudo, dtype=torch.bool, device=seg_logits.device)
+    if tuple(is_pseudo.shape) != (seg_logits.shape[0],):
+        raise ActiveLearningError(
+            f"is_pseudo has shape {tuple(is_pseudo.shape)}; expected ({seg_logits.shape[0]},)")
+    labelled = ~is_pseudo
+    n_labelled, n_pseudo = int(labelled.sum()), int(is_pseudo.sum())
+    zero = seg_logits.sum() * 0.0
+    loss_labelled = loss_pseudo = zero
+    if n_labelled:
+        loss_labelled, _ = region_loss(seg_logits[labelled], superpixels[labelled],
+                                       region_classes, config, region_weights=region_weights)
+    if n_pseudo:
+        loss_pseudo = config.lambda_ce * pseudo_label_ce(seg_logits[is_pseudo],
+                                                         pseudo_labels[is_pseudo])
+    total = max(n_labelled + n_pseudo, 1)
+    loss = (n_labelled * loss_labelled + weight * n_pseudo * loss_pseudo) / total
+    return loss, {
+        "labelled": float(loss_labelled.detach()),
+        "pseudo": float(loss_pseudo.detach()),
+        "labelled_crops": float(n_labelled),
+        "pseudo_crops": float(n_pseudo),
+    }
+
+
 def _labelled_pixels(items: Sequence[RegionItem], labelled: np.ndarray) -> list[np.ndarray]:
     """Per item, the flat indices of its pixels in labelled regions."""
     return [np.flatnonzero(labelled[item.superpixels.ravel()]) for item in items]
@@ -315,8 +449,15 @@ def train_regions(
     device: str | torch.device | None = "cpu",
     adjacency: np.ndarray | None = None,
     region_weights: np.ndarray | None = None,
+    pseudo_maps: Sequence[np.ndarray | None] | None = None,
+    pseudo_weight: float = LABEL_PROP_LAMBDA,
 ) -> Generator[Progress, None, dict[str, Any]]:
     """Train the segmentation head on labelled regions; a generator of :class:`Progress`.
+
+    With ``pseudo_maps`` (Label_prop), the stage-1 steps minimise WACV'21 Eq. 1: every crop is
+    drawn from an image holding labelled regions or from a pseudo-labelled one (an item with a
+    map), each image as likely, and the batch loss is :func:`label_prop_loss`. Stage 2 trains
+    on the labelled images only.
 
     Parameters
     ----------
@@ -334,17 +475,23 @@ def train_regions(
         ``(E, 2)`` adjacent region pairs, for the label expansion of stage 2.
     region_weights : ndarray, optional
         ``(R+1,)`` weight of each region's loss (pseudo-labelled regions < 1).
+    pseudo_maps : sequence of (ndarray or None), optional
+        One per item: the ``(H, W)`` pseudo-segmentation of a pseudo-labelled image
+        (:func:`pseudo_segmentations`), None for the others.
+    pseudo_weight : float
+        ``lambda`` of Eq. 1.
 
     Returns
     -------
     dict
         ``loss`` (mean of the last 20 steps), ``history`` (per-step loss), ``seconds``,
-        ``stage2_pixels`` (pseudo-labelled pixels of stage 2).
+        ``stage2_pixels`` (pseudo-labelled pixels of stage 2), ``labelled_images``,
+        ``pseudo_images`` (images trained on with their pseudo-segmentation).
 
     Raises
     ------
     ActiveLearningError
-        When no item holds a labelled region.
+        When no item holds a labelled region, or the pseudo maps do not fit the items.
     TrainingError
         When the loss stops being finite.
     """
@@ -357,6 +504,11 @@ def train_regions(
         raise ActiveLearningError(
             "no labelled region to train on", hint="label some suggested regions first"
         )
+    pseudo = _check_pseudo_maps(items, pseudo_maps)
+    if not pseudo_weight >= 0:
+        raise ActiveLearningError(f"lambda must be >= 0, not {pseudo_weight}")
+    # Crops are drawn from L + P, every image as likely (Eq. 1 sums over images).
+    sources = [(i, False) for i in used] + [(i, True) for i in pseudo]
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
     model.to(device)
@@ -373,23 +525,34 @@ def train_regions(
     size = config.crop_size
 
     def sample_batch(label_maps: list[np.ndarray] | None):
-        images, sps, targets = [], [], []
+        images, sps, targets, from_pseudo = [], [], [], []
         for _ in range(config.batch_size):
-            i = used[int(rng.integers(len(used)))]
+            if label_maps is None:
+                i, is_pseudo = sources[int(rng.integers(len(sources)))]
+            else:
+                i, is_pseudo = used[int(rng.integers(len(used)))], False
             item = items[i]
-            flat = pixel_index[i][int(rng.integers(pixel_index[i].size))]
-            centre = divmod(int(flat), item.image.shape[1])
+            width = item.image.shape[1]
+            if is_pseudo:
+                centre = divmod(int(rng.integers(item.image.shape[0] * width)), width)
+            else:
+                flat = pixel_index[i][int(rng.integers(pixel_index[i].size))]
+                centre = divmod(int(flat), width)
+            target = pseudo_maps[i] if is_pseudo else (
+                None if label_maps is None else label_maps[i])
             arrays = [item.image, item.superpixels]
             fill = [0, 0]
-            if label_maps is not None:
-                arrays.append(label_maps[i])
+            if target is not None:
+                arrays.append(target)
                 fill.append(IGNORE_INDEX)
             crops = _augment(_crop_around(arrays, centre, size, fill), rng)
             images.append(crops[0])
             sps.append(crops[1].astype(np.int64))
-            if label_maps is not None:
-                targets.append(crops[2].astype(np.int64))
-        return images, sps, targets
+            targets.append(
+                crops[2].astype(np.int64) if target is not None
+                else np.full((size, size), IGNORE_INDEX, dtype=np.int64))
+            from_pseudo.append(is_pseudo)
+        return images, sps, targets, from_pseudo
 
     model.train()
     for step in range(total):
@@ -400,11 +563,16 @@ def train_regions(
             )
             label_maps = _stage2_maps(model, items, used, region_classes, adjacency, device)
             model.train()
-        images, sps, targets = sample_batch(label_maps if stage2 else None)
+        images, sps, targets, from_pseudo = sample_batch(label_maps if stage2 else None)
         x = _to_tensor(model, images, device)
         seg_logits = model(x)["seg_logits"]
         if stage2:
             loss = pseudo_label_ce(seg_logits, torch.from_numpy(np.stack(targets)).to(device))
+        elif pseudo:
+            loss, _ = label_prop_loss(
+                seg_logits, torch.from_numpy(np.stack(sps)).to(device), classes_t,
+                torch.from_numpy(np.stack(targets)).to(device), torch.tensor(from_pseudo),
+                pseudo_weight, config.loss, region_weights=weights_t)
         else:
             sp = torch.from_numpy(np.stack(sps)).to(device)
             loss, _ = region_loss(seg_logits, sp, classes_t, config.loss, region_weights=weights_t)
@@ -424,7 +592,28 @@ def train_regions(
         "seconds": time.perf_counter() - start,
         "stage2_pixels": stage2_pixels,
         "labelled_images": len(used),
+        "pseudo_images": len(pseudo),
     }
+
+
+def _check_pseudo_maps(items: Sequence[RegionItem], pseudo_maps) -> list[int]:
+    """Indices of the items with a pseudo-segmentation, after checking the maps' shapes."""
+    if pseudo_maps is None:
+        return []
+    if len(pseudo_maps) != len(items):
+        raise ActiveLearningError(
+            f"{len(pseudo_maps)} pseudo maps for {len(items)} images",
+            hint="give one map (or None) per image")
+    indices = []
+    for index, (item, mask) in enumerate(zip(items, pseudo_maps)):
+        if mask is None:
+            continue
+        if np.shape(mask) != item.image.shape[:2]:
+            raise ActiveLearningError(
+                f"the pseudo map of {item.name} is {np.shape(mask)}, the image "
+                f"{item.image.shape[:2]}", hint="make the pseudo maps from the same images")
+        indices.append(index)
+    return indices
 
 
 def _stage2_maps(model, items, used, region_classes, adjacency, device) -> list[np.ndarray | None]:
