@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from infer_models import RedModel
+from infer_models import ConstantModel, RedModel
 from torch import nn
 from torch.nn import functional as F
 
@@ -403,6 +403,14 @@ def test_downsample_2x_replicates_the_edge_of_odd_sizes():
     np.testing.assert_array_equal(stacked, [expected, 2 * np.array(expected)])
     np.testing.assert_array_equal(_downsample_2x(np.arange(8.0).reshape(2, 4)), [[2.5, 4.5]])
     np.testing.assert_array_equal(_downsample_2x(np.array([[7.0]])), [[7.0]])
+    # One odd side: only that side is padded. [[0 1 2 (2)] [3 4 5 (5)]] and rows 0..3 of
+    # [[0 1 2 3] [4 5 6 7] [8 9 10 11] ([8 9 10 11])].
+    np.testing.assert_array_equal(_downsample_2x(np.arange(6.0).reshape(2, 3)), [[2.0, 3.5]])
+    np.testing.assert_array_equal(_downsample_2x(np.arange(12.0).reshape(3, 4)),
+                                  [[2.5, 4.5], [8.5, 10.5]])
+    # Means in float32 whatever comes in: (1 + 2 + 3 + 5) / 4.
+    averaged = _downsample_2x(np.array([[1, 2], [3, 5]]))
+    assert averaged.dtype == np.float32 and averaged[0, 0] == 2.75
 
 
 def test_pyramid_shapes_halve_rounding_up_until_256():
@@ -463,3 +471,117 @@ def test_engine_pyramid_levels_of_an_odd_map(tmp_path):
     assert level1[129, 5] == pytest.approx(level0[258, 10], abs=1e-6)  # corner, both repeated
     assert level1[129, 2] == pytest.approx(level0[258, 4:6].mean(), abs=1e-6)
     assert level1[64, 5] == pytest.approx(level0[128:130, 10].mean(), abs=1e-6)
+
+
+# ---------------------------------------------------------------------- configuration, layout
+def test_expanded_maps_and_config_checks():
+    assert InferenceConfig(maps=("uncertainty",)).expanded_maps() == (
+        "entropy", "margin", "ovr_entropy")
+    assert InferenceConfig(maps=("uncertainty", "cam"), mc_passes=2).expanded_maps() == (
+        "cam", "entropy", "margin", "ovr_entropy", "mc_variance")
+    assert InferenceConfig(maps=("mc_variance", "fg", "bg"), mc_passes=3).expanded_maps() == (
+        "fg", "bg", "mc_variance")
+    config = InferenceConfig(maps=["fg", "probs"], mpp=0.5, tile_size=256, overlap=32)
+    assert config.maps == ("fg", "probs")
+    assert InferenceConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["maps"] == ["fg", "probs"]
+    assert config.replace(overlap=0).overlap == 0 and config.overlap == 32
+    for bad, match in [({"mpp": 0.5, "level": 0}, "mpp or level"),
+                       ({"batch_size": 0}, "batch_size"), ({"readers": 0}, "readers"),
+                       ({"prefetch": -1}, "prefetch"), ({"cam_normalisation": "max"}, "max"),
+                       ({"dtype": "int8"}, "int8"), ({"maps": ("cam", "heat")}, "heat"),
+                       ({"maps": ("mc_variance",), "mc_passes": 1}, "mc_passes >= 2")]:
+        with pytest.raises(ValueError, match=match):
+            InferenceConfig(**bad)
+    assert InferenceConfig(prefetch=0, batch_size=1, readers=1).prefetch == 0
+
+
+def test_layout_of_the_raw_channels():
+    from napari_wsl_al.core.infer.engine import _layout
+
+    model = FixedProbabilityModel([0.2, 0.5, 0.3])
+    probe = {"logits": torch.zeros(1, 3), "cams": torch.zeros(1, 3, 4, 4),
+             "fg": torch.zeros(1, 1, 4, 4)}
+    everything = ("cam", "fg", "bg", "probs", "seg", "entropy", "margin", "ovr_entropy",
+                  "mc_variance")
+    layout = _layout(model, probe, everything)
+    assert layout.tile_channels == {"cam": (0, 3), "fg": (3, 4), "probs": (4, 7),
+                                    "mc_variance": (7, 8)}
+    assert layout.channel_total == 8 and layout.has_fg and not layout.has_seg
+    classes = ("class_0", "class_1", "class_2")
+    assert [(m.name, m.channels, m.kind) for m in layout.maps] == [
+        ("cam", classes, "cam"), ("fg", None, "fg"), ("bg", None, "bg"),
+        ("probs", classes, "probs"),  # no "seg": the model has no segmentation head
+        ("uncertainty/entropy", None, "uncertainty"),
+        ("uncertainty/margin", None, "uncertainty"),
+        ("uncertainty/ovr_entropy", classes, "uncertainty"),
+        ("uncertainty/ovr_entropy_max", None, "uncertainty"),
+        ("uncertainty/mc_variance", None, "uncertainty")]
+    # The background alone still needs the foreground channel; an uncertainty map alone
+    # needs the probabilities but is the only map written.
+    assert _layout(model, probe, ("bg",)).tile_channels == {"fg": (0, 1)}
+    alone = _layout(model, probe, ("margin",))
+    assert alone.tile_channels == {"probs": (0, 3)}
+    assert [m.name for m in alone.maps] == ["uncertainty/margin"]
+    # A segmentation head: its classes name the probabilities (or seg_0, seg_1 ... when the
+    # model does not name as many as the head has).
+    probe["seg_logits"] = torch.zeros(1, 2, 4, 4)
+    model.seg_classes = ("gland", "stroma")
+    joint = _layout(model, probe, ("cam", "seg", "entropy"))
+    assert joint.has_seg and joint.prob_names == ("gland", "stroma")
+    assert joint.tile_channels == {"cam": (0, 3), "probs": (3, 5)}
+    assert [(m.name, m.channels) for m in joint.maps] == [
+        ("cam", classes), ("seg", ("gland", "stroma")), ("uncertainty/entropy", None)]
+    model.seg_classes = ("gland",)
+    assert _layout(model, probe, ("seg",)).prob_names == ("seg_0", "seg_1")
+
+
+def test_sigmoid_cams_and_float16_maps(tmp_path):
+    reader = ArrayReader(np.full((64, 64, 3), 128, np.uint8), mpp=0.5)
+    result = run(reader, ConstantModel(logits=(2.0, 0.5), fg=0.7), tmp_path / "m.zarr",
+                 maps=("cam", "fg", "bg"), cam_normalisation="sigmoid", tile_size=32,
+                 overlap=8, dtype="float16")
+    cam = result.maps["cam"].levels[0].compute()
+    assert cam.dtype == np.float16
+    # 1 / (1 + e^-2) = 0.8807971, 1 / (1 + e^-0.5) = 0.6224593, stored in float16.
+    np.testing.assert_allclose(cam[:, 3, 5], [0.8807971, 0.6224593], atol=5e-4)
+    # float16(0.7) = 0.7001953125, float16(0.3) = 0.300048828125
+    assert result.maps["fg"].levels[0].compute()[4, 4] == 0.7001953125
+    assert result.maps["bg"].levels[0].compute()[4, 4] == 0.300048828125
+
+
+def test_a_map_pixel_half_on_tissue_is_gated_by_half(tmp_path):
+    image = np.full((128, 192, 3), 245, np.uint8)  # glass (saturation 0) ...
+    image[:, 98:] = (200, 80, 160)  # ... then tissue (saturation 0.6) from column 98
+    reader = ArrayReader(image, mpp=0.5)
+    result = run(reader, ConstantModel(logits=(2.0, 0.5), fg=0.7), tmp_path / "m.zarr",
+                 maps=("cam", "fg"), tile_size=64, overlap=16, tissue_gate=True)
+    fg = result.maps["fg"].levels[0].compute()
+    # Map column 24 covers pixel columns 96..99: two of four are tissue.
+    np.testing.assert_allclose(fg[:, 23:26], np.broadcast_to([0.0, 0.35, 0.7], (32, 3)),
+                               atol=1e-6)
+    cam = result.maps["cam"].levels[0].compute()
+    softmax = np.exp([2.0, 0.5]) / np.exp([2.0, 0.5]).sum()  # 0.8175745, 0.1824255
+    np.testing.assert_allclose(cam[:, 10, 24], 0.5 * softmax, atol=1e-6)
+
+
+def test_the_models_resolution_is_used_when_none_is_asked(tmp_path):
+    class CoarseRedModel(RedModel):
+        mpp = 1.0
+
+    image = np.zeros((128, 128, 3), np.uint8)
+    reader = ArrayReader(image, mpp=0.5)
+    result = run(reader, CoarseRedModel(), tmp_path / "a.zarr", maps=("cam",),
+                 cam_normalisation="none", tile_size=32, overlap=0)
+    # 1 um/px from a 0.5 um/px slide: 64 target pixels, 16 map pixels of 8 slide pixels.
+    assert result.maps["cam"].levels[0].shape == (2, 16, 16)
+    assert result.maps["cam"].scale == (4.0, 4.0) and result.maps["cam"].translate == (1.75, 1.75)
+    # A slide of unknown resolution is read at level 0, in pixels.
+    unknown = run(ArrayReader(image), CoarseRedModel(), tmp_path / "b.zarr", maps=("cam",),
+                  cam_normalisation="none", tile_size=32, overlap=0)
+    assert unknown.maps["cam"].levels[0].shape == (2, 32, 32)
+    assert unknown.maps["cam"].scale == (4.0, 4.0) and unknown.maps["cam"].unit is None
+    # An explicit level wins over the model's resolution.
+    by_level = run(reader, CoarseRedModel(), tmp_path / "c.zarr", maps=("cam",),
+                   cam_normalisation="none", tile_size=32, overlap=0, level=0)
+    assert by_level.maps["cam"].levels[0].shape == (2, 32, 32)
