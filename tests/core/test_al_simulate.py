@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from napari_wsl_al.cli import main
 from napari_wsl_al.core.al import simulate as sim
@@ -125,6 +126,20 @@ def test_config_checks_and_json_round_trip():
     config = small_config(pseudo_labels=True, seed=2)
     assert sim.config_from_json(config.to_json()) == config
     assert config.run_name == "entropy-multi-pseudo-seed2"
+    assert config.stage2 and not config.label_prop and config.label_name == "multi+pseudo"
+    label_prop = small_config(pseudo_labels=True, pseudo_method="label_prop", seed=1)
+    assert sim.config_from_json(label_prop.to_json()) == label_prop
+    assert label_prop.run_name == "entropy-multi-labelprop-seed1"
+    assert label_prop.label_name == "multi+label_prop"
+    assert (label_prop.label_prop_k, label_prop.label_prop_lambda) == (40, 0.1)
+    # the method alone does nothing without pseudo_labels
+    assert small_config(pseudo_method="label_prop").run_name == "entropy-multi-seed0"
+    with pytest.raises(ValueError, match="pseudo-label method"):
+        small_config(pseudo_labels=True, pseudo_method="knn")
+    with pytest.raises(ValueError, match="label_prop_k"):
+        small_config(label_prop_k=0)
+    with pytest.raises(ValueError, match="label_prop_lambda"):
+        small_config(label_prop_lambda=-1.0)
 
 
 def test_data_without_masks_is_refused(patches, tmp_path):
@@ -185,3 +200,77 @@ def test_same_seed_same_first_round_whatever_ran_before(prepared):
     torch.rand(1000)  # move the global generator on
     again = run_to_end(sim.simulate_run(prepared, replace(config, strategy="oreal")))
     assert again[0]["dice"] == first[0]["dice"] and again[0]["clicks"] == first[0]["clicks"]
+
+
+def test_prepare_keeps_image_classes_histograms_and_the_image_of_every_region(prepared, patches):
+    from napari_wsl_al.core.data.glas import load_glas, split_by_patient
+
+    split = split_by_patient(load_glas(patches), val_fraction=0.25, seed=0)
+    assert prepared.image_classes.tolist() == [r.label for r in split.train.records]
+    assert prepared.histograms.shape == (len(prepared.pool), 3, 32)
+    np.testing.assert_allclose(prepared.histograms.sum(axis=2), 1.0)
+    assert prepared.region_image[0] == -1
+    for index, item in enumerate(prepared.pool):
+        assert (prepared.region_image[np.unique(item.superpixels[item.superpixels > 0])]
+                == index).all()
+
+
+def test_random_picks_take_protected_regions_last():
+    rng = np.random.default_rng(0)
+    picks = sim._random_picks(rng, np.array([1, 2, 3]), np.array([7, 8, 9]), 5)
+    assert sorted(picks[:3].tolist()) == [1, 2, 3] and set(picks[3:].tolist()) < {7, 8, 9}
+    assert len(picks) == 5
+    assert set(sim._random_picks(rng, np.arange(1, 11), np.array([20]), 4).tolist()) < set(
+        range(1, 11))
+    assert sorted(sim._random_picks(rng, np.array([1]), np.array([2]), 5).tolist()) == [1, 2]
+
+
+def test_label_prop_simulation_protects_pseudo_labelled_images_and_writes_curves(
+    patches, prepared, tmp_path
+):
+    config = small_config(
+        strategy="oreal", pseudo_labels=True, pseudo_method="label_prop", budget=2, rounds=3,
+        train=RegionTrainConfig(steps=6, batch_size=2, crop_size=32),
+    )
+    rows = run_to_end(sim.simulate_run(prepared, config, tmp_path))
+    assert [r["label"] for r in rows] == ["multi+label_prop"] * 3
+    # round 0: P is empty (the segmentation head had not been trained)
+    assert rows[0]["pseudo_images"] == 0 and np.isnan(rows[0]["pseudo_dice"])
+    # 2 picks label at most 2 of the pool images: the other images of their classes are in P
+    assert 1 <= rows[1]["pseudo_images"] <= len(prepared.pool) - 1
+    assert rows[2]["pseudo_images"] >= 1
+    assert 0.0 <= rows[1]["pseudo_dice"] <= 1.0
+    # the labelled images still have unlabelled regions: no pick falls in a P image
+    assert [r["pseudo_queried"] for r in rows] == [0, 0, 0]
+    assert rows[-1]["labelled_fraction"] == pytest.approx(6 / prepared.n_regions)
+    assert (tmp_path / config.run_name / "round_2.pt").exists()
+    # the command writes the curves with the label_prop rows
+    out = tmp_path / "cli"
+    code = main(["simulate", str(patches), "--strategy", "random", "--pseudo-labels",
+                 "label_prop", "--label-prop-k", "2", "--label-prop-lambda", "0.5",
+                 "--rounds", "2", "--budget", "2", "--out", str(out), "--val-fraction", "0.25",
+                 "--steps", "3", "--batch-size", "2", "--crop-size", "32", "--region-px", "16"])
+    assert code == 0
+    with open(out / "curves.csv") as stream:
+        table = list(csv.DictReader(stream))
+    assert [r["label"] for r in table] == ["multi+label_prop"] * 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["strategies"]) == {"random-multi+label_prop"}
+    assert (out / "curves.png").stat().st_size > 1000
+    saved = torch.load(out / "random-multi-labelprop-seed0" / "round_1.pt", weights_only=True)
+    settings = saved["extra"]["simulation"]
+    assert settings["pseudo_method"] == "label_prop" and settings["pseudo_labels"] is True
+    assert (settings["label_prop_k"], settings["label_prop_lambda"]) == (2, 0.5)
+
+
+def test_bare_pseudo_labels_flag_still_means_stage_2(patches, tmp_path):
+    from napari_wsl_al.cli import build_parser
+
+    args = build_parser().parse_args(
+        ["simulate", str(patches), "--pseudo-labels", "--rounds", "1", "--out", str(tmp_path)])
+    assert args.pseudo_labels == "stage2"
+    args = build_parser().parse_args(["simulate", str(patches), "--out", str(tmp_path)])
+    assert args.pseudo_labels is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(
+            ["simulate", str(patches), "--pseudo-labels", "knn", "--out", str(tmp_path)])

@@ -38,8 +38,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--pseudo-labels",
-        action="store_true",
-        help="stage-2 pseudo labels inside and next to labelled regions",
+        nargs="?",
+        const="stage2",
+        default=None,
+        choices=("stage2", "label_prop"),
+        metavar="METHOD",
+        help="train with pseudo labels too: stage2 (the default when no METHOD is given: "
+        "MulActSeg's stage 2, inside and next to labelled regions) or label_prop (WACV'21: "
+        "the k nearest unlabelled images of the same class to every labelled image, "
+        "pseudo-segmented by the model, weighted by lambda)",
+    )
+    parser.add_argument(
+        "--label-prop-k",
+        type=int,
+        default=40,
+        help="label_prop: nearest unlabelled images per labelled image (default 40, the paper's)",
+    )
+    parser.add_argument(
+        "--label-prop-lambda",
+        type=float,
+        default=0.1,
+        help="label_prop: weight of the pseudo-labelled images in the loss (default 0.1, the "
+        "paper's for GlaS)",
     )
     parser.add_argument("--rounds", type=int, default=8, help="rounds (default 8)")
     parser.add_argument("--budget", type=int, default=40, help="regions labelled per round")
@@ -108,7 +128,10 @@ def _configs(args: argparse.Namespace):
                 yield SimulationConfig(
                     strategy=strategy,
                     label=label,
-                    pseudo_labels=args.pseudo_labels,
+                    pseudo_labels=args.pseudo_labels is not None,
+                    pseudo_method=args.pseudo_labels or "stage2",
+                    label_prop_k=args.label_prop_k,
+                    label_prop_lambda=args.label_prop_lambda,
                     rounds=args.rounds,
                     budget=args.budget,
                     seed=seed,

@@ -7,6 +7,21 @@ superpixels; the ground truth of a pixel is 0 (background) off the gland mask an
 the foreground is ``1 - P(background)``. Each round asks the oracle (:mod:`.oracle`) about
 the regions the acquisition function picks, trains the joint model on every answer so far and
 scores it on the validation images (Dice of the foreground, mIoU of all classes).
+
+Pseudo labels are optional, by one of :data:`PSEUDO_METHODS`:
+
+``stage2``
+    MulActSeg's stage 2 (Eq. 11-13) after each round's stage 1.
+``label_prop``
+    WACV'21 Label_prop (Alg. 1, Eq. 1). After each round's oracle answers, an image holding an
+    answer is labelled (``L``); the ``k`` nearest unlabelled images of the same image-level
+    class (GlaS grade) to every labelled image join the pseudo-labelled set ``P``
+    (:func:`~napari_wsl_al.core.al.pseudo.label_prop_set`); every image of ``P`` gets its
+    pseudo-segmentation from the newest model's segmentation head, made again every round;
+    training minimises Eq. 1 with weight ``lambda``. The regions of ``P`` are not queried
+    while other regions are left, and an image of ``P`` that gets an answer is labelled and
+    leaves ``P``. Round 0 has no pseudo labels (``P_0`` is empty: the segmentation head has
+    not been trained yet).
 """
 
 from __future__ import annotations
@@ -29,18 +44,23 @@ from ..models.checkpoint import load_checkpoint, load_default_model, save_checkp
 from ..models.factory import build_model
 from ..models.joint import IGNORE_INDEX
 from ..progress import Progress, run_to_end
-from .acquisition import STRATEGIES, RegionStats, select_regions
+from .acquisition import STRATEGIES, RegionStats, colour_histograms, select_regions
 from .oracle import LABEL_MODES, MaskOracle
+from .pseudo import LABEL_PROP_K, LABEL_PROP_LAMBDA, label_prop_set
 from .superpixels import SuperpixelConfig, region_adjacency, superpixels_for_image
 from .train import (
     RegionItem,
     RegionTrainConfig,
     joint_from_wsl,
     predict_items,
+    pseudo_segmentations,
     segmentation_scores,
     train_dense,
     train_regions,
 )
+
+#: Pseudo-labelling methods of a simulation (see the module docstring).
+PSEUDO_METHODS = ("stage2", "label_prop")
 
 #: Columns of ``curves.csv``.
 CURVE_COLUMNS = (
@@ -68,7 +88,13 @@ class SimulationConfig:
     label : {"multi", "dominant"}
         Oracle answers: every class present, or the dominant class.
     pseudo_labels : bool
-        Stage-2 pseudo labels (MulActSeg Eq. 11-13) after each round's stage 1.
+        Train with pseudo labels too, made by ``pseudo_method``.
+    pseudo_method : {"stage2", "label_prop"}
+        MulActSeg's stage 2 (Eq. 11-13) or WACV'21 Label_prop (Alg. 1, Eq. 1).
+    label_prop_k : int
+        Label_prop: neighbours per labelled image (WACV'21: 40).
+    label_prop_lambda : float
+        Label_prop: weight of the pseudo-labelled images in Eq. 1 (WACV'21 on GlaS: 0.1).
     rounds : int
         Rounds; the first picks regions at random (no model of the segmentation yet).
     budget : int
@@ -97,6 +123,9 @@ class SimulationConfig:
     strategy: str = "oreal"
     label: str = "multi"
     pseudo_labels: bool = False
+    pseudo_method: str = "stage2"
+    label_prop_k: int = LABEL_PROP_K
+    label_prop_lambda: float = LABEL_PROP_LAMBDA
     rounds: int = 8
     budget: int = 40
     seed: int = 0
@@ -116,6 +145,32 @@ class SimulationConfig:
             raise ValueError(f"unknown label mode {self.label!r}; expected one of {LABEL_MODES}")
         if self.rounds < 1 or self.budget < 1:
             raise ValueError("rounds and budget must be at least 1")
+        if self.pseudo_method not in PSEUDO_METHODS:
+            raise ValueError(
+                f"unknown pseudo-label method {self.pseudo_method!r}; expected one of "
+                f"{PSEUDO_METHODS}")
+        if self.label_prop_k < 1:
+            raise ValueError(f"label_prop_k must be at least 1, not {self.label_prop_k}")
+        if not self.label_prop_lambda >= 0:
+            raise ValueError(f"label_prop_lambda must be >= 0, not {self.label_prop_lambda}")
+
+    @property
+    def label_prop(self) -> bool:
+        """Whether this run trains with Label_prop pseudo labels."""
+        return self.pseudo_labels and self.pseudo_method == "label_prop"
+
+    @property
+    def stage2(self) -> bool:
+        """Whether this run trains with stage-2 pseudo labels."""
+        return self.pseudo_labels and self.pseudo_method == "stage2"
+
+    @property
+    def label_name(self) -> str:
+        """The labelling mode with its pseudo labels: ``multi``, ``multi+pseudo`` (stage 2),
+        ``multi+label_prop``."""
+        if not self.pseudo_labels:
+            return self.label
+        return self.label + ("+pseudo" if self.stage2 else "+label_prop")
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -126,8 +181,8 @@ class SimulationConfig:
 
     @property
     def run_name(self) -> str:
-        """``<strategy>-<label>[-pseudo]-seed<k>``: the run's folder name."""
-        pseudo = "-pseudo" if self.pseudo_labels else ""
+        """``<strategy>-<label>[-pseudo|-labelprop]-seed<k>``: the run's folder name."""
+        pseudo = "-pseudo" if self.stage2 else "-labelprop" if self.label_prop else ""
         return f"{self.strategy}-{self.label}{pseudo}-seed{self.seed}"
 
 
@@ -147,8 +202,14 @@ class PreparedData:
         ``(E, 2)`` adjacent pool regions.
     n_regions : int
         Pool regions (ids 1..n).
-    image_classes : ndarray
-        Image-level class of every pool image.
+    oracle : MaskOracle
+        Answers from the pool's masks.
+    image_classes : ndarray of int64
+        Image-level class of every pool image (index into the data set's classes).
+    histograms : ndarray
+        ``(pool images, 3, bins)`` colour histograms of the pool images (Label_prop).
+    region_image : ndarray of int64
+        ``(n_regions + 1,)`` the pool image of every region (-1 for id 0).
     """
 
     classes: tuple[str, ...]
@@ -159,6 +220,9 @@ class PreparedData:
     adjacency: np.ndarray
     n_regions: int
     oracle: MaskOracle | None = None
+    image_classes: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    histograms: np.ndarray = field(default_factory=lambda: np.zeros((0, 3, 32)))
+    region_image: np.ndarray = field(default_factory=lambda: np.full(1, -1, np.int64))
 
 
 def _resize(array: np.ndarray, scale: float, resample) -> np.ndarray:
@@ -221,6 +285,9 @@ def prepare_dataset(
     )
     classes = ("background", *dataset.classes)
     oracle = MaskOracle([i.superpixels for i in pool], pool_truth, len(classes))
+    region_image = np.full(count + 1, -1, dtype=np.int64)
+    for index, item in enumerate(pool):
+        region_image[item.superpixels[item.superpixels > 0]] = index
     return PreparedData(
         classes,
         pool,
@@ -230,6 +297,9 @@ def prepare_dataset(
         np.asarray(adjacency, dtype=np.int64),
         count,
         oracle,
+        image_classes=np.array([r.label for r in split.train.records], dtype=np.int64),
+        histograms=colour_histograms(item.image for item in pool),
+        region_image=region_image,
     )
 
 
@@ -252,6 +322,29 @@ def _pool_stats(model, data: PreparedData, device, mc_passes: int = 0) -> Region
     return stats
 
 
+def _random_picks(rng, open_ids: np.ndarray, protected_ids: np.ndarray, budget: int):
+    """Random picks among ``open_ids``; protected ids only when those run out."""
+    if not protected_ids.size:
+        return rng.choice(open_ids, size=min(budget, open_ids.size), replace=False)
+    if open_ids.size >= budget:
+        return rng.choice(open_ids, size=budget, replace=False)
+    rest = rng.choice(protected_ids, size=min(budget - open_ids.size, protected_ids.size),
+                      replace=False)
+    return np.concatenate([rng.permutation(open_ids), rest])
+
+
+def _pseudo_dice(masks: dict[int, np.ndarray], truths: Sequence[np.ndarray]) -> float:
+    """Mean foreground Dice of the pseudo-segmentations against the truth (WACV'21 Fig. 6)."""
+    from ..metrics import dice
+
+    scores = []
+    for index, mask in masks.items():
+        truth = np.asarray(truths[index])
+        valid = (truth != IGNORE_INDEX) & (mask != IGNORE_INDEX)
+        scores.append(dice(truth[valid] > 0, mask[valid] > 0))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
 def simulate_run(
     data: PreparedData,
     config: SimulationConfig,
@@ -260,7 +353,10 @@ def simulate_run(
     """One simulated run; a generator of :class:`Progress` returning the curve rows.
 
     Each round's checkpoint goes to ``out_dir/<run_name>/round_<r>.pt`` (loadable by
-    ``infer --model``) when ``out_dir`` is given.
+    ``infer --model``) when ``out_dir`` is given. With Label_prop, the rows also hold
+    ``pseudo_images`` (``|P|`` the round trained with), ``pseudo_dice`` (their
+    pseudo-segmentations against the truth, NaN without any) and ``pseudo_queried`` (the
+    round's picks that fell in images of the previous ``P``).
     """
     from ..device import resolve_device
 
@@ -275,6 +371,12 @@ def simulate_run(
         np.concatenate([i.superpixels.ravel() for i in data.pool]), minlength=data.n_regions + 1
     )
     candidates = np.flatnonzero(pixel_counts[1:] > 0) + 1
+    n_images = len(data.pool)
+    if config.label_prop and (data.histograms.shape[0] != n_images
+                              or data.image_classes.size != n_images):
+        raise ValueError("Label_prop needs the pool's colour histograms and image classes: "
+                         "prepare the data with prepare_dataset")
+    pseudo = np.zeros(n_images, dtype=bool)  # P, the pseudo-labelled pool images
     clicks = 0
     rows: list[dict[str, Any]] = []
     run_dir = None if out_dir is None else Path(out_dir) / config.run_name
@@ -283,9 +385,13 @@ def simulate_run(
     for round_index in range(config.rounds):
         round_start = time.perf_counter()
         yield Progress(round_index, total, f"{config.run_name}: round {round_index}: selecting")
+        protected = np.zeros(0, dtype=np.int64)
+        if pseudo.any():
+            protected = candidates[pseudo[data.region_image[candidates]]]
         if round_index == 0 or config.strategy == "random":
             pool = np.setdiff1d(candidates, labelled_ids)
-            picks = rng.choice(pool, size=min(config.budget, pool.size), replace=False)
+            open_ids = np.setdiff1d(pool, protected)
+            picks = _random_picks(rng, open_ids, np.intersect1d(pool, protected), config.budget)
         else:
             mc = 4 if config.strategy == "mc_dropout" else 0
             stats = _pool_stats(model, data, device, mc_passes=mc)
@@ -297,30 +403,53 @@ def simulate_run(
                 adjacency=data.adjacency,
                 rng=rng,
                 class_counts=region_classes[labelled_ids].sum(axis=0),
+                protected=protected if protected.size else None,
             )
             picks = np.asarray(selection.ids, dtype=np.int64)
+        pseudo_queried = int(pseudo[data.region_image[picks]].sum()) if picks.size else 0
         answers = data.oracle.answer(picks, config.label)
         answered = answers.answered
         region_classes[answers.region_ids[answered]] = answers.classes[answered]
         clicks += int(answers.clicks[answered].sum())
         labelled_ids = np.union1d(labelled_ids, picks)
+        pseudo_maps = None
+        pseudo_dice = float("nan")
+        if config.label_prop:
+            labelled_images = np.zeros(n_images, dtype=bool)
+            labelled_images[data.region_image[labelled_ids]] = True
+            if bool(model.segmentation_trained):
+                yield Progress(round_index, total,
+                               f"{config.run_name}: round {round_index}: pseudo labels")
+                pseudo = label_prop_set(data.histograms, data.image_classes, labelled_images,
+                                        pseudo, config.label_prop_k)
+                members = np.flatnonzero(pseudo)
+                masks = pseudo_segmentations(
+                    model, [data.pool[i] for i in members],
+                    [1 + int(data.image_classes[i]) for i in members], device)
+                pseudo_maps = [None] * n_images
+                for index, mask in zip(members.tolist(), masks):
+                    pseudo_maps[index] = mask
+                pseudo_dice = _pseudo_dice(dict(zip(members.tolist(), masks)), data.pool_truth)
+            else:
+                pseudo = pseudo & ~labelled_images
         if not config.fine_tune:
             model.load_state_dict(initial_state)
         train_config = replace(
             config.train,
             seed=config.seed * 1000 + round_index,
-            stage2_steps=config.train.stage2_steps if config.pseudo_labels else 0,
+            stage2_steps=config.train.stage2_steps if config.stage2 else 0,
         )
-        if config.pseudo_labels and not train_config.stage2_steps:
+        if config.stage2 and not train_config.stage2_steps:
             train_config = replace(train_config, stage2_steps=max(1, config.train.steps // 2))
         result = yield from train_regions(
-            model, data.pool, region_classes, train_config, device, adjacency=data.adjacency
+            model, data.pool, region_classes, train_config, device, adjacency=data.adjacency,
+            pseudo_maps=pseudo_maps, pseudo_weight=config.label_prop_lambda,
         )
         scores = segmentation_scores(model, data.validation, data.validation_truth, device)
         class_regions = region_classes[labelled_ids].sum(axis=0)
         row = {
             "strategy": config.strategy,
-            "label": config.label + ("+pseudo" if config.pseudo_labels else ""),
+            "label": config.label_name,
             "seed": config.seed,
             "round": round_index,
             "clicks": clicks,
@@ -331,6 +460,10 @@ def simulate_run(
             "seconds": time.perf_counter() - round_start,
             "loss": result["loss"],
         }
+        if config.label_prop:
+            row["pseudo_images"] = int(result["pseudo_images"])
+            row["pseudo_dice"] = pseudo_dice
+            row["pseudo_queried"] = pseudo_queried
         rows.append(row)
         if run_dir is not None:
             save_checkpoint(
