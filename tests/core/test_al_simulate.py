@@ -67,7 +67,7 @@ def test_simulation_raises_dice_over_rounds(prepared, tmp_path):
     assert clicks[0] >= 12 and clicks == sorted(clicks)
     assert rows[-1]["dice"] > rows[0]["dice"]
     for k in range(3):
-        model, model_config = load_round_model(
+        _, model_config = load_round_model(
             tmp_path / config.run_name / f"round_{k}.pt", prepared.classes
         )
         assert model_config.arch == "joint"
