@@ -102,3 +102,19 @@ def test_synthetic_patches_with_gland_labels(cache):
 def test_the_cache_folder_defaults_to_the_user_cache(monkeypatch):
     monkeypatch.delenv(_sample_data.CACHE_ENV, raising=False)
     assert "napari-wsl-al" in str(_sample_data.cache_folder())
+
+
+def test_writing_samples_reports_progress_once(cache):
+    records = []
+    _sample_data.synthetic_patches_path(progress=records.append)
+    # 3 patches per class, 2 classes: one record per patch, the last at the total.
+    assert [(r.step, r.total) for r in records] == [(k, 6) for k in range(1, 7)]
+    slide_records = []
+    _sample_data.synthetic_slide_path(progress=slide_records.append)
+    # 1280 px in 256-px tiles: 25 tiles at level 0, 9 at level 1 (640 px).
+    assert slide_records[-1].step == slide_records[-1].total == 34
+    records.clear()
+    slide_records.clear()
+    _sample_data.synthetic_patches_path(progress=records.append)
+    _sample_data.synthetic_slide_path(progress=slide_records.append)
+    assert records == [] and slide_records == []  # cached: nothing written, nothing reported

@@ -1,18 +1,24 @@
 """napari sample data: the real CMU-1-Small-Region slide, a synthetic slide and synthetic patches.
 
 napari-free: each function returns a list of LayerData tuples, opened through this plugin's own
-reader. The synthetic samples are written once into a user cache folder and reused.
+reader. The synthetic samples are written once into a user cache folder and reused; writing
+them takes seconds, so inside napari's GUI they show a progress bar in napari's activity dock
+(:func:`progress_bar`), whose updates also let napari repaint meanwhile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .core.errors import DatasetError, SlideError, SlideNotFoundError
+from .core.progress import Progress
 
 LayerData = tuple[Any, dict[str, Any], str]
 
@@ -104,7 +110,38 @@ def cmu1_small_region() -> list[LayerData]:
     return _open(find_cmu1())
 
 
-def synthetic_slide_path(size: int | None = None, seed: int | None = None) -> Path:
+@contextlib.contextmanager
+def progress_bar(description: str) -> Iterator[Callable[[Progress], None]]:
+    """A progress callback for writing a sample: inside napari's GUI, a bar in napari's
+    activity dock (made at the first record, so nothing shows when nothing is written);
+    elsewhere it does nothing.
+
+    Yields
+    ------
+    callable
+        Takes :class:`~napari_wsl_al.core.progress.Progress` records.
+    """
+    bar = None
+
+    def report(record: Progress) -> None:
+        nonlocal bar
+        if "napari._qt" not in sys.modules or not record.total:
+            return
+        if bar is None:
+            from napari.utils import progress
+
+            bar = progress(total=int(record.total), desc=description)
+        bar.update(max(0, min(int(record.step), int(record.total)) - bar.n))
+
+    try:
+        yield report
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def synthetic_slide_path(size: int | None = None, seed: int | None = None,
+                         progress: Callable[[Progress], None] | None = None) -> Path:
     """Write the synthetic sample slide into the cache folder (once) and return its path.
 
     Parameters
@@ -113,6 +150,9 @@ def synthetic_slide_path(size: int | None = None, seed: int | None = None) -> Pa
         Pixels per side (default :data:`SYNTHETIC_SLIDE_SIZE`).
     seed : int, optional
         Default :data:`SYNTHETIC_SEED`.
+    progress : callable, optional
+        Called with :class:`~napari_wsl_al.core.progress.Progress` records while the slide is
+        written (not when it is in the cache already).
     """
     from .core.data.synthetic import truth_path_for, write_synthetic_slide
 
@@ -123,13 +163,18 @@ def synthetic_slide_path(size: int | None = None, seed: int | None = None) -> Pa
     if path.is_file() and truth_path_for(path).is_file():
         return path
     _make_folder(folder)
-    return write_synthetic_slide(path, size, size, mpp=SYNTHETIC_SLIDE_MPP, seed=seed)
+    return write_synthetic_slide(path, size, size, mpp=SYNTHETIC_SLIDE_MPP, seed=seed,
+                                 progress=progress)
 
 
 def synthetic_patches_path(
-    n_per_class: int | None = None, size: int | None = None, seed: int | None = None
+    n_per_class: int | None = None, size: int | None = None, seed: int | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Path:
-    """Write the synthetic sample patch set (GlaS layout) into the cache folder (once)."""
+    """Write the synthetic sample patch set (GlaS layout) into the cache folder (once).
+
+    ``progress`` is called after every patch written (see :func:`synthetic_slide_path`).
+    """
     from .core.data.synthetic import write_synthetic_patch_set
 
     n_per_class = SYNTHETIC_PATCHES_PER_CLASS if n_per_class is None else int(n_per_class)
@@ -141,7 +186,8 @@ def synthetic_patches_path(
         return root
     _make_folder(folder)
     partial = folder / f"{root.name}.{os.getpid()}.part"
-    write_synthetic_patch_set(partial, n_per_class=n_per_class, shape=(size, size), seed=seed)
+    write_synthetic_patch_set(partial, n_per_class=n_per_class, shape=(size, size), seed=seed,
+                              progress=progress)
     try:
         os.replace(partial, root)
     except OSError:
@@ -171,12 +217,15 @@ def _remove_tree(folder: Path) -> None:
 
 def synthetic_slide() -> list[LayerData]:
     """A synthetic pyramidal H&E slide with benign and malignant tissue (cached)."""
-    return _open(synthetic_slide_path())
+    with progress_bar("writing the synthetic sample slide (once)") as report:
+        path = synthetic_slide_path(progress=report)
+    return _open(path)
 
 
 def synthetic_patches() -> list[LayerData]:
     """Synthetic benign and malignant H&E patches as a mosaic, with their gland masks."""
-    root = synthetic_patches_path()
+    with progress_bar("writing the synthetic sample patches (once)") as report:
+        root = synthetic_patches_path(progress=report)
     layers = _open(root / "images")
     labels = _gland_labels(root, layers[0][1])
     return layers if labels is None else [*layers, labels]

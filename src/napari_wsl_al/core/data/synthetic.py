@@ -1272,6 +1272,7 @@ def write_synthetic_patch_set(
     seed: int = 0,
     *,
     gland_scale: float = 1.0,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Path:
     """Write synthetic patches in the GlaS layout: images, gland masks and ``grade.csv``.
 
@@ -1296,6 +1297,8 @@ def write_synthetic_patch_set(
         Patch ``k`` uses seed ``seed * 100003 + k``.
     gland_scale : float
         See :func:`synthetic_he_image`.
+    progress : callable, optional
+        Called with a :class:`~napari_wsl_al.core.progress.Progress` after every patch.
 
     Returns
     -------
@@ -1327,6 +1330,8 @@ def write_synthetic_patch_set(
         patient = 1 + (k // 2) % 8
         subgrade = _SUBGRADES[label][(k // 2) % 2]
         rows.append((name, str(patient), f" {CLASS_NAMES[label]}", f" {subgrade}"))
+        if progress is not None:
+            progress(Progress(step=k + 1, total=2 * n_per_class, message=f"patch {name}"))
     grade = root / "grade.csv"
     partial = grade.with_name(grade.name + ".part")
     with open(partial, "w", newline="") as handle:
