@@ -68,39 +68,45 @@ def make_widget(viewer, factory):
     return widget
 
 
+def wait_for_layers(widget, qtbot, timeout=60000):
+    """Until the run ended and its layers (added one per event-loop turn) are all there."""
+    qtbot.waitUntil(lambda: widget.worker is None and not widget._pending, timeout=timeout)
+
+
 def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot, tmp_path):
     viewer = viewer_with_slide
     widget = make_widget(viewer, TinyModel)
     assert widget.slide_combo.currentText() == "slide"
     widget.project_edit.setText(str(tmp_path / "mystudy"))
     widget.run()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    wait_for_layers(widget, qtbot)
     assert "tiles computed" in widget.status.text()
     # The maps are saved in the project, which was created with the model's classes.
     project = tmp_path / "mystudy.wslal"
     assert (project / "project.json").exists() and (project / "maps" / "slide.zarr").is_dir()
     assert widget.session.project.class_names == ("tumour", "normal")
-    fg = viewer.layers["slide fg"]
+    fg = viewer.layers["slide · foreground"]
     slide = viewer.layers["slide"]
     assert fg.multiscale
     np.testing.assert_allclose(fg.scale, (2.0, 2.0))  # stride 4 x 0.5 um
     np.testing.assert_allclose(fg.translate, (0.75, 0.75))
     np.testing.assert_allclose(slide.scale, (0.5, 0.5))
     assert fg.colormap.name == "green" and fg.blending == "additive"
-    assert "slide cam tumour" in viewer.layers and "slide ovr_entropy_max" in viewer.layers
-    cam = viewer.layers["slide cam tumour"]
+    assert "slide · P(tumour)" in viewer.layers and "slide · uncertainty" in viewer.layers
+    cam = viewer.layers["slide · P(normal)"]
     assert cam.colormap.name.startswith("inferno") and cam.colormap.colors[0][3] == 0
     values = np.asarray(fg.data[0])
     assert values.shape == (96, 112)
     # The pink blob (centre) is foreground, the glass corner is less so.
     assert values[48, 56] > values[2, 2]
-    outline = viewer.layers["slide fg outline"]
-    assert len(outline.data) >= 1
-    before = [p.copy() for p in outline.data]
+    outline = viewer.layers["slide · foreground outline"]
+    assert outline.metadata["threshold"] == 0.5
+    before = np.asarray(outline.data[0]).copy()
+    assert before.sum() > 0
     widget.threshold_slider.setValue(90)
     widget.update_outline()
-    assert len(outline.data) == 0 or any(
-        a.shape != b.shape or not np.allclose(a, b) for a, b in zip(outline.data, before))
+    qtbot.waitUntil(lambda: outline.metadata["threshold"] == 0.9, timeout=10000)
+    assert not np.array_equal(np.asarray(outline.data[0]), before)
 
 
 def test_cancel_stops_between_batches_and_resumes(viewer_with_slide, qtbot):
@@ -146,9 +152,9 @@ def test_inference_on_the_synthetic_slide_file(make_napari_viewer, qtbot, tmp_pa
     widget.tissue_threshold = 0.05
     widget.tile_spin.setValue(128)
     widget.run()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
+    wait_for_layers(widget, qtbot, timeout=120000)
     assert "tiles computed" in widget.status.text(), widget.status.text()
-    fg = viewer.layers["synthetic fg"]
+    fg = viewer.layers["synthetic · foreground"]
     # Maps sit on the slide in microns: same extent, pixel centres aligned.
     np.testing.assert_allclose(fg.scale, (2.0, 2.0))  # stride 4 x 0.5 um
     np.testing.assert_allclose(fg.translate, (0.75, 0.75))
@@ -156,3 +162,129 @@ def test_inference_on_the_synthetic_slide_file(make_napari_viewer, qtbot, tmp_pa
     np.testing.assert_allclose(extent, np.asarray(slide.data[0].shape[:2]) * slide.scale, atol=2)
     values = np.asarray(fg.data[0])
     assert values.max() > 0.5 and values.min() == 0.0  # tissue found, glass left out
+
+
+class ModelAt05(TinyModel):
+    """A model trained at 0.5 µm/px: its resolution needs the slide's."""
+
+    mpp = 0.5
+
+
+def test_class_of_interest_first_with_colour_bars_and_a_legend(viewer_with_slide, qtbot):
+    viewer = viewer_with_slide
+    widget = make_widget(viewer, TinyModel)
+    inserted = []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    maps = widget.map_layers()
+    assert sorted(layer.name for layer in maps) == sorted([
+        "slide · P(tumour)", "slide · P(normal)", "slide · foreground", "slide · uncertainty"])
+    # One overlay at first: the last class's CAM, and it was added before the hidden ones.
+    assert [layer.name for layer in maps if layer.visible] == ["slide · P(normal)"]
+    assert inserted[0] == "slide · P(normal)"
+    assert all(layer.colorbar.visible for layer in maps)
+    assert viewer.layers["slide · P(normal)"].metadata["description"].startswith(
+        "class activation map of normal: how strongly each spot looks like normal")
+    legend = widget.legend.text()
+    assert "P(tumour), P(normal)" in legend and "uncertainty" in legend and "foreground" in legend
+    outline = viewer.layers["slide · foreground outline"]
+    assert outline.visible and not outline.colorbar.visible
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("slide · foreground outline") == len(names) - 1  # above the maps
+    # The outline raster is one pixel wide wherever napari shows it: no 2 x 2 block is full.
+    raster = np.asarray(outline.data[0]).astype(bool)
+    assert raster.any()
+    assert not (raster[:-1, :-1] & raster[1:, :-1] & raster[:-1, 1:] & raster[1:, 1:]).any()
+
+
+def test_the_project_can_choose_the_class_of_interest(viewer_with_slide, qtbot, tmp_path):
+    from napari_wsl_al.core.project import Project
+
+    project = Project.create(tmp_path / "chosen.wslal", classes=["tumour", "normal"])
+    project.update_settings(class_of_interest="tumour")
+    widget = make_widget(viewer_with_slide, TinyModel)
+    widget.project_edit.setText(str(project.path))
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    assert [layer.name for layer in widget.map_layers() if layer.visible] == ["slide · P(tumour)"]
+
+
+def test_tissue_threshold_field_reaches_the_config_and_the_run(make_napari_viewer, qtbot,
+                                                                monkeypatch):
+    viewer = make_napari_viewer()
+    reader = ArrayReader(np.full((256, 256, 3), 250, np.uint8), mpp=0.5, name="glass")
+    data, kwargs, _ = layer_data(reader)[0]
+    viewer.add_image(data, **kwargs)
+    shown = []
+    monkeypatch.setattr("napari_wsl_al._qt.infer_widget.show_error", shown.append)
+    widget = InferenceWidget(viewer)
+    assert widget.tissue_spin.value() == 0.05  # InferenceConfig's default
+    widget.model_factory = TinyModel
+    widget.device_combo.setCurrentText("cpu")
+    widget.tile_spin.setValue(64)
+    widget.tissue_spin.setValue(0.3)
+    assert widget.config().tissue_threshold == 0.3
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert len(shown) == 1 and "lower the tissue threshold" in shown[0] and "30%" in shown[0]
+    # The message names the field to change: at 0, every tile is processed: 64-pixel tiles
+    # overlapping by 16 start every 48 pixels, at 0, 48, ..., 192: 5 x 5 tiles.
+    widget.tissue_spin.setValue(0.0)
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    assert len(shown) == 1 and "25 of 25 tiles computed" in widget.status.text()
+
+
+def test_unknown_resolution_is_warned_in_the_widget_and_as_a_notification(make_napari_viewer,
+                                                                          qtbot, monkeypatch):
+    viewer = make_napari_viewer()
+    reader = ArrayReader(slide_image(256, 256), name="nompp")
+    data, kwargs, _ = layer_data(reader)[0]
+    viewer.add_image(data, **kwargs)
+    warned = []
+    monkeypatch.setattr("napari_wsl_al._qt.infer_widget.show_warning", warned.append)
+    widget = make_widget(viewer, ModelAt05)
+    assert not widget.warning.isHidden()
+    assert "nompp has no resolution" in widget.warning.text()
+    widget.resolution_combo.setCurrentText("Slide level")
+    assert widget.warning.isHidden()
+    widget.resolution_combo.setCurrentText("Model's resolution")
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    assert len(warned) == 1
+    assert "model's resolution (0.5 µm/px) cannot be applied" in warned[0]
+    assert widget.warning.text() == warned[0] and not widget.warning.isHidden()
+    assert "tiles computed" in widget.status.text()
+    # A slide with a resolution: no warning.
+    reader.set_mpp(0.5)
+    widget._update_resolution_warning()
+    assert widget.warning.isHidden()
+
+
+def test_progress_says_what_happens_now(viewer_with_slide, qtbot):
+    widget = make_widget(viewer_with_slide, TinyModel)
+    widget.tissue_threshold = 0.05
+    messages = []
+    show = widget._on_progress
+
+    def record(progress):
+        messages.append(progress.message)
+        show(progress)
+
+    widget._on_progress = record
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    total = widget.session.store.done_bitmap().sum()
+    assert total > 1
+    assert messages[:3] == ["loading the model…", "detecting tissue…",
+                            "running the model on the first tiles…"]
+    assert messages[-1] == f"{total} of {total} tiles"
+    assert widget.status.text().startswith(f"{total} of {total} tiles computed in ")
+    # Again: the finished maps are reused, and the widget says so.
+    messages.clear()
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    assert messages[-1] == f"reused finished maps: {total} of {total} tiles"
+    assert widget.status.text().startswith(
+        f"reused finished maps: {total} of {total} tiles, nothing to compute")

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import functools
+import html
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.colormaps import Colormap, ensure_colormap
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
@@ -32,23 +34,56 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.infer.engine import InferenceConfig
-from ..core.infer.session import InferenceSession, region_from_corners, region_from_points
+from ..core.infer.session import (
+    InferenceSession,
+    MapLayerSpec,
+    OutlineData,
+    map_description,
+    outline_layer_name,
+    region_from_corners,
+    region_from_points,
+    result_summary,
+)
 from ..core.io.base import SlideReader
+from ..core.progress import Progress
 from .patch_table import PatchTable
 
-#: Seconds between refreshes of the map layers while a run goes on.
+#: Seconds between refreshes of the visible map layers while a run goes on.
 REFRESH_INTERVAL_S = 1.0
+
+#: Pause before each map layer is added: napari takes 0.2-0.5 s to make an image layer (its
+#: controls and visual), and the pause lets the UI paint and take input between two of them.
+MAP_LAYER_DELAY_MS = 50
 
 #: Map check boxes: label, maps.
 MAP_BOXES = (("CAM", "cam"), ("Foreground", "fg"), ("Background", "bg"),
              ("Probabilities", "probs"), ("Uncertainty", "uncertainty"))
 
+#: Maps checked at first: one overlay per question (what class, where, how sure).
+DEFAULT_MAPS = ("cam", "fg", "uncertainty")
+
+#: What each map check box gives (its tooltip, and the help under the boxes).
+MAP_HELP = {
+    "cam": ("P(class): one class activation map per class, how strongly each spot looks like "
+            "that class, 0 to 1; the class of interest (the last class, or the project's "
+            "class_of_interest) is shown first"),
+    "fg": ("foreground: where the model finds the evidence for its decision, 0 to 1, outlined "
+           "in yellow above the outline threshold"),
+    "bg": "background: 1 - foreground",
+    "probs": ("tile P(class): the class probabilities of the whole tile (or patch) around "
+              "each spot, the image-level decision"),
+    "uncertainty": ("uncertainty: how unsure the model is, 0 (sure) to 0.69 (a coin flip): "
+                    "the places worth labelling"),
+}
+
 REGIONS = ("Whole tissue", "Current view", "Drawn rectangle")
 RESOLUTIONS = ("Model's resolution", "Microns per pixel", "Slide level")
 
-
 #: Colormaps whose low end is made transparent, so unprocessed (zero) pixels do not tint.
 FADED_COLORMAPS = ("inferno", "turbo", "viridis")
+
+#: Colour of the foreground outline (RGBA); 0 is transparent.
+OUTLINE_COLOR = (1.0, 0.9, 0.0, 1.0)
 
 
 def default_project_path() -> Path:
@@ -66,17 +101,109 @@ def faded_colormap(name: str) -> Colormap:
     return Colormap(colors, controls=positions, name=f"{name} (faded)")
 
 
+def outline_colormap() -> Colormap:
+    """Transparent at 0, :data:`OUTLINE_COLOR` at 1."""
+    return Colormap([[0.0, 0.0, 0.0, 0.0], list(OUTLINE_COLOR)], name="foreground outline")
+
+
 def _slide_layers(viewer) -> list[Image]:
     return [layer for layer in viewer.layers
             if isinstance(layer, Image) and isinstance(layer.metadata.get("reader"), SlideReader)]
+
+
+def map_key(layer) -> tuple | None:
+    """``(store, map, channel)`` of a map layer made by this widget, None for other layers."""
+    meta = layer.metadata
+    if "wslal_store" not in meta or "wslal_map" not in meta:
+        return None
+    return (meta["wslal_store"], meta["wslal_map"], meta.get("channel"))
+
+
+def spec_key(spec: MapLayerSpec) -> tuple:
+    """The :func:`map_key` the layer of ``spec`` has."""
+    meta = spec.kwargs["metadata"]
+    return (meta["wslal_store"], meta["wslal_map"], meta.get("channel"))
+
+
+def layer_kwargs(spec: MapLayerSpec) -> dict:
+    """``add_image`` / ``Image`` keyword arguments of a spec, with the faded colormaps."""
+    kwargs = dict(spec.kwargs)
+    if kwargs.get("colormap") in FADED_COLORMAPS:
+        kwargs["colormap"] = faded_colormap(kwargs["colormap"])
+    return kwargs
+
+
+def make_map_layer(spec: MapLayerSpec) -> Image:
+    """The napari image layer of a map, with its colour bar on (shown while it is visible).
+
+    Made in the worker thread: building the layer reads its first slice and thumbnail, and
+    only adding it to the viewer is left to the UI thread.
+    """
+    layer = Image(spec.data, name=spec.name, **layer_kwargs(spec))
+    layer.colorbar.visible = True
+    return layer
+
+
+def legend_html(specs: list[MapLayerSpec]) -> str:
+    """What the map layers of a run mean: one line per map, its layers' titles first, then its
+    colours, range and meaning."""
+    groups: dict[str, list[MapLayerSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.kwargs["metadata"]["wslal_map"], []).append(spec)
+    lines = []
+    for name, group in groups.items():
+        titles = ", ".join(html.escape(spec.title) for spec in group)
+        shown = [spec for spec in group if spec.kwargs.get("visible")]
+        if len(group) == 1 or shown:
+            description = (shown or group)[0].description
+        else:
+            description = map_description(name)
+        colormap = group[0].kwargs.get("colormap", "")
+        low, high = group[0].kwargs.get("contrast_limits", (0.0, 1.0))
+        lines.append(f"<b>{titles}</b> ({html.escape(str(colormap))}, {low:g} to {high:.2g}): "
+                     f"{html.escape(description)}")
+    return "<br>".join(lines)
+
+
+@dataclass
+class PreparedLayers:
+    """Map layers made in the worker thread, handed to the UI thread to add or update.
+
+    Attributes
+    ----------
+    specs : list of MapLayerSpec
+        Every map layer of the run.
+    layers : dict
+        ``spec_key -> Image`` for the specs that had no layer when the run started.
+    """
+
+    specs: list
+    layers: dict
+
+
+def reported(method):
+    """Run a slot, turning any exception into a notification: PyQt aborts napari on an
+    exception raised in a slot."""
+
+    @functools.wraps(method)
+    def slot(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as error:  # noqa: BLE001 (every error must become a notification)
+            self.status.setText(f"failed: {error}")
+            show_error(str(error))
+            return None
+
+    return slot
 
 
 class InferenceWidget(QWidget):
     """Dock widget: choose slide, model, resolution, region and maps; Run / Cancel; overlays.
 
     The widget owns an :class:`~napari_wsl_al.core.infer.session.InferenceSession` (the
-    Qt-free logic) and only wires signals: the job runs in a napari thread worker, and layers
-    are added or refreshed in the worker's signal handlers on the main thread.
+    Qt-free logic) and only wires signals: the job runs in a napari thread worker, which also
+    makes the map layers and traces the foreground outline; the UI thread only adds those
+    layers, one per event-loop turn (the visible one first), and refreshes the visible maps.
     """
 
     def __init__(self, napari_viewer) -> None:
@@ -85,10 +212,15 @@ class InferenceWidget(QWidget):
         self.session = InferenceSession()
         #: A callable returning a model, used instead of the model field when set (scripts, tests).
         self.model_factory = None
-        #: Least tissue fraction of a processed tile.
-        self.tissue_threshold = 0.05
         self.worker = None
+        #: The worker tracing the outline at a new threshold, and whether another is due.
+        self.outline_worker = None
+        self._outline_due = False
         self._last_refresh = 0.0
+        self._slide = None
+        self._store_key: str | None = None
+        #: Layers (or specs, or an outline) still to add, one per event-loop turn.
+        self._pending: list = []
         self._outline_timer = QTimer(self)
         self._outline_timer.setSingleShot(True)
         self._outline_timer.setInterval(150)
@@ -118,6 +250,10 @@ class InferenceWidget(QWidget):
 
         self.resolution_combo = QComboBox()
         self.resolution_combo.addItems(RESOLUTIONS)
+        self.resolution_combo.setToolTip(
+            "Model's resolution: the slide is read at the µm/px the model was trained at (it "
+            "needs the slide's µm/px). Microns per pixel: a resolution of your choice. Slide "
+            "level: a level of the file as it is.")
         self.mpp_spin = QDoubleSpinBox()
         self.mpp_spin.setRange(0.05, 64.0)
         self.mpp_spin.setDecimals(3)
@@ -136,9 +272,29 @@ class InferenceWidget(QWidget):
         maps_row = QGridLayout()
         for index, (label, name) in enumerate(MAP_BOXES):
             box = QCheckBox(label)
-            box.setChecked(name != "bg")
+            box.setChecked(name in DEFAULT_MAPS)
+            box.setToolTip(MAP_HELP[name])
             self.map_checks[name] = box
             maps_row.addWidget(box, index // 3, index % 3)
+        self.maps_help = QLabel(
+            "One map is shown at first, the class of interest's P(class); the others are in "
+            "the layer list, hidden. Each shown map has a colour bar; hover a box for what it "
+            "means.")
+        self.maps_help.setWordWrap(True)
+        self.maps_help.setStyleSheet("color: gray;")
+        maps_box = QVBoxLayout()
+        maps_box.addLayout(maps_row)
+        maps_box.addWidget(self.maps_help)
+
+        self.tissue_spin = QDoubleSpinBox()
+        self.tissue_spin.setRange(0.0, 1.0)
+        self.tissue_spin.setDecimals(2)
+        self.tissue_spin.setSingleStep(0.01)
+        self.tissue_spin.setValue(InferenceConfig.tissue_threshold)
+        self.tissue_spin.setToolTip(
+            "Least fraction of tissue in a tile for it to be processed (0: every tile, no "
+            "tissue detection). Lower it when no tile holds enough tissue (faint stains, "
+            "small regions).")
         self.mc_spin = QSpinBox()
         self.mc_spin.setRange(0, 64)
         self.mc_spin.setSpecialValueText("off")
@@ -165,10 +321,19 @@ class InferenceWidget(QWidget):
         self.progress_bar.setValue(0)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #e8a33d;")
+        self.warning.setVisible(False)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
+        self.legend.setTextFormat(Qt.RichText)
+        self.legend.setVisible(False)
 
         self.threshold_slider = QSlider(Qt.Horizontal)
         self.threshold_slider.setRange(1, 99)
         self.threshold_slider.setValue(50)
+        self.threshold_slider.setToolTip("The yellow outline surrounds foreground above this value")
         self.threshold_label = QLabel("0.50")
         self.threshold_slider.valueChanged.connect(self._threshold_changed)
         threshold_row = QHBoxLayout()
@@ -181,40 +346,82 @@ class InferenceWidget(QWidget):
         form.addRow("Project", project_row)
         form.addRow("Resolution", resolution_row)
         form.addRow("Region", self.region_combo)
-        form.addRow("Maps", maps_row)
+        form.addRow("Tissue threshold", self.tissue_spin)
+        form.addRow("Maps", maps_box)
         form.addRow("MC-dropout passes", self.mc_spin)
         form.addRow("Tile size", self.tile_spin)
         form.addRow("Batch size", self.batch_spin)
         form.addRow("Device", self.device_combo)
-        form.addRow("FG outline threshold", threshold_row)
+        form.addRow("Outline threshold", threshold_row)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
+        layout.addWidget(self.warning)
+        layout.addWidget(self.legend)
         self.patch_table = PatchTable(self.viewer)
         layout.addWidget(self.patch_table)
         layout.addStretch(1)
 
         self.resolution_combo.currentIndexChanged.connect(self._resolution_changed)
+        self.slide_combo.currentIndexChanged.connect(self._update_resolution_warning)
         self._resolution_changed()
         self.viewer.layers.events.inserted.connect(self._refresh_slides)
         self.viewer.layers.events.removed.connect(self._refresh_slides)
         self._refresh_slides()
 
     # ------------------------------------------------------------------ choices
+    @property
+    def tissue_threshold(self) -> float:
+        """Least tissue fraction of a processed tile (the Tissue threshold field)."""
+        return float(self.tissue_spin.value())
+
+    @tissue_threshold.setter
+    def tissue_threshold(self, value: float) -> None:
+        self.tissue_spin.setValue(float(value))
+
     def _refresh_slides(self, event=None) -> None:
         current = self.slide_combo.currentText()
         names = [layer.name for layer in _slide_layers(self.viewer)]
+        if names == [self.slide_combo.itemText(i) for i in range(self.slide_combo.count())]:
+            return
+        self.slide_combo.blockSignals(True)
         self.slide_combo.clear()
         self.slide_combo.addItems(names)
         if current in names:
             self.slide_combo.setCurrentText(current)
+        self.slide_combo.blockSignals(False)
+        self._update_resolution_warning()
 
     def _resolution_changed(self, index=None) -> None:
         choice = self.resolution_combo.currentText()
         self.mpp_spin.setVisible(choice == "Microns per pixel")
         self.level_spin.setVisible(choice == "Slide level")
+        self._update_resolution_warning()
+
+    def resolution_warning(self) -> str:
+        """Why the chosen resolution cannot be applied to the chosen slide ("" when it can)."""
+        layer = self.slide_layer()
+        if layer is None or layer.metadata["reader"].mpp is not None:
+            return ""
+        choice = self.resolution_combo.currentText()
+        name = layer.name
+        if choice == "Model's resolution":
+            return (f"{name} has no resolution (µm per pixel): the model's resolution cannot be "
+                    "applied, so the model runs on the image's own pixels. Set its µm / pixel in "
+                    "the Slide widget for maps at the model's scale.")
+        if choice == "Microns per pixel":
+            return (f"{name} has no resolution (µm per pixel): it cannot be read at a µm/px "
+                    "until its µm / pixel is set in the Slide widget.")
+        return ""
+
+    def _update_resolution_warning(self, index=None) -> None:
+        self._set_warning(self.resolution_warning())
+
+    def _set_warning(self, text: str) -> None:
+        self.warning.setText(text)
+        self.warning.setVisible(bool(text))
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self, "Model checkpoint", "", "Checkpoints (*.pt)")
@@ -284,6 +491,7 @@ class InferenceWidget(QWidget):
         return None
 
     # ------------------------------------------------------------------ running
+    @reported
     def run(self) -> None:
         """Start inference on the chosen slide in a thread worker."""
         if self.worker is not None:
@@ -300,20 +508,48 @@ class InferenceWidget(QWidget):
             return
         self._slide = layer
         self._last_refresh = 0.0
+        self._update_resolution_warning()
         self.progress_bar.setRange(0, 0)
-        self.status.setText("loading the model…")
+        self.status.setText("starting…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        existing = {map_key(item) for item in self.viewer.layers} - {None}
         worker = create_worker(
-            self.session.run_with_model, layer.metadata["reader"], self.model_choice(), config,
-            region, self.project_choice(), _start_thread=False, _ignore_errors=True,
+            self._job, layer.metadata["reader"], self.model_choice(), config, region,
+            self.project_choice(), existing, self.threshold_slider.value() / 100,
+            _start_thread=False, _ignore_errors=True,
         )
-        worker.yielded.connect(self._on_progress)
+        worker.yielded.connect(self._on_yielded)
         worker.returned.connect(self._on_returned)
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
         worker.start()
+
+    def _job(self, reader, choice, config, region, project, existing, threshold):
+        """The worker's generator: the session's job, plus the map layers made once the map
+        store exists, and the outline traced at the end (all off the UI thread)."""
+        job = self.session.run_with_model(reader, choice, config, region, project)
+        prepared = False
+        while True:
+            try:
+                record = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield record
+            if not prepared and record.total and self.session.handles():
+                yield self._prepare_layers(existing)
+                prepared = True
+        if not prepared and self.session.handles():
+            yield self._prepare_layers(existing)
+        return result, self.session.outline_data(threshold)
+
+    def _prepare_layers(self, existing: set) -> PreparedLayers:
+        specs = self.session.layer_specs()
+        layers = {spec_key(spec): make_map_layer(spec) for spec in specs
+                  if spec_key(spec) not in existing}
+        return PreparedLayers(specs, layers)
 
     def cancel(self) -> None:
         """Stop the run after the current batch (the maps computed so far are kept)."""
@@ -321,27 +557,42 @@ class InferenceWidget(QWidget):
         self.status.setText("cancelling…")
         self.cancel_button.setEnabled(False)
 
-    def _on_progress(self, progress) -> None:
+    @reported
+    def _on_yielded(self, item) -> None:
+        if isinstance(item, PreparedLayers):
+            self._receive_layers(item)
+        elif isinstance(item, Progress):
+            self._on_progress(item)
+
+    def _on_progress(self, progress: Progress) -> None:
         self.progress_bar.setRange(0, progress.total or 0)
         self.progress_bar.setValue(progress.step)
-        self.status.setText(f"{progress.message} · {progress.metrics.get('tiles_per_s', 0):.1f} tiles/s")
+        warning = progress.metrics.get("warning")
+        if warning:
+            self._set_warning(warning)
+            show_warning(warning)
+            return
+        rate = progress.metrics.get("tiles_per_s", 0.0)
+        unit = self.session.unit
+        self.status.setText(progress.message + (f" · {rate:.1f} {unit}/s" if rate else ""))
         now = time.monotonic()
         if now - self._last_refresh >= REFRESH_INTERVAL_S:
             self._last_refresh = now
-            self.refresh_layers()
+            self.refresh_visible()
 
-    def _on_returned(self, result) -> None:
-        self.refresh_layers()
-        self.update_outline()
+    @reported
+    def _on_returned(self, returned) -> None:
+        result, outline = returned
+        self.refresh_visible(hidden_too=True)
+        if outline is not None:
+            self._show_outline(outline)
         self.patch_table.update_from(result, self.session.store, getattr(self, "_slide", None))
         if result is None:
             self.status.setText("cancelled; run again to resume")
             return
         self.progress_bar.setRange(0, max(1, result.tiles_total))
         self.progress_bar.setValue(result.tiles_total)
-        self.status.setText(
-            f"{result.tiles_computed} of {result.tiles_total} tiles computed in "
-            f"{result.seconds:.1f} s on {result.device}; maps in {result.path}")
+        self.status.setText(result_summary(result, self.session.unit))
         show_info(f"Maps written to {result.path}")
 
     def _on_error(self, error: Exception) -> None:
@@ -356,52 +607,182 @@ class InferenceWidget(QWidget):
             self.progress_bar.setRange(0, 1)
 
     # ------------------------------------------------------------------ layers
-    def refresh_layers(self) -> None:
-        """Add the map layers, or give the existing ones fresh data (tiles finished since)."""
-        for spec in self.session.layer_specs():
-            if spec.name in self.viewer.layers:
-                self.viewer.layers[spec.name].data = spec.data
-            else:
-                kwargs = dict(spec.kwargs)
-                if kwargs.get("colormap") in FADED_COLORMAPS:
-                    kwargs["colormap"] = faded_colormap(kwargs["colormap"])
-                self.viewer.add_image(spec.data, name=spec.name, **kwargs)
-        if getattr(self, "_slide", None) is not None and self._slide in self.viewer.layers:
-            self.viewer.layers.selection.active = self._slide
+    def map_layers(self, store: str | None = None) -> list[Image]:
+        """The map layers of a store (default: the current run's), in layer order."""
+        store = self._store_key if store is None else store
+        return [layer for layer in self.viewer.layers
+                if (key := map_key(layer)) is not None and key[0] == store]
 
+    def _map_layer(self, key: tuple) -> Image | None:
+        for layer in self.viewer.layers:
+            if map_key(layer) == key:
+                return layer
+        return None
+
+    def _receive_layers(self, prepared: PreparedLayers) -> None:
+        """Give the existing layers of the run's maps their (new) data, and plan adding the
+        others one per event-loop turn, the visible one first."""
+        if prepared.specs:
+            self._store_key = spec_key(prepared.specs[0])[0]
+        self.legend.setText(legend_html(prepared.specs))
+        self.legend.setVisible(bool(prepared.specs))
+        queued = {id(item) for item in self._pending}
+        for spec in prepared.specs:
+            key = spec_key(spec)
+            layer = self._map_layer(key)
+            if layer is not None:
+                self._update_layer(layer, spec)
+                continue
+            item = prepared.layers.get(key, spec)
+            if id(item) not in queued:
+                self._pending.append(item)
+        self._pending.sort(key=lambda item: not _visible(item))
+        self._schedule_next()
+
+    @staticmethod
+    def _update_layer(layer: Image, spec: MapLayerSpec) -> None:
+        if any(a is not b for a, b in zip(layer.data, spec.data)) or len(layer.data) != len(spec.data):
+            layer.data = spec.data
+        if not np.allclose(layer.scale[-2:], spec.kwargs["scale"]):
+            layer.scale = spec.kwargs["scale"]
+        if not np.allclose(layer.translate[-2:], spec.kwargs["translate"]):
+            layer.translate = spec.kwargs["translate"]
+
+    def _schedule_next(self) -> None:
+        if self._pending:
+            QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next)
+
+    @reported
+    def _add_next(self) -> None:
+        """Add one planned layer (napari makes its controls and visual), then plan the next."""
+        if not self._pending:
+            return
+        item = self._pending.pop(0)
+        active = self.viewer.layers.selection.active
+        if isinstance(item, OutlineData):
+            self._add_outline_layer(item)
+        elif isinstance(item, MapLayerSpec):
+            if self._map_layer(spec_key(item)) is None:
+                layer = self.viewer.add_image(item.data, name=item.name, **layer_kwargs(item))
+                layer.colorbar.visible = True
+        elif item not in self.viewer.layers and self._map_layer(map_key(item)) is None:
+            self.viewer.add_layer(item)
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
+        if not self._pending:
+            self._outline_on_top()
+        self._schedule_next()
+
+    def refresh_visible(self, hidden_too: bool = False) -> None:
+        """Re-read the visible map layers of the run (tiles finished since); all of them with
+        ``hidden_too`` (hidden layers cost nothing to refresh, only their thumbnail)."""
+        for layer in self.map_layers():
+            if layer.visible or hidden_too:
+                layer.refresh()
+
+    def refresh_layers(self) -> None:
+        """Add the current maps' layers now, or give the existing ones fresh data (scripts)."""
+        specs = self.session.layer_specs()
+        existing = {map_key(item) for item in self.viewer.layers} - {None}
+        self._receive_layers(PreparedLayers(specs, {}))
+        while self._pending:
+            self._add_next()
+        for layer in self.map_layers():
+            if map_key(layer) in existing:
+                layer.refresh()
+
+    # ------------------------------------------------------------------ outline
     def _threshold_changed(self, value: int) -> None:
         self.threshold_label.setText(f"{value / 100:.2f}")
         self._outline_timer.start()
 
     def outline_layer_name(self) -> str:
         """Name of the foreground outline layer of the current slide."""
-        return f"{self.session.slide_name} fg outline"
+        return outline_layer_name(self.session.slide_name)
 
+    def outline_layer(self) -> Image | None:
+        """The foreground outline layer of the current run's maps."""
+        for layer in self.viewer.layers:
+            meta = layer.metadata
+            if meta.get("wslal_outline") and meta.get("wslal_store") == self._store_key:
+                return layer
+        return None
+
+    @reported
     def update_outline(self) -> None:
-        """Redraw the contours of foreground > threshold (for spotting false positives)."""
-        handles = self.session.handles()
-        if "fg" not in handles:
+        """Trace the contours of foreground > threshold again, in a worker thread (the layer
+        gets the new outline when it is ready)."""
+        if self._store_key is None or not self.session.handles():
             return
-        threshold = self.threshold_slider.value() / 100
-        polygons = self.session.outline(threshold)
-        name = self.outline_layer_name()
-        width = max(handles["fg"].scale) * 0.75
-        active = self.viewer.layers.selection.active
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = []
-        else:
-            layer = self.viewer.add_shapes(
-                name=name, ndim=2, edge_color="yellow", face_color="transparent",
-                edge_width=width, metadata={"wslal_outline": True},
-                **({"units": "um"} if handles["fg"].unit == "micrometer" else {}),
-            )
-        if polygons:
-            layer.add_polygons(polygons, edge_width=width, edge_color="yellow",
-                               face_color="transparent")
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+        if self.outline_worker is not None:
+            self._outline_due = True
+            return
+        worker = create_worker(self.session.outline_data, self.threshold_slider.value() / 100,
+                               _start_thread=False, _ignore_errors=True)
+        worker.returned.connect(self._outline_traced)
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._outline_finished)
+        self.outline_worker = worker
+        worker.start()
 
-    def closeEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    @reported
+    def _outline_traced(self, outline) -> None:
+        if outline is not None:
+            self._show_outline(outline)
+
+    def _outline_finished(self) -> None:
+        self.outline_worker = None
+        if self._outline_due:
+            self._outline_due = False
+            self.update_outline()
+
+    def _show_outline(self, outline: OutlineData) -> None:
+        layer = self.outline_layer()
+        if layer is None:
+            self._pending = [item for item in self._pending if not isinstance(item, OutlineData)]
+            self._pending.append(outline)
+            self._pending.sort(key=lambda item: not _visible(item))
+            self._schedule_next()
+            return
+        layer.data = outline.levels
+        if not np.allclose(layer.scale[-2:], outline.scale):
+            layer.scale = outline.scale
+        if not np.allclose(layer.translate[-2:], outline.translate):
+            layer.translate = outline.translate
+        layer.metadata["threshold"] = outline.threshold
+
+    def _add_outline_layer(self, outline: OutlineData) -> None:
+        if self.outline_layer() is not None:
+            self._show_outline(outline)
+            return
+        self.viewer.add_image(
+            outline.levels, name=self.outline_layer_name(), multiscale=True,
+            scale=outline.scale, translate=outline.translate, colormap=outline_colormap(),
+            contrast_limits=(0, 1), blending="translucent", opacity=1.0,
+            metadata={"wslal_outline": True, "wslal_store": self._store_key,
+                      "threshold": outline.threshold,
+                      "description": "contours of the foreground above the outline threshold"},
+            **({"units": "um"} if outline.unit == "micrometer" else {}),
+        )
+
+    def _outline_on_top(self) -> None:
+        layer = self.outline_layer()
+        if layer is None:
+            return
+        index = self.viewer.layers.index(layer)
+        maps = [self.viewer.layers.index(item) for item in self.map_layers()]
+        if maps and index < max(maps):
+            self.viewer.layers.move(index, len(self.viewer.layers))
+
+    def closeEvent(self, event) -> None:
         self.session.close()
         super().closeEvent(event)
+
+
+def _visible(item) -> bool:
+    """Whether a planned layer is shown at first (the outline is)."""
+    if isinstance(item, OutlineData):
+        return True
+    if isinstance(item, MapLayerSpec):
+        return bool(item.kwargs.get("visible"))
+    return bool(item.visible)
