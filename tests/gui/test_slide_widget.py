@@ -68,3 +68,17 @@ def test_widget_follows_layers(viewer, cmu1_path):
     viewer.layers.clear()
     assert widget.layer_combo.count() == 0
     assert not widget.tissue_button.isEnabled()
+
+
+def test_other_layers_do_not_make_the_widget_read_the_slide_again(viewer, cmu1_path,
+                                                                  monkeypatch):
+    viewer.open(str(cmu1_path), plugin="napari-wsl-al")
+    widget = SlideWidget(viewer)
+    reader = widget.reader
+    reads = []
+    original = reader.read_associated
+    monkeypatch.setattr(reader, "read_associated", lambda name: reads.append(name) or original(name))
+    viewer.add_image(np.zeros((8, 8)), name="a map")
+    viewer.layers.remove("a map")
+    assert reads == [] and widget.layer_combo.currentText() == "CMU-1-Small-Region"
+    assert not widget.preview.pixmap().isNull()

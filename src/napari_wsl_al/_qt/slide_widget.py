@@ -79,6 +79,8 @@ class SlideWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self._worker = None
+        #: The reader whose information and associated images are shown.
+        self._shown: SlideReader | None = None
 
         self.layer_combo = QComboBox()
         self.info = QLabel("Open a slide: File > Open, or File > Open Sample > WSL Active Learning.")
@@ -142,6 +144,9 @@ class SlideWidget(QWidget):
     def _refresh_layers(self, event=None) -> None:
         current = self.layer_combo.currentText()
         names = [layer.name for layer in slide_layers(self.viewer)]
+        listed = [self.layer_combo.itemText(i) for i in range(self.layer_combo.count())]
+        if names and names == listed and self.reader is not None and self.reader is self._shown:
+            return  # another kind of layer came or went (maps, outlines): nothing to redo
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         self.layer_combo.addItems(names)
@@ -154,6 +159,7 @@ class SlideWidget(QWidget):
 
     def _show_selected(self, index: int | None = None) -> None:
         reader = self.reader
+        self._shown = reader
         enabled = reader is not None
         for widget in (self.mpp_spin, self.mpp_button, self.tissue_button, self.associated_combo):
             widget.setEnabled(enabled)
