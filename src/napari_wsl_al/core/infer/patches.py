@@ -34,7 +34,6 @@ Resuming works per patch (the store's done bitmap). Patches larger than
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import math
 import time
@@ -305,13 +304,6 @@ def _check_sizes(reader: SlideReader, indices: list[int], downsample: float) -> 
             )
 
 
-def _folder_digest(reader: SlideReader) -> str:
-    digest = hashlib.sha1()
-    for name, box in zip(reader.patch_names, reader.patch_boxes):
-        digest.update(f"{name}:{box[2]}x{box[3]};".encode())
-    return digest.hexdigest()[:16]
-
-
 def reflect_pad(image: np.ndarray, multiple: int) -> np.ndarray:
     """Pad ``(H, W, 3)`` at the bottom and right to a multiple, by reflection.
 
@@ -580,7 +572,6 @@ def infer_patches(reader: SlideReader, model: WslModel, config: InferenceConfig,
         "columns": int(reader.columns),
         "rows": int(reader.rows),
         "cell_size": [int(v) for v in reader.cell_size],
-        "digest": _folder_digest(reader),
         "names": list(reader.patch_names),
         "boxes": [[int(v) for v in box] for box in reader.patch_boxes],
     }
