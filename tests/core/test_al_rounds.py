@@ -11,7 +11,7 @@ from napari_wsl_al.cli import main
 from napari_wsl_al.core.al import rounds
 from napari_wsl_al.core.al.labels import LabelStore
 from napari_wsl_al.core.al.superpixels import SuperpixelConfig, SuperpixelMap
-from napari_wsl_al.core.al.train import RegionTrainConfig
+from napari_wsl_al.core.al.train import RegionItem, RegionTrainConfig
 from napari_wsl_al.core.data.synthetic import write_synthetic_slide
 from napari_wsl_al.core.errors import ActiveLearningError, ProjectError
 from napari_wsl_al.core.progress import run_to_end
@@ -267,3 +267,67 @@ def test_round_killed_with_sigkill_runs_again_cleanly(project):
     with LabelStore.for_project(project.path) as store:
         statuses = [(r.number, r.status) for r in store.rounds()]
     assert statuses[-1] == (1, "done")
+
+
+@pytest.fixture
+def patch_project(tmp_path):
+    """A project whose slide is a folder of six synthetic patches, with its superpixels."""
+    from napari_wsl_al.core.data.synthetic import write_synthetic_patch_set
+
+    folder = write_synthetic_patch_set(tmp_path / "patches", n_per_class=3, shape=(96, 96), seed=2)
+    project = Project.create(tmp_path / "study", classes=["benign", "malignant"])
+    name = project.add_slide(folder / "images")
+    settings = replace(SETTINGS, label_prop=True, label_prop_k=40, label_prop_lambda=0.2,
+                       round_maps=False, no_adjacent=False,
+                       superpixels=SuperpixelConfig(region_px=16))
+    settings.save_to(project)
+    run_to_end(rounds.ensure_superpixels(project, name, settings))
+    return project, name, settings
+
+
+def test_label_prop_on_a_patch_folder_stores_pseudo_labels_and_protects_them(patch_project):
+    from napari_wsl_al.core.al.train import predict_image_classes
+    from napari_wsl_al.core.io import open_slide
+
+    project, name, settings = patch_project
+    superpixels = SuperpixelMap.open(rounds.superpixels_path(project, name))
+    with open_slide(project.slides[0]["path"]) as reader:
+        windows = rounds.patch_windows(reader, superpixels)
+        assert len(windows) == 6
+        patch_ids = [np.unique(np.asarray(superpixels.read(*w))) for w in windows]
+        patch_ids = [ids[ids > 0] for ids in patch_ids]
+        images = [rounds.read_working(reader, superpixels, *w) for w in windows]
+    # every region lies in one patch
+    assert sum(ids.size for ids in patch_ids) == superpixels.n_regions
+    with LabelStore.for_project(project.path) as store:
+        for region in patch_ids[0][:2]:
+            rounds.label_region(store, superpixels, name, int(region), ["benign"])
+    # round 1: the segmentation head is not trained yet, so no pseudo labels (P_0 is empty)
+    first = run_to_end(rounds.run_round(project, settings, suggest_after=False))
+    assert first["metrics"]["pseudo_patches"] == {} and first["metrics"]["pseudo_regions"] == 0
+    # round 2: P holds the other patches of patch 0's predicted class (k = 40 takes them all)
+    model, _ = rounds.current_model(project, settings)
+    predicted = predict_image_classes(
+        model, [RegionItem(str(k), image, ids) for k, (image, ids) in
+                enumerate(zip(images, [np.zeros(i.shape[:2], np.int64) for i in images]))])
+    expected = [k for k in range(1, 6) if predicted[k] == predicted[0]]
+    assert 0 < len(expected) < 5  # the shipped model tells some patches from patch 0
+    second = run_to_end(rounds.run_round(project, settings))
+    assert second["metrics"]["pseudo_patches"] == {name: len(expected)}
+    with LabelStore.for_project(project.path) as store:
+        pseudo = store.current(name, source="pseudo")
+        suggested = [s.region_id for s in store.suggestions(name) if s.round == 2]
+        oracle = store.labelled_ids(name)
+    expected_regions = sorted(np.concatenate([patch_ids[k] for k in expected] or [[]]).tolist())
+    assert sorted(label.region_id for label in pseudo) == expected_regions
+    assert second["metrics"]["pseudo_regions"] == len(expected_regions)
+    assert all(label.round == 2 and label.weight == pytest.approx(0.2) for label in pseudo)
+    assert all(set(label.classes) <= {"background", "benign", "malignant"} for label in pseudo)
+    # the pseudo labels are not oracle labels, and their regions are not suggested
+    assert sorted(oracle.tolist()) == sorted(patch_ids[0][:2].tolist())
+    assert len(suggested) == 5 and not set(suggested) & set(expected_regions)
+    # without label_prop, the same project suggests them again like any other region
+    plain = replace(settings, label_prop=False)
+    assert rounds.ALSettings.from_json(plain.to_json()) == plain
+    with pytest.raises(ValueError, match="label_prop_k"):
+        replace(settings, label_prop_k=0)

@@ -18,10 +18,20 @@ A round (:func:`run_round`):
 
 Region classes are ``("background", *project classes)``: the project's classes are the
 image-level classes of the model, and a region of tissue that is none of them is background.
+
+With ``ALSettings.label_prop``, a slide that is a patch folder also gets Label_prop pseudo
+labels (WACV'21 Alg. 1, Eq. 1; :func:`label_prop_items`): once a round's model has a trained
+segmentation head, the ``k`` nearest unlabelled patches of the same predicted image class to
+every patch holding an oracle label are pseudo-segmented by it and trained on with weight
+``lambda``. Their regions are stored in ``labels.sqlite`` as ``pseudo`` labels of the round
+(the patch's pseudo-segmentation classes in the region, weight ``lambda``), which is how the
+next round knows the pseudo-labelled set ``P``, and they are suggested only when no other
+region of the slide is left.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,10 +45,19 @@ from ..errors import ActiveLearningError, ProjectError
 from ..models.checkpoint import save_checkpoint
 from ..progress import Progress
 from ..project import Project, slide_key
-from .acquisition import STRATEGIES, RegionStats, select_regions
+from .acquisition import STRATEGIES, RegionStats, colour_histograms, select_regions
 from .labels import LabelStore
+from .pseudo import LABEL_PROP_K, LABEL_PROP_LAMBDA, label_prop_set
 from .superpixels import SuperpixelConfig, SuperpixelMap, compute_slide_superpixels
-from .train import RegionItem, RegionTrainConfig, load_round_model, predict_items, train_regions
+from .train import (
+    RegionItem,
+    RegionTrainConfig,
+    load_round_model,
+    predict_image_classes,
+    predict_items,
+    pseudo_segmentations,
+    train_regions,
+)
 
 #: Name of the background region class (first of the region classes).
 BACKGROUND = "background"
@@ -77,6 +96,12 @@ class ALSettings:
         After training, compute the new model's maps (:data:`ROUND_MAPS`) of every labelled
         slide into ``maps/<slide>.round_NNNN.zarr``: each round keeps its own maps, so rounds
         can be compared.
+    label_prop : bool
+        Label_prop pseudo labels on the slides that are patch folders (WACV'21).
+    label_prop_k : int
+        Label_prop: nearest unlabelled patches per labelled patch (WACV'21: 40).
+    label_prop_lambda : float
+        Label_prop: weight of the pseudo-labelled patches in the loss (WACV'21 on GlaS: 0.1).
     """
 
     model: str = "default"
@@ -89,6 +114,9 @@ class ALSettings:
     tile_px: int = 512
     device: str = "auto"
     round_maps: bool = True
+    label_prop: bool = False
+    label_prop_k: int = LABEL_PROP_K
+    label_prop_lambda: float = LABEL_PROP_LAMBDA
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -97,6 +125,10 @@ class ALSettings:
             raise ValueError(f"init must be 'previous' or 'wsl', not {self.init!r}")
         if self.n_suggestions < 1:
             raise ValueError("n_suggestions must be at least 1")
+        if self.label_prop_k < 1:
+            raise ValueError(f"label_prop_k must be at least 1, not {self.label_prop_k}")
+        if not self.label_prop_lambda >= 0:
+            raise ValueError(f"label_prop_lambda must be >= 0, not {self.label_prop_lambda}")
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -328,7 +360,8 @@ def score_slide(
     device="cpu",
     mc_passes: int = 0,
 ) -> Generator[Progress, None, RegionStats]:
-    """Per-region statistics of the model's segmentation over the slide's regions."""
+    """Per-region statistics of the model's segmentation over the slide's regions, with the
+    glass pixels of every region (so that glass is never suggested)."""
     stats = RegionStats(int(superpixels.n_regions), len(model.seg_classes))
     tiles = _tiles_with_regions(superpixels, settings.tile_px)
     for index, (y0, x0, y1, x1) in enumerate(tiles):
@@ -337,7 +370,7 @@ def score_slide(
             continue
         item = RegionItem(f"{y0},{x0}", read_working(reader, superpixels, y0, x0, y1, x1), ids)
         for _, probs, _, mc in predict_items(model, [item], device, mc_passes=mc_passes):
-            stats.add_image(ids, probs, mc)
+            stats.add_image(ids, probs, mc, image=item.image)
         yield Progress(index + 1, len(tiles), f"scoring regions: tile {index + 1} of {len(tiles)}")
     return stats
 
@@ -403,6 +436,7 @@ def suggest(
         counts = store.counts(classes=region_classes(project))
         class_counts = [counts.get(name, 0) for name in region_classes(project)]
         adjacency = superpixels.adjacency()
+        protected = store.labelled_ids(slide, source="pseudo") if settings.label_prop else None
         selection = select_regions(
             stats,
             strategy,
@@ -412,6 +446,7 @@ def suggest(
             no_adjacent=settings.no_adjacent,
             class_counts=class_counts,
             rng=np.random.default_rng(round_number or 0),
+            protected=protected,
         )
         store.save_suggestions(slide, round_number or 0, strategy, selection.ids, selection.scores)
     return selection
@@ -474,6 +509,126 @@ def training_items(
     return items, table, adjacency, counts
 
 
+def patch_windows(reader, superpixels: SuperpixelMap) -> list[tuple[int, int, int, int]]:
+    """``(y0, x0, y1, x1)`` of every patch of a patch folder on the superpixel grid.
+
+    The windows :func:`~napari_wsl_al.core.al.superpixels.compute_slide_superpixels` cuts the
+    patches in.
+    """
+    d = float(superpixels.downsample)
+    height, width = superpixels.labels.shape
+    windows = []
+    for bx, by, bw, bh in reader.patch_boxes:
+        y0, x0 = math.ceil(by / d - 1e-9), math.ceil(bx / d - 1e-9)
+        y1 = min(height, max(y0 + 1, math.floor((by + bh) / d + 1e-9)))
+        x1 = min(width, max(x0 + 1, math.floor((bx + bw) / d + 1e-9)))
+        windows.append((y0, x0, y1, x1))
+    return windows
+
+
+def label_prop_items(
+    project: Project,
+    store: LabelStore,
+    settings: ALSettings,
+    model,
+    classes: Sequence[str],
+    device="cpu",
+) -> Generator[Progress, None, tuple[list[RegionItem], list[np.ndarray], list[dict], dict]]:
+    """Label_prop's pseudo-labelled patches of the patch-folder slides (WACV'21 Alg. 1).
+
+    For every slide that is a patch folder and holds oracle labels: a patch is labelled when
+    it holds an oracle label; ``P`` is updated from the previous round's (the patches of the
+    live ``pseudo`` labels) by :func:`~napari_wsl_al.core.al.pseudo.label_prop_set`, with the
+    image-level classes predicted by ``model``'s classification head; and every patch of ``P``
+    gets its pseudo-segmentation from ``model``'s segmentation head (foreground, in the
+    region class named as the predicted class, where ``1 - P(background) > 0.5``; each pixel's
+    most probable class when no region class has that name). Nothing happens while the model's
+    segmentation head has not been trained (``P_0`` is empty).
+
+    Returns
+    -------
+    items : list of RegionItem
+        The pseudo-labelled patches at the working resolution (no region ids: they train on
+        their pseudo-segmentation only).
+    maps : list of ndarray
+        Their pseudo-segmentations (classes indexing ``classes``).
+    rows : list of dict
+        ``pseudo`` labels to store (:meth:`LabelStore.replace_pseudo_labels`): every region of
+        those patches with the classes its pseudo-segmentation gives it, the most frequent as
+        dominant, weight ``lambda``.
+    counts : dict
+        Pseudo-labelled patches per slide.
+    """
+    from ..infer.engine import is_patch_folder
+
+    items: list[RegionItem] = []
+    maps: list[np.ndarray] = []
+    rows: list[dict] = []
+    counts: dict[str, int] = {}
+    if not bool(model.segmentation_trained):
+        return items, maps, rows, counts
+    slides = sorted({label.slide for label in store.current(source="oracle")})
+    for slide in slides:
+        reader = open_project_slide(project, slide)
+        try:
+            if not is_patch_folder(reader):
+                continue
+            superpixels = SuperpixelMap.open(superpixels_path(project, slide))
+            windows = patch_windows(reader, superpixels)
+            labelled_ids = set(store.labelled_ids(slide).tolist())
+            pseudo_ids = set(store.labelled_ids(slide, source="pseudo").tolist())
+            patches, labelled, previous = [], np.zeros(len(windows), bool), np.zeros(
+                len(windows), bool)
+            for index, (y0, x0, y1, x1) in enumerate(windows):
+                ids = np.asarray(superpixels.read(y0, x0, y1, x1), dtype=np.int64)
+                rgb = read_working(reader, superpixels, y0, x0, y1, x1)
+                present = set(np.unique(ids[ids > 0]).tolist())
+                labelled[index] = bool(present & labelled_ids)
+                previous[index] = bool(present & pseudo_ids)
+                patches.append(RegionItem(f"{slide}/{reader.patch_names[index]}", rgb, ids))
+                yield Progress(index + 1, len(windows),
+                               f"Label_prop: reading patch {index + 1} of {len(windows)} of {slide}")
+        finally:
+            reader.close()
+        image_classes = predict_image_classes(model, patches, device)
+        pseudo = label_prop_set(colour_histograms(p.image for p in patches), image_classes,
+                                labelled, previous, settings.label_prop_k)
+        members = np.flatnonzero(pseudo).tolist()
+        # the region class of each patch's predicted image class (by name)
+        index_of = {name: i for i, name in enumerate(classes) if i > 0}
+        foreground = [index_of.get(model.classes[int(image_classes[i])]) for i in members]
+        masks = pseudo_segmentations(model, [patches[i] for i in members], foreground, device)
+        for index, mask in zip(members, masks):
+            patch = patches[index]
+            items.append(RegionItem(patch.name, patch.image, np.zeros_like(patch.superpixels)))
+            maps.append(mask)
+            rows.extend(_pseudo_rows(slide, patch.superpixels, mask, classes,
+                                     settings.label_prop_lambda))
+        counts[slide] = len(members)
+    return items, maps, rows, counts
+
+
+def _pseudo_rows(slide: str, ids: np.ndarray, mask: np.ndarray, classes: Sequence[str],
+                 weight: float) -> list[dict]:
+    """One ``pseudo`` label per region of a patch: the classes of its pseudo-segmentation."""
+    n_classes = len(classes)
+    inside = (ids > 0) & (mask < n_classes)
+    region_ids, region_index = np.unique(ids[inside], return_inverse=True)
+    table = np.zeros((region_ids.size, n_classes), np.int64)
+    np.add.at(table, (region_index, mask[inside].astype(np.int64)), 1)
+    rows = []
+    for region_id, row in zip(region_ids.tolist(), table):
+        present = np.flatnonzero(row)
+        rows.append({
+            "slide": slide,
+            "region_id": int(region_id),
+            "classes": [classes[c] for c in present],
+            "dominant": classes[int(row.argmax())],
+            "weight": float(weight),
+        })
+    return rows
+
+
 def run_round(
     project: Project,
     settings: ALSettings | None = None,
@@ -514,8 +669,17 @@ def run_round(
             items, table, adjacency, counts = yield from training_items(
                 project, store, settings, classes
             )
+            pseudo_maps, pseudo_rows, pseudo_counts = None, [], {}
+            if settings.label_prop:
+                pseudo_items, masks, pseudo_rows, pseudo_counts = yield from label_prop_items(
+                    project, store, settings, model, classes, device
+                )
+                if pseudo_items:
+                    pseudo_maps = [None] * len(items) + masks
+                    items = items + pseudo_items
             result = yield from train_regions(
-                model, items, table, settings.train, device, adjacency=adjacency
+                model, items, table, settings.train, device, adjacency=adjacency,
+                pseudo_maps=pseudo_maps, pseudo_weight=settings.label_prop_lambda,
             )
             checkpoint = checkpoint_path(project, number)
             metrics = {
@@ -526,6 +690,9 @@ def run_round(
                 "clicks": store.total_clicks(),
                 "annotation_seconds": store.total_seconds(),
             }
+            if settings.label_prop:
+                metrics["pseudo_patches"] = pseudo_counts
+                metrics["pseudo_regions"] = len(pseudo_rows)
             save_checkpoint(
                 checkpoint,
                 model,
@@ -537,6 +704,9 @@ def run_round(
                     "region_classes": list(classes),
                 },
             )
+            if settings.label_prop:
+                # The round's P: kept for the next round and protected from suggestions.
+                store.replace_pseudo_labels(number, pseudo_rows)
             slides = sorted({lab.slide for lab in store.current(source="oracle")})
             if settings.round_maps:
                 for slide in slides:
