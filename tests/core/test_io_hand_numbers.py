@@ -314,3 +314,25 @@ def test_windows_across_cell_borders(mosaic):
     window = reader.read_level(0, 130, 80, 30, 20)
     np.testing.assert_array_equal(window[:10, :20], expected[80:90, 130:150])
     assert (window[10:] == 255).all() and (window[:, 20:] == 255).all()
+
+
+def test_metadata_repr_and_closing():
+    image = position_image(16, 24)
+    reader = ArrayReader(image, mpp=(0.25, 0.3), name="tiny", levels=[image[::2, ::2]])
+    assert reader.metadata() == {
+        "path": None, "name": "tiny", "format": "memory", "dimensions": [24, 16],
+        "level_dimensions": [[24, 16], [12, 8]], "level_downsamples": [1.0, 2.0],
+        "native_levels": 2, "mpp": [0.25, 0.3], "objective_power": None,
+        "associated_images": [], "properties": {},
+    }
+    assert repr(reader) == "<ArrayReader 'tiny' 24x16, 2 levels, 0.25 um/px>"
+    assert repr(ArrayReader(image)) == "<ArrayReader 'array' 24x16, 1 levels, unknown mpp>"
+    assert repr(reader.level_view(1)) == "<LevelArray 'tiny' level 1 shape (8, 12, 3)>"
+    with pytest.raises(KeyError, match="label"):
+        reader.read_associated("label")
+    with reader as opened:
+        assert opened is reader
+        np.testing.assert_array_equal(reader.read_level(1, 0, 0, 2, 2), image[:4:2, :4:2])
+    with pytest.raises(SlideError, match="closed"):
+        reader.read_level(0, 0, 0, 1, 1)
+    reader.close()  # twice is fine
