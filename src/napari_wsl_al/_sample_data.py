@@ -125,13 +125,16 @@ def progress_bar(description: str) -> Iterator[Callable[[Progress], None]]:
 
     def report(record: Progress) -> None:
         nonlocal bar
-        if "napari._qt" not in sys.modules or not record.total:
+        if "napari._qt" not in sys.modules:
             return
         if bar is None:
             from napari.utils import progress
 
-            bar = progress(total=int(record.total), desc=description)
-        bar.update(max(0, min(int(record.step), int(record.total)) - bar.n))
+            bar = progress(total=int(record.total) if record.total else None, desc=description)
+        if record.total:
+            if bar.total != record.total:
+                bar.total = int(record.total)
+            bar.update(max(0, min(int(record.step), int(record.total)) - bar.n))
 
     try:
         yield report
@@ -163,6 +166,8 @@ def synthetic_slide_path(size: int | None = None, seed: int | None = None,
     if path.is_file() and truth_path_for(path).is_file():
         return path
     _make_folder(folder)
+    if progress is not None:
+        progress(Progress(0, None, "preparing the stain textures"))
     return write_synthetic_slide(path, size, size, mpp=SYNTHETIC_SLIDE_MPP, seed=seed,
                                  progress=progress)
 
