@@ -183,11 +183,21 @@ def test_class_of_interest_first_with_colour_bars_and_a_legend(viewer_with_slide
     # One overlay at first: the last class's CAM, and it was added before the hidden ones.
     assert [layer.name for layer in maps if layer.visible] == ["slide · P(normal)"]
     assert inserted[0] == "slide · P(normal)"
-    assert all(layer.colorbar.visible for layer in maps)
+    # A colour bar on the canvas for the map shown, and for a map when it is shown.
+    assert [layer.name for layer in maps if layer.colorbar.visible] == ["slide · P(normal)"]
+    uncertainty = viewer.layers["slide · uncertainty"]
+    uncertainty.visible = True
+    assert uncertainty.colorbar.visible
+    uncertainty.visible = False
+    assert not uncertainty.colorbar.visible
     assert viewer.layers["slide · P(normal)"].metadata["description"].startswith(
         "class activation map of normal: how strongly each spot looks like normal")
-    legend = widget.legend.text()
-    assert "P(tumour), P(normal)" in legend and "uncertainty" in legend and "foreground" in legend
+    # The dock's legend: a colour ramp, the range and the meaning of each map.
+    rows = {row["title"]: row for row in widget.legend.rows}
+    assert list(rows) == ["P(tumour), P(normal)", "foreground", "uncertainty",
+                          "foreground outline"]
+    assert rows["P(tumour), P(normal)"]["description"].startswith("class activation map of normal")
+    assert (rows["uncertainty"]["low"], rows["uncertainty"]["high"]) == (0.0, pytest.approx(np.log(2)))
     outline = viewer.layers["slide · foreground outline"]
     assert outline.visible and not outline.colorbar.visible
     names = [layer.name for layer in viewer.layers]

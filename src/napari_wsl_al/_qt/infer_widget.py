@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import html
 import os
 import time
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from ..core.infer.session import (
 )
 from ..core.io.base import SlideReader
 from ..core.progress import Progress
+from .map_legend import MapLegend, line_pixmap, ramp_pixmap
 from .patch_table import PatchTable
 
 #: Seconds between refreshes of the visible map layers while a run goes on.
@@ -84,6 +84,9 @@ FADED_COLORMAPS = ("inferno", "turbo", "viridis")
 
 #: Colour of the foreground outline (RGBA); 0 is transparent.
 OUTLINE_COLOR = (1.0, 0.9, 0.0, 1.0)
+
+#: The planned step that turns on the colour bars of the visible maps (after their layers).
+COLOUR_BARS = "colour bars"
 
 
 def default_project_path() -> Path:
@@ -134,35 +137,42 @@ def layer_kwargs(spec: MapLayerSpec) -> dict:
 
 
 def make_map_layer(spec: MapLayerSpec) -> Image:
-    """The napari image layer of a map, with its colour bar on (shown while it is visible).
+    """The napari image layer of a map.
 
     Made in the worker thread: building the layer reads its first slice and thumbnail, and
-    only adding it to the viewer is left to the UI thread.
+    only adding it to the viewer is left to the UI thread. Its colour bar is turned on once
+    it is in the viewer, and only while it is visible (napari builds a colour bar's visual,
+    0.3-0.8 s, as soon as it is on, even for a hidden layer).
     """
-    layer = Image(spec.data, name=spec.name, **layer_kwargs(spec))
-    layer.colorbar.visible = True
-    return layer
+    return Image(spec.data, name=spec.name, **layer_kwargs(spec))
 
 
-def legend_html(specs: list[MapLayerSpec]) -> str:
-    """What the map layers of a run mean: one line per map, its layers' titles first, then its
-    colours, range and meaning."""
+def follow_visibility(layer: Image) -> None:
+    """Show a map layer's colour bar exactly while the layer is visible."""
+
+    def update(event=None) -> None:
+        layer.colorbar.visible = bool(layer.visible)
+
+    layer.events.visible.connect(update)
+
+
+def legend_rows(specs: list[MapLayerSpec]) -> list[dict]:
+    """One legend row per map of a run: its layers' titles, colormap, range and meaning."""
     groups: dict[str, list[MapLayerSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.kwargs["metadata"]["wslal_map"], []).append(spec)
-    lines = []
+    rows = []
     for name, group in groups.items():
-        titles = ", ".join(html.escape(spec.title) for spec in group)
         shown = [spec for spec in group if spec.kwargs.get("visible")]
         if len(group) == 1 or shown:
             description = (shown or group)[0].description
         else:
             description = map_description(name)
-        colormap = group[0].kwargs.get("colormap", "")
         low, high = group[0].kwargs.get("contrast_limits", (0.0, 1.0))
-        lines.append(f"<b>{titles}</b> ({html.escape(str(colormap))}, {low:g} to {high:.2g}): "
-                     f"{html.escape(description)}")
-    return "<br>".join(lines)
+        rows.append({"title": ", ".join(spec.title for spec in group),
+                     "colormap": layer_kwargs(group[0]).get("colormap", "gray"),
+                     "low": low, "high": high, "description": description})
+    return rows
 
 
 @dataclass
@@ -325,10 +335,7 @@ class InferenceWidget(QWidget):
         self.warning.setWordWrap(True)
         self.warning.setStyleSheet("color: #e8a33d;")
         self.warning.setVisible(False)
-        self.legend = QLabel("")
-        self.legend.setWordWrap(True)
-        self.legend.setTextFormat(Qt.RichText)
-        self.legend.setVisible(False)
+        self.legend = MapLegend()
 
         self.threshold_slider = QSlider(Qt.Horizontal)
         self.threshold_slider.setRange(1, 99)
@@ -624,8 +631,7 @@ class InferenceWidget(QWidget):
         others one per event-loop turn, the visible one first."""
         if prepared.specs:
             self._store_key = spec_key(prepared.specs[0])[0]
-        self.legend.setText(legend_html(prepared.specs))
-        self.legend.setVisible(bool(prepared.specs))
+        self._show_legend(prepared.specs)
         queued = {id(item) for item in self._pending}
         for spec in prepared.specs:
             key = spec_key(spec)
@@ -636,8 +642,19 @@ class InferenceWidget(QWidget):
             item = prepared.layers.get(key, spec)
             if id(item) not in queued:
                 self._pending.append(item)
-        self._pending.sort(key=lambda item: not _visible(item))
+        if COLOUR_BARS not in self._pending:
+            self._pending.append(COLOUR_BARS)
+        self._pending.sort(key=_order)
         self._schedule_next()
+
+    def _show_legend(self, specs: list[MapLayerSpec]) -> None:
+        self.legend.clear()
+        for row in legend_rows(specs):
+            self.legend.add_row(row["title"], ramp_pixmap(row["colormap"]), row["description"],
+                                row["low"], row["high"])
+        if specs and "fg" in {spec.kwargs["metadata"]["wslal_map"] for spec in specs}:
+            self.legend.add_row("foreground outline", line_pixmap(OUTLINE_COLOR),
+                                "contours of the foreground above the outline threshold")
 
     @staticmethod
     def _update_layer(layer: Image, spec: MapLayerSpec) -> None:
@@ -664,9 +681,13 @@ class InferenceWidget(QWidget):
         elif isinstance(item, MapLayerSpec):
             if self._map_layer(spec_key(item)) is None:
                 layer = self.viewer.add_image(item.data, name=item.name, **layer_kwargs(item))
-                layer.colorbar.visible = True
+                follow_visibility(layer)
+        elif item is COLOUR_BARS:
+            for layer in self.map_layers():
+                layer.colorbar.visible = bool(layer.visible)
         elif item not in self.viewer.layers and self._map_layer(map_key(item)) is None:
             self.viewer.add_layer(item)
+            follow_visibility(item)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
         if not self._pending:
@@ -741,7 +762,7 @@ class InferenceWidget(QWidget):
         if layer is None:
             self._pending = [item for item in self._pending if not isinstance(item, OutlineData)]
             self._pending.append(outline)
-            self._pending.sort(key=lambda item: not _visible(item))
+            self._pending.sort(key=_order)
             self._schedule_next()
             return
         layer.data = outline.levels
@@ -779,10 +800,13 @@ class InferenceWidget(QWidget):
         super().closeEvent(event)
 
 
-def _visible(item) -> bool:
-    """Whether a planned layer is shown at first (the outline is)."""
+def _order(item) -> int:
+    """Order of the planned steps: the layers shown first (the map of interest, the outline),
+    then the hidden maps, then the colour bars of the shown maps, each in a turn of its own."""
+    if item is COLOUR_BARS:
+        return 2
     if isinstance(item, OutlineData):
-        return True
+        return 0
     if isinstance(item, MapLayerSpec):
-        return bool(item.kwargs.get("visible"))
-    return bool(item.visible)
+        return 0 if item.kwargs.get("visible") else 1
+    return 0 if item.visible else 1
