@@ -43,7 +43,7 @@ def test_cli_infer_writes_maps_into_the_project(tmp_path, tiny_checkpoint, capsy
     maps = MapStore(project.maps_path("slide-a")).handles()
     assert {"cam", "fg", "uncertainty/entropy", "uncertainty/ovr_entropy_max"} <= set(maps)
     fg = maps["fg"].levels[0].compute()
-    assert fg.shape == (10, 12) and np.isfinite(fg).all()
+    assert fg.shape == (20, 24) and np.isfinite(fg).all()  # 16-pixel map pixels
     # Run again: nothing to compute.
     assert main([
         "infer", str(slide), "--model", str(tiny_checkpoint), "--project", str(project_path),
@@ -51,6 +51,16 @@ def test_cli_infer_writes_maps_into_the_project(tmp_path, tiny_checkpoint, capsy
         "--maps", "cam,fg,uncertainty", "--device", "cpu", "--tissue-threshold", "0",
     ]) == 0
     assert "0 of 12 tiles computed" in capsys.readouterr().out
+    # Map pixels of 32 pixels, the model's output stride, on request.
+    assert main([
+        "infer", str(slide), "--model", str(tiny_checkpoint), "--project", str(project_path),
+        "--level", "0", "--tile-size", "128", "--overlap", "32", "--batch-size", "4",
+        "--maps", "fg", "--device", "cpu", "--tissue-threshold", "0", "--map-stride", "32",
+    ]) == 0
+    assert MapStore(project.maps_path("slide-a")).handles()["fg"].levels[0].shape == (10, 12)
+    with pytest.raises(SystemExit, match="map_stride must be a positive integer"):
+        main(["infer", str(slide), "--model", str(tiny_checkpoint), "--project",
+              str(project_path), "--map-stride", "0"])
 
 
 def test_cli_infer_reports_typed_errors(tmp_path, tiny_checkpoint, capsys):

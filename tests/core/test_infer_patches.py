@@ -17,6 +17,7 @@ from napari_wsl_al.cli import main
 from napari_wsl_al.core.data.patches import pad_to_multiple
 from napari_wsl_al.core.data.tissue import tissue_mask_from_rgb
 from napari_wsl_al.core.infer import InferenceConfig, InferenceError, MapStore, infer_slide
+from napari_wsl_al.core.infer.engine import map_stride_for
 from napari_wsl_al.core.infer.patches import (
     MAX_PATCH_SIDE,
     area_weights,
@@ -172,7 +173,8 @@ def test_infer_on_a_patch_equals_the_model_on_the_whole_image(tmp_path, shared_d
     store = MapStore(tmp_path / "maps" / "glas.zarr")
     result = run_to_end(infer_slide(reader, model, config, store))
     cw, ch = reader.cell_size
-    n = math.ceil(max(cw, ch) / model.output_stride)
+    n = math.ceil(max(cw, ch) / map_stride_for(model, config))
+    assert n == math.ceil(775 / 16)  # a stride-32 model's maps are at 16 pixels by default
     fg = result.maps["fg"].levels[0].compute()
     probs = result.maps["probs"].levels[0].compute()
     rows = {row["patch"]: row for row in read_csv(result.patches_csv)}

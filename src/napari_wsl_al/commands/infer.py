@@ -48,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-size", type=int, default=512, help="tile side in pixels")
     parser.add_argument("--overlap", type=int, default=128,
                         help="tile overlap in pixels (wide enough to blend away tile edges)")
+    parser.add_argument("--map-stride", type=int, default=None, metavar="PIXELS",
+                        help="side of a map pixel in pixels at the model's resolution "
+                        "(default: the model's output stride, at most 16)")
     parser.add_argument("--batch-size", type=int, default=8, help="tiles per batch")
     parser.add_argument("--tissue-threshold", type=float, default=0.05,
                         help="least tissue fraction of a processed tile (0: all tiles)")
@@ -63,7 +66,7 @@ def _config(args: argparse.Namespace):
 
     return InferenceConfig(
         mpp=args.mpp, level=args.level, tile_size=args.tile_size, overlap=args.overlap,
-        batch_size=args.batch_size, device=args.device, amp=not args.no_amp, maps=args.maps,
+        map_stride=args.map_stride, batch_size=args.batch_size, device=args.device, amp=not args.no_amp, maps=args.maps,
         mc_passes=args.mc_passes, tissue_threshold=args.tissue_threshold,
     )
 

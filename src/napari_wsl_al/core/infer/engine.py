@@ -49,6 +49,10 @@ _OOM_ERRORS = tuple(
 )
 
 
+#: Map pixel side (target pixels) used by default when the model's output stride is coarser.
+FINEST_DEFAULT_MAP_STRIDE = 16
+
+
 @dataclass(frozen=True)
 class InferenceConfig:
     """Parameters of a tiled slide inference (saved with the maps).
@@ -62,9 +66,20 @@ class InferenceConfig:
     level : int or None
         Read this slide level as is (instead of ``mpp``).
     tile_size : int
-        Tile side in target pixels; a multiple of the model's output stride.
+        Tile side in target pixels; a multiple of the model's output stride and of the map
+        stride.
     overlap : int
-        Pixels shared by neighbouring tiles (rounded down to a multiple of the stride).
+        Pixels shared by neighbouring tiles (rounded down to a multiple of the output stride
+        and of the map stride).
+    map_stride : int or None
+        Side of a map pixel, in target pixels; None: the model's output stride, or
+        :data:`FINEST_DEFAULT_MAP_STRIDE` when that is finer. The model's outputs are brought
+        to this grid by area means when it is coarser than them and by bilinear interpolation
+        when finer. For a stride-32 model the default is 16: Max-Min's foreground (made at the
+        input resolution) and a joint model's segmentation keep twice the detail per side that
+        32-pixel blocks would, and a 50 µm gland at 0.62 µm/px spans 5 map pixels instead of
+        2.5; CAMs and class probabilities, computed at the output stride, are only smoothed.
+        Such maps take four times the disk space of stride-32 maps.
     batch_size : int
         Tiles per forward pass (halved automatically on CUDA out-of-memory).
     device : str
@@ -112,6 +127,7 @@ class InferenceConfig:
     level: int | None = None
     tile_size: int = 512
     overlap: int = 128
+    map_stride: int | None = None
     batch_size: int = 8
     device: str = "auto"
     amp: bool = True
@@ -128,6 +144,11 @@ class InferenceConfig:
         object.__setattr__(self, "maps", tuple(self.maps))
         if self.mpp is not None and self.level is not None:
             raise ValueError("give mpp or level, not both")
+        if self.map_stride is not None and (isinstance(self.map_stride, bool)
+                                            or int(self.map_stride) != self.map_stride
+                                            or self.map_stride < 1):
+            raise ValueError(f"map_stride must be a positive integer or None, "
+                             f"got {self.map_stride!r}")
         if self.batch_size < 1 or self.prefetch < 0 or self.readers < 1:
             raise ValueError("batch_size and readers must be >= 1, prefetch >= 0")
         if self.cam_normalisation not in ("softmax", "sigmoid", "none"):
@@ -523,6 +544,13 @@ def _slide_fg_range(reader: SlideReader, model: WslModel, config: InferenceConfi
     return [low, high]
 
 
+def map_stride_for(model: WslModel, config: InferenceConfig) -> int:
+    """Side of a map pixel in target pixels (see ``InferenceConfig.map_stride``)."""
+    if config.map_stride is not None:
+        return int(config.map_stride)
+    return min(int(model.output_stride), FINEST_DEFAULT_MAP_STRIDE)
+
+
 def _geometry(reader: SlideReader, grid: TileGrid, stride: int):
     factor = stride * grid.resolution.downsample
     map_shape = (max(1, math.ceil(grid.height / stride)), max(1, math.ceil(grid.width / stride)))
@@ -617,7 +645,12 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
     if config.tile_size % stride:
         raise InferenceError(f"the tile size {config.tile_size} is not a multiple of the "
                              f"model's output stride {stride}")
-    overlap = (config.overlap // stride) * stride
+    map_stride = map_stride_for(model, config)
+    if config.tile_size % map_stride:
+        raise InferenceError(f"the tile size {config.tile_size} is not a multiple of the map "
+                             f"stride {map_stride}")
+    unit = math.lcm(stride, map_stride)
+    overlap = (config.overlap // unit) * unit
     if 2 * overlap >= config.tile_size:
         raise InferenceError(f"overlap {config.overlap} must be less than half the tile size")
     mpp, level = _resolve_target(reader, model, config)
@@ -634,12 +667,13 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
 
             tissue = tissue_mask(reader)
         saturation_threshold = float(getattr(tissue, "threshold", 0.05))
-    map_size = config.tile_size // stride
+    map_size = config.tile_size // map_stride
     wanted = config.expanded_maps()
-    map_shape, scale, translate, unit = _geometry(reader, grid, stride)
+    map_shape, scale, translate, unit = _geometry(reader, grid, map_stride)
     spec = {
         "grid": grid.describe(),
         "output_stride": stride,
+        "map_stride": map_stride,
         "model": model_fingerprint(model),
         "model_type": type(model).__name__,
         "maps": list(wanted),
@@ -670,7 +704,7 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
             probe = model(probe_input)
     layout = _layout(model, probe, wanted)
     done = output.prepare(spec, layout.maps, layout.tile_channels, (grid.rows, grid.cols),
-                          map_size, (config.tile_size - overlap) // stride, map_shape, scale,
+                          map_size, (config.tile_size - overlap) // map_stride, map_shape, scale,
                           translate, unit, config.dtype)
     todo = np.array([t for t in grid.tiles if not done[t[0], t[1]]], dtype=np.int64).reshape(-1, 2)
     finished = total - len(todo)

@@ -12,9 +12,9 @@ no patch a class of its own. :func:`infer_patches` instead runs the model on eac
   patch, or its calibrated ``fg_range`` when the checkpoint has one);
 - its maps are written on its own cell of the map store (:class:`MapStore`, the same OME-Zarr
   pyramid as slides): one "tile" per cell, no overlap, so the blend window is flat and nothing
-  crosses a cell border. A cell is ``n x n`` map pixels, ``n = ceil(max(cell side) / (stride
-  * downsample))``; a map pixel is therefore ``cell width / n`` by ``cell height / n`` level-0
-  pixels (not square when the cells are not), and ``scale``/``translate`` say so. Each map
+  crosses a cell border. A cell is ``n x n`` map pixels,
+  ``n = ceil(max(cell side) / (map stride * downsample))``; a map pixel is therefore
+  ``cell width / n`` by ``cell height / n`` level-0 pixels (not square when the cells are not), and ``scale``/``translate`` say so. Each map
   pixel is the exact area mean of the model's output over the patch pixels under it; map pixels
   whose centre lies outside the patch (the cell's padding) stay 0 (``bg``, being ``1 - fg``,
   is 1 there);
@@ -59,6 +59,7 @@ from .engine import (
     _layout,
     _ModelRunner,
     _resolve_target,
+    map_stride_for,
     model_fingerprint,
 )
 from .errors import InferenceError, MapStoreError
@@ -262,9 +263,10 @@ def target_size(width: int, height: int, downsample: float) -> tuple[int, int]:
     return max(1, round(height / downsample)), max(1, round(width / downsample))
 
 
-def _folder_geometry(reader: SlideReader, resolution: Resolution, stride: int) -> _FolderGeometry:
+def _folder_geometry(reader: SlideReader, resolution: Resolution,
+                     map_stride: int) -> _FolderGeometry:
     cw, ch = reader.cell_size
-    cells = max(1, math.ceil(max(cw, ch) / (stride * resolution.downsample)))
+    cells = max(1, math.ceil(max(cw, ch) / (map_stride * resolution.downsample)))
     pixel = (ch / cells, cw / cells)
     map_shape = (reader.rows * cells, reader.columns * cells)
     if reader.mpp is None:
@@ -561,7 +563,8 @@ def infer_patches(reader: SlideReader, model: WslModel, config: InferenceConfig,
     stride = int(model.output_stride)
     mpp, level = _resolve_target(reader, model, config)
     resolution = resolve_resolution(reader, mpp=mpp, level=level)
-    folder = _folder_geometry(reader, resolution, stride)
+    map_stride = map_stride_for(model, config)
+    folder = _folder_geometry(reader, resolution, map_stride)
     indices = _patches_in(reader, region)
     _check_sizes(reader, indices, resolution.downsample)
     wanted = config.expanded_maps()
@@ -581,6 +584,7 @@ def infer_patches(reader: SlideReader, model: WslModel, config: InferenceConfig,
                        "mpp": resolution.mpp},
         "cells": folder.cells,
         "output_stride": stride,
+        "map_stride": map_stride,
         "model": model_fingerprint(model),
         "model_type": type(model).__name__,
         "classes": list(classes),
