@@ -45,26 +45,27 @@ def two_class_handles():
 
 def test_short_slide_names_lose_their_middle():
     assert short_slide_name("CMU-1") == "CMU-1"
-    assert short_slide_name("a" * 20) == "a" * 20
-    # 20 characters: the first 9, an ellipsis, the last 10.
-    assert short_slide_name("CMU-1-Small-Region-scanner-042") == "CMU-1-Sma…canner-042"
-    assert len(short_slide_name("x" * 200)) == 20
+    assert short_slide_name("a" * 12) == "a" * 12
+    # 12 characters: the first 5, an ellipsis, the last 6.
+    assert short_slide_name("CMU-1-Small-Region") == "CMU-1…Region"
+    assert short_slide_name("CMU-1-Small-Region-scanner-042") == "CMU-1…er-042"
+    assert short_slide_name("CMU-1-Small-Region", limit=20) == "CMU-1-Small-Region"
+    assert len(short_slide_name("x" * 200)) == 12
 
 
 def test_short_names_and_only_the_class_of_interest_shown():
-    specs = map_layer_specs(two_class_handles(), "CMU-1-Small-Region-scanner-042",
-                            short_names=True)
+    specs = map_layer_specs(two_class_handles(), "CMU-1-Small-Region", short_names=True)
     names = [spec.name for spec in specs]
     assert names == [
-        "CMU-1-Sma…canner-042 · P(benign)",
-        "CMU-1-Sma…canner-042 · P(malignant)",
-        "CMU-1-Sma…canner-042 · foreground",
-        "CMU-1-Sma…canner-042 · tile P(benign)",
-        "CMU-1-Sma…canner-042 · tile P(malignant)",
-        "CMU-1-Sma…canner-042 · uncertainty",
+        "CMU-1…Region · P(benign)",
+        "CMU-1…Region · P(malignant)",
+        "CMU-1…Region · foreground",
+        "CMU-1…Region · tile P(benign)",
+        "CMU-1…Region · tile P(malignant)",
+        "CMU-1…Region · uncertainty",
     ]  # two classes: entropy and margin repeat the uncertainty map, per-class entropy is skipped
     shown = [spec.name for spec in specs if spec.kwargs["visible"]]
-    assert shown == ["CMU-1-Sma…canner-042 · P(malignant)"]
+    assert shown == ["CMU-1…Region · P(malignant)"]
     cam = specs[1]
     assert cam.title == "P(malignant)"
     assert "malignant" in cam.description and cam.kwargs["metadata"]["description"] == cam.description
@@ -98,11 +99,12 @@ def test_three_classes_keep_entropy_and_margin_and_old_names_stay_for_other_call
     assert entropy.kwargs["contrast_limits"] == pytest.approx((0.0, np.log(3.0)))
 
 
-def test_outline_raster_is_one_pixel_wide_and_sits_on_the_map():
+def test_outline_raster_is_two_pixels_wide_and_sits_on_the_map():
     # A 4 x 4 block of foreground 1 in an 8 x 8 map: at threshold 0.25 the contour lies a
     # quarter of the way from the outer pixel centres (1 and 6) to the inner ones (2 and 5),
     # at map coordinates 1.25 and 5.75. With 2 raster pixels per map pixel, raster pixel i has
-    # its centre at map coordinate (i + 0.5) / 2 - 0.5: the contour is on rows/columns 3 and 12.
+    # its centre at map coordinate (i + 0.5) / 2 - 0.5: the contour is at raster coordinates
+    # 3.0 and 12.0, and each point inks the 2 x 2 pixels from it: rows/columns 3-4 and 12-13.
     values = np.zeros((8, 8), np.float32)
     values[2:6, 2:6] = 1.0
     outline = outline_data(handle("fg", "fg", values=values), 0.25, supersample=2)
@@ -111,13 +113,14 @@ def test_outline_raster_is_one_pixel_wide_and_sits_on_the_map():
     assert outline.translate == pytest.approx((0.25, 0.25))  # 0.75 + 2 * (0.25 - 0.5)
     raster = np.asarray(outline.levels[0])
     assert raster.shape == (16, 16) and raster.dtype == np.uint8
-    straight = slice(5, 11)  # away from the cut corners
-    assert raster[3, straight].all() and raster[12, straight].all()
-    assert raster[straight, 3].all() and raster[straight, 12].all()
-    # One pixel wide: nothing beside the lines, nothing inside or outside.
-    assert not raster[2, straight].any() and not raster[4, straight].any()
+    straight = slice(6, 11)  # away from the cut corners
+    for line in (3, 4, 12, 13):
+        assert raster[line, straight].all() and raster[straight, line].all()
+    # Two pixels wide: nothing beside the lines, nothing inside or outside.
+    assert not raster[2, straight].any() and not raster[5, straight].any()
+    assert not raster[11, straight].any() and not raster[14, straight].any()
     assert not raster[5:11, 5:11].any()  # inside (the corners are cut diagonally)
-    assert raster[:2].sum() == 0 and raster[14:].sum() == 0
+    assert raster[:2].sum() == 0 and raster[15:].sum() == 0
     # A window is drawn on its own, equal to the same part of the whole level.
     np.testing.assert_array_equal(outline.levels[0][2:8, 3:14], raster[2:8, 3:14])
     # No foreground above the threshold: an empty raster.
@@ -133,20 +136,22 @@ def test_outline_pyramid_halves_down_to_the_smallest_level():
     # 16 raster pixels per map pixel: 1600 x 960, halved until the longer side is <= 512.
     assert shapes == [(1600, 960), (800, 480), (400, 240)]
     coarse = np.asarray(outline.levels[2])
-    # The contour (at map rows 19.5 and 79.5) on the coarsest level: row (19.5+0.5)*16-0.5
-    # = 319.5 of the finest level, 79.875 after dividing by 4.
-    assert coarse[80, 60:180].all() and not coarse[100:300, 60:180].any()
+    # The top contour (map row 19.5) on the coarsest level: finest row (19.5 + 0.5) * 16 - 0.5
+    # = 319.5, divided by 4: 79.875, inked on rows 79 and 80.
+    assert coarse[79, 60:180].all() and coarse[80, 60:180].all()
+    assert not coarse[78, 60:180].any() and not coarse[81:300, 60:180].any()
 
 
 def test_outline_level_takes_numpy_style_keys():
     segments = np.array([[[0.0, 0.0], [0.0, 9.0]]])  # one row-0 segment, 10 pixels long
     level = OutlineLevel(segments, (4, 10), 1)
-    assert np.asarray(level).sum() == 10
+    assert np.asarray(level).sum() == 20  # rows 0 and 1
     assert level[0].tolist() == [1] * 10
-    assert level[0, 3] == 1 and level[1, 3] == 0
-    assert level[:, 2].tolist() == [1, 0, 0, 0]
+    assert level[1, 3] == 1 and level[2, 3] == 0
+    assert level[:, 2].tolist() == [1, 1, 0, 0]
     assert level[::2, ::5].tolist() == [[1, 1], [0, 0]]
-    assert OutlineLevel(segments, (4, 10), 2)[:, :].sum() == 5
+    # Half the resolution: x from 0 to 4.5, inked on columns 0 to 5 of rows 0 and 1.
+    assert OutlineLevel(segments, (4, 10), 2)[:, :].sum() == 12
 
 
 def test_progress_messages_say_what_was_reused():

@@ -99,7 +99,7 @@ def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot, tm
     assert values.shape == (96, 112)
     # The pink blob (centre) is foreground, the glass corner is less so.
     assert values[48, 56] > values[2, 2]
-    outline = viewer.layers["slide · foreground outline"]
+    outline = viewer.layers["slide · outline"]
     assert outline.metadata["threshold"] == 0.5
     before = np.asarray(outline.data[0]).copy()
     assert before.sum() > 0
@@ -194,18 +194,21 @@ def test_class_of_interest_first_with_colour_bars_and_a_legend(viewer_with_slide
         "class activation map of normal: how strongly each spot looks like normal")
     # The dock's legend: a colour ramp, the range and the meaning of each map.
     rows = {row["title"]: row for row in widget.legend.rows}
-    assert list(rows) == ["P(tumour), P(normal)", "foreground", "uncertainty",
-                          "foreground outline"]
+    assert list(rows) == ["P(tumour), P(normal)", "foreground", "uncertainty", "outline"]
     assert rows["P(tumour), P(normal)"]["description"].startswith("class activation map of normal")
     assert (rows["uncertainty"]["low"], rows["uncertainty"]["high"]) == (0.0, pytest.approx(np.log(2)))
-    outline = viewer.layers["slide · foreground outline"]
+    outline = viewer.layers["slide · outline"]
     assert outline.visible and not outline.colorbar.visible
     names = [layer.name for layer in viewer.layers]
-    assert names.index("slide · foreground outline") == len(names) - 1  # above the maps
-    # The outline raster is one pixel wide wherever napari shows it: no 2 x 2 block is full.
+    assert names.index("slide · outline") == len(names) - 1  # above the maps
+    # The outline raster is two pixels wide: no 3 x 3 block of it is full.
     raster = np.asarray(outline.data[0]).astype(bool)
     assert raster.any()
-    assert not (raster[:-1, :-1] & raster[1:, :-1] & raster[:-1, 1:] & raster[1:, 1:]).any()
+    full = np.ones_like(raster[2:, 2:])
+    for dy in range(3):
+        for dx in range(3):
+            full &= raster[dy : raster.shape[0] - 2 + dy, dx : raster.shape[1] - 2 + dx]
+    assert not full.any()
 
 
 def test_the_project_can_choose_the_class_of_interest(viewer_with_slide, qtbot, tmp_path):

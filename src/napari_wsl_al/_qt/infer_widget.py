@@ -653,7 +653,7 @@ class InferenceWidget(QWidget):
             self.legend.add_row(row["title"], ramp_pixmap(row["colormap"]), row["description"],
                                 row["low"], row["high"])
         if specs and "fg" in {spec.kwargs["metadata"]["wslal_map"] for spec in specs}:
-            self.legend.add_row("foreground outline", line_pixmap(OUTLINE_COLOR),
+            self.legend.add_row("outline", line_pixmap(OUTLINE_COLOR),
                                 "contours of the foreground above the outline threshold")
 
     @staticmethod

@@ -32,15 +32,16 @@ OUTLINE_MAX_SIZE = 2048
 #: Most outline polygons drawn (the longest ones).
 OUTLINE_MAX_POLYGONS = 400
 
-#: Outline raster pixels per map pixel side at its finest level: the line is one raster pixel
-#: wide at the level napari shows, so it stays one or two screen pixels wide at any zoom.
+#: Outline raster pixels per map pixel side at its finest level: the line is two raster pixels
+#: wide at the level napari shows, so it stays two to four screen pixels wide at any zoom.
 OUTLINE_SUPERSAMPLE = 16
 
 #: The outline raster pyramid is halved until its smallest level fits in this many pixels.
 OUTLINE_SMALLEST_LEVEL = 512
 
-#: Slide names longer than this lose their middle in layer names.
-SHORT_NAME_LENGTH = 20
+#: Slide names longer than this lose their middle in layer names (napari's layer list shows
+#: about 28 characters: "CMU-1…Region · P(malignant)" fits).
+SHORT_NAME_LENGTH = 12
 
 #: Between the slide and the map in layer names.
 NAME_SEPARATOR = " · "
@@ -136,7 +137,7 @@ def map_layer_name(slide_name: str, name: str, channel: str | None = None) -> st
 
 def outline_layer_name(slide_name: str) -> str:
     """Layer name of a slide's foreground outline."""
-    return f"{short_slide_name(slide_name)}{NAME_SEPARATOR}foreground outline"
+    return f"{short_slide_name(slide_name)}{NAME_SEPARATOR}outline"
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,7 @@ def map_layer_specs(handles: dict[str, MapHandle], slide_name: str,
                     "contrast_limits": contrast_limits(handle, classes),
                     "visible": visible,
                     "metadata": {"wslal_map": name, "channel": channel,
-                                 "description": description},
+                                 "description": description, "slide_name": slide_name},
                     **({"units": "um"} if handle.unit == "micrometer" else {}),
                     **style,
                 },
@@ -310,7 +311,7 @@ def foreground_outline(handle: MapHandle, threshold: float) -> list[np.ndarray]:
 
 class OutlineLevel:
     """One level of a thin outline raster, drawn on demand: a numpy-like ``uint8`` array that is
-    1 on the outline and 0 elsewhere.
+    1 on the outline (two pixels wide) and 0 elsewhere.
 
     Slicing draws only the polygon edges that cross the requested window (points every half
     pixel along each edge), so napari, which reads only the window it shows, pays for what is
@@ -363,10 +364,14 @@ class OutlineLevel:
         owner = np.repeat(np.arange(len(edges)), counts)
         first = np.repeat(np.cumsum(counts) - counts, counts)
         t = (np.arange(int(counts.sum())) - first) / np.repeat(np.maximum(counts - 1, 1), counts)
-        points = np.rint(start[owner] + step[owner] * t[:, None]).astype(np.int64)
-        rows, cols = points[:, 0] - y0, points[:, 1] - x0
-        inside = (rows >= 0) & (rows < out.shape[0]) & (cols >= 0) & (cols < out.shape[1])
-        out[rows[inside], cols[inside]] = 1
+        # Each point inks the 2 x 2 pixels around it: a line two pixels wide, centred on the
+        # contour, that no sampling of the level on screen can break.
+        points = np.floor(start[owner] + step[owner] * t[:, None]).astype(np.int64)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                rows, cols = points[:, 0] + dy - y0, points[:, 1] + dx - x0
+                inside = (rows >= 0) & (rows < out.shape[0]) & (cols >= 0) & (cols < out.shape[1])
+                out[rows[inside], cols[inside]] = 1
         return out
 
     def __getitem__(self, key) -> np.ndarray:
@@ -401,7 +406,7 @@ class OutlineData:
     Attributes
     ----------
     levels : list of OutlineLevel
-        The raster pyramid, finest first: the line is one pixel wide at every level.
+        The raster pyramid, finest first: the line is two pixels wide at every level.
     scale, translate : (float, float)
         Placement of the finest level in world units (microns when ``unit`` says so).
     unit : str or None
@@ -425,9 +430,9 @@ def outline_data(handle: MapHandle, threshold: float,
     """The contours of ``fg > threshold`` (:func:`foreground_outline`) as a thin outline raster.
 
     The finest raster level has ``supersample`` pixels per map pixel side; each coarser level
-    halves it, down to :data:`OUTLINE_SMALLEST_LEVEL` pixels. napari shows the level whose
-    pixels are about one screen pixel, so the line stays thin at every zoom and the tissue
-    shows through.
+    halves it, down to :data:`OUTLINE_SMALLEST_LEVEL` pixels. The line is two pixels wide at
+    every level, and napari shows the level whose pixels are one to two screen pixels, so the
+    line stays thin at every zoom and the tissue shows through.
     """
     polygons = foreground_outline(handle, threshold)
     f = int(supersample)
