@@ -585,3 +585,24 @@ def test_the_models_resolution_is_used_when_none_is_asked(tmp_path):
     by_level = run(reader, CoarseRedModel(), tmp_path / "c.zarr", maps=("cam",),
                    cam_normalisation="none", tile_size=32, overlap=0, level=0)
     assert by_level.maps["cam"].levels[0].shape == (2, 32, 32)
+
+
+def test_a_full_disk_is_found_in_the_chain_of_causes():
+    import errno
+
+    from napari_wsl_al.core.infer.store import _is_disk_full
+
+    assert _is_disk_full(OSError(errno.ENOSPC, "No space left on device"))
+    assert _is_disk_full(OSError(errno.EDQUOT, "Disk quota exceeded"))
+    assert not _is_disk_full(OSError(errno.EACCES, "Permission denied"))
+    assert not _is_disk_full(ValueError("not an OSError"))
+    wrapped = RuntimeError("zarr could not write")
+    wrapped.__cause__ = OSError(errno.ENOSPC, "No space left on device")
+    assert _is_disk_full(wrapped)
+    during = RuntimeError("while handling")
+    during.__context__ = ValueError("in between")
+    during.__context__.__context__ = OSError(errno.ENOSPC, "No space left on device")
+    assert _is_disk_full(during)
+    unrelated = RuntimeError("zarr could not write")
+    unrelated.__cause__ = OSError(errno.EIO, "I/O error")
+    assert not _is_disk_full(unrelated)
