@@ -297,3 +297,27 @@ def test_pseudo_segmentations_and_image_classes_come_from_the_two_heads():
         np.testing.assert_array_equal(mask, np.where(probs[0] < 0.5, foreground, 0))
     with pytest.raises(ActiveLearningError, match="1 foreground classes for 2 images"):
         pseudo_segmentations(model, items, [1])
+
+
+def test_scores_by_hand_argmax_and_foreground_map(monkeypatch):
+    from napari_wsl_al.core.al import train
+
+    # four pixels, truth: background, benign, benign, malignant; the third pixel's foreground
+    # (0.6) is split between the two classes, each below the background's 0.4
+    probs = np.array([[[0.9, 0.2, 0.4, 0.1]], [[0.05, 0.7, 0.3, 0.1]], [[0.05, 0.1, 0.3, 0.8]]],
+                     np.float32)
+    truth = np.array([[0, 1, 1, 2]])
+
+    def fixed(model, items, device=None):
+        yield 0, probs, None, None
+
+    monkeypatch.setattr(train, "predict_items", fixed)
+    model, _ = joint_from_wsl(tiny_wsl(), SEG)
+    item = RegionItem("x", np.zeros((1, 4, 3), np.uint8), np.zeros((1, 4), np.int64))
+    scores = segmentation_scores(model, [item], [truth])
+    # argmax: foreground at pixels 1 and 3 of the truth's 1, 2, 3: Dice 2 * 2 / (2 + 3)
+    assert scores["dice"] == pytest.approx(0.8)
+    # 1 - P(background) > 0.5 at pixels 1, 2, 3: Dice 1
+    assert scores["fg_dice"] == pytest.approx(1.0)
+    # argmax classes 0, 1, 0, 2: IoU background 1/2, benign 1/2, malignant 1
+    assert scores["miou"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)

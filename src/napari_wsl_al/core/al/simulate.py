@@ -455,6 +455,7 @@ def simulate_run(
             "clicks": clicks,
             "labelled_fraction": labelled_ids.size / max(candidates.size, 1),
             "dice": scores["dice"],
+            "fg_dice": scores["fg_dice"],
             "miou": scores["miou"],
             "gini": gini_index(class_regions),
             "seconds": time.perf_counter() - round_start,

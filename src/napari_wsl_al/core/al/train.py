@@ -293,9 +293,10 @@ def pseudo_segmentations(
         The newest model (WACV'21 Alg. 1, line 10: pseudo labels are made again every round).
     items : sequence of RegionItem
         The pseudo-labelled images.
-    foreground_classes : sequence of int, optional
+    foreground_classes : sequence of (int or None), optional
         Per item, the segmentation class of its image-level class (foreground where
-        ``1 - P(background) > 0.5``); None: every pixel's most probable class.
+        ``1 - P(background) > 0.5``); None (for all items, or for one): every pixel's most
+        probable class.
     device : str or torch.device, optional
         Where to predict.
 
@@ -309,7 +310,8 @@ def pseudo_segmentations(
             f"{len(foreground_classes)} foreground classes for {len(items)} images")
     masks = []
     for index, probs, _, _ in predict_items(model, items, device):
-        foreground = None if foreground_classes is None else int(foreground_classes[index])
+        foreground = None if foreground_classes is None else foreground_classes[index]
+        foreground = None if foreground is None else int(foreground)
         masks.append(label_prop_mask(probs, foreground))
     return masks
 
@@ -691,17 +693,28 @@ def segmentation_scores(
     label_maps: Sequence[np.ndarray],
     device: str | torch.device | None = "cpu",
 ) -> dict[str, float]:
-    """Foreground Dice (class 0 = background against the rest, per image then averaged) and
-    mIoU over the segmentation classes (one confusion matrix over all pixels)."""
+    """Foreground Dice and mIoU of the segmentation head against dense truth.
+
+    ``dice``: foreground (any class but 0) of the most probable class against the truth's, per
+    image, then averaged; ``fg_dice``: the same with the foreground map the model shows,
+    ``1 - P(background) > 0.5`` (the two differ where the foreground's probability is split
+    between several classes, each below the background's); ``miou``: over the segmentation
+    classes, one confusion matrix of the most probable class over all pixels.
+    """
     from ..metrics import confusion_matrix, dice, mean_iou
 
     n_classes = len(model.seg_classes)
     confusion = np.zeros((n_classes, n_classes), dtype=np.int64)
-    dices = []
+    dices, fg_dices = [], []
     for index, probs, _, _ in predict_items(model, items, device):
         truth = np.asarray(label_maps[index])
         valid = truth != IGNORE_INDEX
         predicted = probs.argmax(axis=0)
         confusion += confusion_matrix(truth[valid], predicted[valid], n_classes)
         dices.append(dice(truth[valid] > 0, predicted[valid] > 0))
-    return {"dice": float(np.mean(dices)) if dices else float("nan"), "miou": mean_iou(confusion)}
+        fg_dices.append(dice(truth[valid] > 0, probs[0][valid] < 0.5))
+    return {
+        "dice": float(np.mean(dices)) if dices else float("nan"),
+        "fg_dice": float(np.mean(fg_dices)) if fg_dices else float("nan"),
+        "miou": mean_iou(confusion),
+    }
