@@ -534,6 +534,14 @@ def test_layout_of_the_raw_channels():
         ("cam", classes), ("seg", ("gland", "stroma")), ("uncertainty/entropy", None)]
     model.seg_classes = ("gland",)
     assert _layout(model, probe, ("seg",)).prob_names == ("seg_0", "seg_1")
+    del probe["seg_logits"]
+    # Each uncertainty map needs the probabilities; a model without class names gets
+    # class_0, class_1 ... from its logits.
+    for name in ("probs", "entropy", "margin", "ovr_entropy"):
+        assert _layout(model, probe, (name,)).tile_channels == {"probs": (0, 3)}, name
+    assert _layout(model, probe, ("seg",)).tile_channels == {}
+    model.classes = ()
+    assert _layout(model, probe, ("cam",)).class_names == classes
 
 
 def test_sigmoid_cams_and_float16_maps(tmp_path):
@@ -563,6 +571,12 @@ def test_a_map_pixel_half_on_tissue_is_gated_by_half(tmp_path):
     cam = result.maps["cam"].levels[0].compute()
     softmax = np.exp([2.0, 0.5]) / np.exp([2.0, 0.5]).sum()  # 0.8175745, 0.1824255
     np.testing.assert_allclose(cam[:, 10, 24], 0.5 * softmax, atol=1e-6)
+    # Raw CAM scores are not probabilities: they are left as they are, glass included.
+    raw = run(reader, ConstantModel(logits=(2.0, 0.5), fg=0.7), tmp_path / "raw.zarr",
+              maps=("cam",), tile_size=64, overlap=16, tissue_gate=True,
+              cam_normalisation="none")
+    np.testing.assert_allclose(raw.maps["cam"].levels[0].compute()[:, 10, [0, 24, 40]],
+                               [[2.0] * 3, [0.5] * 3], atol=1e-6)
 
 
 def test_the_models_resolution_is_used_when_none_is_asked(tmp_path):
