@@ -11,12 +11,14 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_wsl_al.core.errors import SlideError
-from napari_wsl_al.core.io.base import LevelArray, resize_rgb
+from napari_wsl_al.core.errors import CorruptSlideError, SlideError
+from napari_wsl_al.core.io.base import LevelArray, SlideReader, resize_rgb
 from napari_wsl_al.core.io.image_backend import (
     ImageReader,
     PatchFolderReader,
+    _pil_to_array,
     image_size,
+    list_patch_files,
     read_image_file,
 )
 from napari_wsl_al.core.io.memory_backend import ArrayReader
@@ -336,3 +338,87 @@ def test_metadata_repr_and_closing():
     with pytest.raises(SlideError, match="closed"):
         reader.read_level(0, 0, 0, 1, 1)
     reader.close()  # twice is fine
+
+
+class TwoLevelSlide(SlideReader):
+    """A backend that sets only its level sizes, as a minimal file backend does."""
+
+    def __init__(self, dimensions, region_shape=None):
+        super().__init__()
+        self.native_dimensions = list(dimensions)
+        self.region_shape = region_shape
+        self._finish_init()
+
+    def _read_native(self, level, x, y, width, height):
+        shape = self.region_shape or (height, width, 3)
+        return np.full(shape, level, np.uint8)
+
+
+def test_a_backend_gets_downsamples_tiles_and_checked_regions():
+    slide = TwoLevelSlide([(100, 60), (50, 30), (25, 15)])
+    assert slide.native_downsamples == [1.0, 2.0, 4.0]  # level-0 width over the level's
+    assert slide.native_tile_sizes == [None, None, None]
+    assert slide.tile_size(1) == (512, 512)
+    assert slide.level_array(2) is slide.level_array(2)  # made once
+    assert [level.shape for level in slide.levels()] == [(60, 100, 3), (30, 50, 3), (15, 25, 3)]
+    assert (slide.read_level(1, 0, 0, 3, 2) == 1).all()
+    with pytest.raises(SlideError, match="backend returned"):
+        TwoLevelSlide([(100, 60)], region_shape=(2, 2, 3)).read_level(0, 0, 0, 3, 3)
+    with pytest.raises(SlideError, match="no image"):
+        TwoLevelSlide([])
+    view = slide.level_view(0)
+    assert (view.size, view.ndim, view.dtype) == (60 * 100 * 3, 3, np.uint8)
+
+
+def test_pil_modes_and_depths():
+    assert _pil_to_array(Image.new("1", (2, 1), 1)).tolist() == [[255, 255]]
+    in_range = _pil_to_array(Image.fromarray(np.array([[0, 65535]], np.int32), mode="I"))
+    assert in_range.dtype == np.uint16 and in_range.tolist() == [[0, 65535]]
+    beyond = _pil_to_array(Image.fromarray(np.array([[0, 70000]], np.int32), mode="I"))
+    assert beyond.dtype == np.int32 and beyond.tolist() == [[0, 70000]]
+    negative = _pil_to_array(Image.fromarray(np.array([[-1, 5]], np.int32), mode="I"))
+    assert negative.dtype == np.int32
+    sixteen = _pil_to_array(Image.fromarray(np.array([[3, 60000]], np.uint16)))
+    assert sixteen.dtype == np.uint16 and sixteen.tolist() == [[3, 60000]]
+    floats = _pil_to_array(Image.fromarray(np.array([[0.25, 2.5]], np.float32), mode="F"))
+    assert floats.dtype == np.float32 and floats.tolist() == [[0.25, 2.5]]
+    palette = Image.new("P", (1, 1))
+    palette.putpalette([1, 2, 3] + [0] * 765)
+    assert _pil_to_array(palette).tolist() == [[[1, 2, 3, 255]]]  # via RGBA
+    assert _pil_to_array(Image.new("YCbCr", (1, 1), (255, 128, 128))).shape == (1, 1, 3)
+    assert _pil_to_array(Image.new("LA", (1, 1), (7, 9))).tolist() == [[[7, 9]]]
+    assert _pil_to_array(Image.new("RGBA", (1, 1), (1, 2, 3, 4))).tolist() == [[[1, 2, 3, 4]]]
+
+
+def test_list_patch_files_and_folder_properties(tmp_path):
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    for name, size in [("b.png", (4, 3)), ("a.JPG", (5, 2)), (".hidden.png", (4, 3)),
+                       ("c.tif", (2, 6))]:
+        array = np.zeros((size[1], size[0], 3), np.uint8)
+        if name.endswith(".tif"):
+            tifffile.imwrite(folder / name, array, photometric="rgb")
+        else:
+            Image.fromarray(array).save(folder / name, format="JPEG" if "JPG" in name else None)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "sub.png").mkdir()  # a folder named like an image
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert [p.name for p in list_patch_files(folder)] == ["a.JPG", "b.png", "broken.png", "c.tif"]
+    reader = PatchFolderReader(folder, mpp=0.5)
+    assert reader.patch_names == ["a.JPG", "b.png", "c.tif"] and reader.skipped == ["broken.png"]
+    # 3 patches: 2 columns, 2 rows of 5 x 6 cells.
+    assert reader.properties == {"patches.count": "3", "patches.columns": "2",
+                                 "patches.cell_size": "5x6", "patches.skipped": "broken.png"}
+    assert reader.dimensions == (10, 12) and reader.mpp == (0.5, 0.5)
+    assert reader.native_tile_sizes == [(6, 5)] and reader.format == "patch-folder"
+    assert reader.patch_boxes == [(0, 0, 5, 2), (5, 0, 4, 3), (0, 6, 2, 6)]
+
+
+def test_a_patch_that_changed_size_is_reported(tmp_path):
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    Image.fromarray(np.zeros((3, 4, 3), np.uint8)).save(folder / "a.png")
+    reader = PatchFolderReader(folder, cache_size=1)
+    Image.fromarray(np.zeros((5, 4, 3), np.uint8)).save(folder / "a.png")
+    with pytest.raises(CorruptSlideError, match="4x5, its header said 4x3"):
+        reader.read_patch(0)
