@@ -326,8 +326,20 @@ def test_label_prop_on_a_patch_folder_stores_pseudo_labels_and_protects_them(pat
     # the pseudo labels are not oracle labels, and their regions are not suggested
     assert sorted(oracle.tolist()) == sorted(patch_ids[0][:2].tolist())
     assert len(suggested) == 5 and not set(suggested) & set(expected_regions)
+    # a round that starts from the weakly-supervised model still pseudo-labels with the newest
+    # one; P keeps its patches (none of them was labelled since)
+    third = run_to_end(rounds.run_round(project, replace(settings, init="wsl"),
+                                        suggest_after=False))
+    assert third["metrics"]["pseudo_patches"][name] >= len(expected)
+    with LabelStore.for_project(project.path) as store:
+        live = store.current(name, source="pseudo")
+    assert {label.round for label in live} == {3}
+    assert set(expected_regions) <= {label.region_id for label in live}
     # without label_prop, the same project suggests them again like any other region
     plain = replace(settings, label_prop=False)
     assert rounds.ALSettings.from_json(plain.to_json()) == plain
+    everything = run_to_end(rounds.suggest(project, name, plain, n=superpixels.n_regions))
+    assert set(expected_regions) & set(everything.ids.tolist())
+    assert "protected" not in everything.params
     with pytest.raises(ValueError, match="label_prop_k"):
         replace(settings, label_prop_k=0)

@@ -671,8 +671,11 @@ def run_round(
             )
             pseudo_maps, pseudo_rows, pseudo_counts = None, [], {}
             if settings.label_prop:
+                # pseudo labels come from the newest model, also when this round starts afresh
+                newest = model if settings.init == "previous" else current_model(
+                    project, settings, device)[0]
                 pseudo_items, masks, pseudo_rows, pseudo_counts = yield from label_prop_items(
-                    project, store, settings, model, classes, device
+                    project, store, settings, newest, classes, device
                 )
                 if pseudo_items:
                     pseudo_maps = [None] * len(items) + masks
