@@ -620,3 +620,31 @@ def test_a_full_disk_is_found_in_the_chain_of_causes():
     unrelated = RuntimeError("zarr could not write")
     unrelated.__cause__ = OSError(errno.EIO, "I/O error")
     assert not _is_disk_full(unrelated)
+
+
+def test_foreground_from_the_cam_when_the_model_has_no_mask(tmp_path):
+    # One 32 x 32 tile, red 0 on the left half and 255 on the right: RedModel's CAM of class 0
+    # (the predicted one) is 0 then 1 over 8 x 8 pixels. localize() min-max normalises it and
+    # upsamples it bilinearly to 32 pixels (pixel x samples CAM column (x + 0.5) / 4 - 0.5);
+    # the map is its 4-pixel mean: column 3 = (0 + 0 + 0.125 + 0.375) / 4 = 0.125,
+    # column 4 = (0.625 + 0.875 + 1 + 1) / 4 = 0.875.
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[:, 16:, 0] = 255
+    result = run(ArrayReader(image, mpp=0.5), RedModel(), tmp_path / "m.zarr", maps=("fg",),
+                 tile_size=32, overlap=0)
+    fg = result.maps["fg"].levels[0].compute()
+    np.testing.assert_allclose(fg, np.broadcast_to([0, 0, 0, 0.125, 0.875, 1, 1, 1], (8, 8)),
+                               atol=1e-6)
+
+
+def test_a_slide_narrower_than_a_map_pixel(tmp_path):
+    image = np.zeros((40, 3, 3), np.uint8)
+    image[..., 0] = (np.arange(40) * 6)[:, None]
+    result = run(ArrayReader(image, mpp=0.5), RedModel(), tmp_path / "m.zarr", maps=("cam",),
+                 cam_normalisation="none", tile_size=32, overlap=0)
+    cam = result.maps["cam"].levels[0].compute()
+    assert cam.shape == (2, 10, 1)
+    # Map pixel (j, 0) averages rows 4j..4j+3 of three red columns and one white (padding)
+    # column: (3 * 6 * (4j + 1.5) + 255) / 4 / 255.
+    expected = (3 * 6 * (4 * np.arange(10) + 1.5) + 255) / 4 / 255
+    np.testing.assert_allclose(cam[0, :, 0], expected, atol=1e-5)
