@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "napari_wsl_al.commands.info",
     "napari_wsl_al.commands.make_sample",
     "napari_wsl_al.commands.train_wsl",
+    "napari_wsl_al.commands.pretrain_ssl",
     "napari_wsl_al.commands.infer",
     "napari_wsl_al.commands.suggest",
     "napari_wsl_al.commands.round",
