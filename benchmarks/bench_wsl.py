@@ -48,6 +48,7 @@ from napari_wsl_al.core.data.glas import (
     split_by_patient,
 )
 from napari_wsl_al.core.data.patches import AugmentConfig
+from napari_wsl_al.core.models.backbones import load_backbone_weights
 from napari_wsl_al.core.models.factory import ModelConfig, build_model
 from napari_wsl_al.core.models.maxmin import calibrate_foreground
 from napari_wsl_al.core.progress import run_to_end
@@ -116,6 +117,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     recipe.add_argument("--hed", type=float, default=0.03, help="stain augmentation strength")
     recipe.add_argument("--colour", type=float, default=0.1,
                         help="brightness / contrast / saturation jitter")
+    recipe.add_argument("--pretrained", default=None, metavar="PATH",
+                        help="backbone weights loaded into each fold's model before training "
+                             "(e.g. from 'napari-wsl-al pretrain-ssl'); name their source in "
+                             "--recipe, since label-free pre-training may have seen the "
+                             "validation folds' images")
     recipe.add_argument("--cv-out", default=str(REPOSITORY / "benchmarks" / "results" / "wsl_cv.jsonl"))
     recipe.add_argument("--table", action="store_true", help="print the recipes measured so far")
     recipe.add_argument("--colour-baseline", action="store_true",
@@ -174,6 +180,8 @@ def cross_validate(args) -> int:
                 arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
                 mpp=args.target_mpp or dataset.mpp, head=head,
             ))
+            if args.pretrained:
+                load_backbone_weights(model.backbone, args.pretrained)
             result = run_to_end(
                 train_wsl(model, train_part, inner.val if inner else None, config),
                 lambda record, label=label, index=index: print(
