@@ -94,7 +94,7 @@ def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot, tm
     assert fg.colormap.name == "green" and fg.blending == "additive"
     assert "slide · P(tumour)" in viewer.layers and "slide · uncertainty" in viewer.layers
     cam = viewer.layers["slide · P(normal)"]
-    assert cam.colormap.name.startswith("inferno") and cam.colormap.colors[0][3] == 0
+    assert cam.colormap.name.startswith("turbo") and cam.colormap.colors[0][3] == 0
     values = np.asarray(fg.data[0])
     assert values.shape == (96, 112)
     # The pink blob (centre) is foreground, the glass corner is less so.
@@ -191,11 +191,11 @@ def test_class_of_interest_first_with_colour_bars_and_a_legend(viewer_with_slide
     uncertainty.visible = False
     assert not uncertainty.colorbar.visible
     assert viewer.layers["slide · P(normal)"].metadata["description"].startswith(
-        "class activation map of normal: how strongly each spot looks like normal")
+        "how strongly each spot looks like normal to the model")
     # The dock's legend: a colour ramp, the range and the meaning of each map.
     rows = {row["title"]: row for row in widget.legend.rows}
     assert list(rows) == ["P(tumour), P(normal)", "foreground", "uncertainty", "outline"]
-    assert rows["P(tumour), P(normal)"]["description"].startswith("class activation map of normal")
+    assert rows["P(tumour), P(normal)"]["description"].startswith("how strongly each spot looks like normal")
     assert (rows["uncertainty"]["low"], rows["uncertainty"]["high"]) == (0.0, pytest.approx(np.log(2)))
     outline = viewer.layers["slide · outline"]
     assert outline.visible and not outline.colorbar.visible

@@ -20,12 +20,14 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QFrame,
     QGridLayout,
     QHBoxLayout,
     QLabel,
     QLineEdit,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QSlider,
     QSpinBox,
     QVBoxLayout,
@@ -191,6 +193,25 @@ class PreparedLayers:
     layers: dict
 
 
+class ScrollArea(QScrollArea):
+    """A vertical scroll area as wide as its content (napari sizes docks by their hints)."""
+
+    def _width(self, content_width: int) -> int:
+        return content_width + self.verticalScrollBar().sizeHint().width() + 2 * self.frameWidth()
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        if self.widget() is not None:
+            hint.setWidth(self._width(self.widget().minimumSizeHint().width()))
+        return hint
+
+    def sizeHint(self):
+        hint = super().sizeHint()
+        if self.widget() is not None:
+            hint.setWidth(self._width(self.widget().sizeHint().width()))
+        return hint
+
+
 def reported(method):
     """Run a slot, turning any exception into a notification: PyQt aborts napari on an
     exception raised in a slot."""
@@ -226,11 +247,11 @@ class InferenceWidget(QWidget):
         #: The worker tracing the outline at a new threshold, and whether another is due.
         self.outline_worker = None
         self._outline_due = False
-        self._last_refresh = 0.0
         self._slide = None
         self._store_key: str | None = None
         #: Layers (or specs, or an outline) still to add, one per event-loop turn.
         self._pending: list = []
+        self._legend_key: tuple = ()
         self._outline_timer = QTimer(self)
         self._outline_timer.setSingleShot(True)
         self._outline_timer.setInterval(150)
@@ -360,7 +381,10 @@ class InferenceWidget(QWidget):
         form.addRow("Batch size", self.batch_spin)
         form.addRow("Device", self.device_combo)
         form.addRow("Outline threshold", threshold_row)
-        layout = QVBoxLayout(self)
+        # Everything scrolls: with the legend, a warning and the patch table the dock is taller
+        # than napari's window, and Qt would otherwise squash the form's rows into each other.
+        content = QWidget()
+        layout = QVBoxLayout(content)
         layout.addLayout(form)
         layout.addLayout(buttons)
         layout.addWidget(self.progress_bar)
@@ -370,6 +394,14 @@ class InferenceWidget(QWidget):
         self.patch_table = PatchTable(self.viewer)
         layout.addWidget(self.patch_table)
         layout.addStretch(1)
+        scroll = self._scroll = ScrollArea()
+        scroll.setWidget(content)
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self.resolution_combo.currentIndexChanged.connect(self._resolution_changed)
         self.slide_combo.currentIndexChanged.connect(self._update_resolution_warning)
@@ -514,7 +546,6 @@ class InferenceWidget(QWidget):
             show_error(str(error))
             return
         self._slide = layer
-        self._last_refresh = 0.0
         self._update_resolution_warning()
         self.progress_bar.setRange(0, 0)
         self.status.setText("starting…")
@@ -535,9 +566,10 @@ class InferenceWidget(QWidget):
 
     def _job(self, reader, choice, config, region, project, existing, threshold):
         """The worker's generator: the session's job, plus the map layers made once the map
-        store exists, and the outline traced at the end (all off the UI thread)."""
+        store exists, fresh map data every :data:`REFRESH_INTERVAL_S` and at the end, and the
+        outline traced at the end (all off the UI thread)."""
         job = self.session.run_with_model(reader, choice, config, region, project)
-        prepared = False
+        prepared, last = False, 0.0
         while True:
             try:
                 record = next(job)
@@ -545,15 +577,22 @@ class InferenceWidget(QWidget):
                 result = stop.value
                 break
             yield record
-            if not prepared and record.total and self.session.handles():
-                yield self._prepare_layers(existing)
-                prepared = True
-        if not prepared and self.session.handles():
-            yield self._prepare_layers(existing)
+            if record.total and time.monotonic() - last >= REFRESH_INTERVAL_S:
+                specs = self.session.layer_specs()
+                if specs:
+                    yield self._prepare_layers(specs, set() if prepared else None, existing)
+                    prepared, last = True, time.monotonic()
+        specs = self.session.layer_specs()
+        if specs:
+            yield self._prepare_layers(specs, set() if prepared else None, existing)
         return result, self.session.outline_data(threshold)
 
-    def _prepare_layers(self, existing: set) -> PreparedLayers:
-        specs = self.session.layer_specs()
+    @staticmethod
+    def _prepare_layers(specs: list[MapLayerSpec], made: set | None, existing: set) -> PreparedLayers:
+        """Fresh data for the map layers; the first time (``made`` None), the layers of the
+        maps that had none when the run started, too."""
+        if made is not None:
+            return PreparedLayers(specs, {})
         layers = {spec_key(spec): make_map_layer(spec) for spec in specs
                   if spec_key(spec) not in existing}
         return PreparedLayers(specs, layers)
@@ -582,15 +621,10 @@ class InferenceWidget(QWidget):
         rate = progress.metrics.get("tiles_per_s", 0.0)
         unit = self.session.unit
         self.status.setText(progress.message + (f" · {rate:.1f} {unit}/s" if rate else ""))
-        now = time.monotonic()
-        if now - self._last_refresh >= REFRESH_INTERVAL_S:
-            self._last_refresh = now
-            self.refresh_visible()
 
     @reported
     def _on_returned(self, returned) -> None:
         result, outline = returned
-        self.refresh_visible(hidden_too=True)
         if outline is not None:
             self._show_outline(outline)
         self.patch_table.update_from(result, self.session.store, getattr(self, "_slide", None))
@@ -627,27 +661,30 @@ class InferenceWidget(QWidget):
         return None
 
     def _receive_layers(self, prepared: PreparedLayers) -> None:
-        """Give the existing layers of the run's maps their (new) data, and plan adding the
-        others one per event-loop turn, the visible one first."""
+        """Give the existing layers of the run's maps their fresh data (new dask arrays: napari
+        caches what it read from the old ones), and plan adding the others one per event-loop
+        turn, the visible one first."""
         if prepared.specs:
             self._store_key = spec_key(prepared.specs[0])[0]
         self._show_legend(prepared.specs)
-        queued = {id(item) for item in self._pending}
+        planned = {_planned_key(item) for item in self._pending} - {None}
         for spec in prepared.specs:
             key = spec_key(spec)
             layer = self._map_layer(key)
             if layer is not None:
                 self._update_layer(layer, spec)
-                continue
-            item = prepared.layers.get(key, spec)
-            if id(item) not in queued:
-                self._pending.append(item)
-        if COLOUR_BARS not in self._pending:
+            elif key not in planned:
+                self._pending.append(prepared.layers.get(key, spec))
+        if self._pending and COLOUR_BARS not in self._pending:
             self._pending.append(COLOUR_BARS)
         self._pending.sort(key=_order)
         self._schedule_next()
 
     def _show_legend(self, specs: list[MapLayerSpec]) -> None:
+        key = tuple((spec.title, spec.description) for spec in specs)
+        if key == self._legend_key:
+            return
+        self._legend_key = key
         self.legend.clear()
         for row in legend_rows(specs):
             self.legend.add_row(row["title"], ramp_pixmap(row["colormap"]), row["description"],
@@ -694,23 +731,11 @@ class InferenceWidget(QWidget):
             self._outline_on_top()
         self._schedule_next()
 
-    def refresh_visible(self, hidden_too: bool = False) -> None:
-        """Re-read the visible map layers of the run (tiles finished since); all of them with
-        ``hidden_too`` (hidden layers cost nothing to refresh, only their thumbnail)."""
-        for layer in self.map_layers():
-            if layer.visible or hidden_too:
-                layer.refresh()
-
     def refresh_layers(self) -> None:
         """Add the current maps' layers now, or give the existing ones fresh data (scripts)."""
-        specs = self.session.layer_specs()
-        existing = {map_key(item) for item in self.viewer.layers} - {None}
-        self._receive_layers(PreparedLayers(specs, {}))
+        self._receive_layers(PreparedLayers(self.session.layer_specs(), {}))
         while self._pending:
             self._add_next()
-        for layer in self.map_layers():
-            if map_key(layer) in existing:
-                layer.refresh()
 
     # ------------------------------------------------------------------ outline
     def _threshold_changed(self, value: int) -> None:
@@ -795,9 +820,23 @@ class InferenceWidget(QWidget):
         if maps and index < max(maps):
             self.viewer.layers.move(index, len(self.viewer.layers))
 
+    def showEvent(self, event) -> None:
+        # napari styles the dock when it is shown, which widens the form: ask for the width.
+        super().showEvent(event)
+        self._scroll.updateGeometry()
+
     def closeEvent(self, event) -> None:
         self.session.close()
         super().closeEvent(event)
+
+
+def _planned_key(item) -> tuple | None:
+    """The map key of a planned layer (None for the outline and the colour bars step)."""
+    if isinstance(item, MapLayerSpec):
+        return spec_key(item)
+    if isinstance(item, Image):
+        return map_key(item)
+    return None
 
 
 def _order(item) -> int:

@@ -51,7 +51,7 @@ CLASS_OF_INTEREST_SETTING = "class_of_interest"
 
 #: Display of each kind of map: colormap, blending, opacity.
 MAP_STYLE = {
-    "cam": {"colormap": "inferno", "blending": "translucent", "opacity": 0.5},
+    "cam": {"colormap": "turbo", "blending": "translucent", "opacity": 0.6},
     "fg": {"colormap": "green", "blending": "additive", "opacity": 0.5},
     "bg": {"colormap": "magenta", "blending": "additive", "opacity": 0.5},
     "probs": {"colormap": "cyan", "blending": "additive", "opacity": 0.5},
@@ -83,25 +83,19 @@ MAP_TITLES = {
 
 #: What each map shows and how to read it (``{c}``: the channel's class).
 MAP_DESCRIPTIONS = {
-    "cam": ("class activation map of {c}: how strongly each spot looks like {c} to the model "
-            "(softmax over the classes), from 0 (transparent) to 1 (bright yellow); 0 on glass"),
-    "fg": ("foreground: where the model finds the evidence for its decision (its localisation "
-           "mask), 0 to 1; the yellow outline surrounds it above the outline threshold"),
-    "bg": "background: 1 - foreground (1 on glass and where the model finds no evidence)",
-    "probs": ("the model's probability of {c} for the whole tile (patch) around each spot, "
-              "blended between tiles: the image-level decision, not a per-pixel one"),
-    "seg": "the segmentation head's probability of {c} at each spot, 0 to 1",
-    "uncertainty/entropy": ("predictive entropy of the class probabilities: 0 when the model is "
-                            "sure, up to ln(number of classes) when it cannot decide"),
-    "uncertainty/margin": ("best minus second-best class probability: near 0 the model hesitates "
-                           "between two classes, near 1 it is sure"),
-    "uncertainty/ovr_entropy": ("one-vs-rest entropy of {c}: 0 when the model is sure whether "
-                                "the spot is {c} or not, up to ln 2 = 0.69 for a coin flip"),
-    "uncertainty/ovr_entropy_max": ("how unsure the model is: the largest one-vs-rest entropy "
-                                    "over the classes, from 0 (sure) to ln 2 = 0.69 (a coin "
-                                    "flip); bright spots are the ones worth labelling"),
-    "uncertainty/mc_variance": ("variance of the class probabilities over the MC-dropout "
-                                "passes: high where the prediction is unstable"),
+    "cam": ("how strongly each spot looks like {c} to the model (class activation map, softmax "
+            "over the classes); 0 on glass"),
+    "fg": ("where the model finds the evidence for its decision (its localisation mask); "
+           "outlined above the outline threshold"),
+    "bg": "1 - foreground: glass and where the model finds no evidence",
+    "probs": "the model's probability of {c} for the whole tile or patch, not per pixel",
+    "seg": "the segmentation head's probability of {c} at each spot",
+    "uncertainty/entropy": "predictive entropy: 0 when sure, ln(number of classes) when undecided",
+    "uncertainty/margin": "best minus second-best class probability: near 0 the model hesitates",
+    "uncertainty/ovr_entropy": "one-vs-rest entropy of {c}: 0 when sure, 0.69 for a coin flip",
+    "uncertainty/ovr_entropy_max": ("how unsure the model is (largest one-vs-rest entropy): 0 "
+                                    "when sure, 0.69 for a coin flip; label bright spots first"),
+    "uncertainty/mc_variance": "variance over MC-dropout passes: high where the prediction is unstable",
 }
 
 
