@@ -236,3 +236,22 @@ def test_region_from_points():
         (5, 10, 16, 21)
     with pytest.raises(ValueError, match="outside"):
         region_from_points(np.array([[600.0, 600.0], [700.0, 700.0]]), (500, 500))
+
+
+def test_grid_defaults_levels_and_messages():
+    reader = blank(600, 600, mpp=0.5)
+    grid = tile_grid(reader)
+    assert (grid.tile_size, grid.overlap, grid.rows, grid.cols) == (512, 64, 2, 2)
+    image = np.full((600, 600, 3), 255, np.uint8)
+    two_levels = ArrayReader(image, mpp=0.5, levels=[image[::2, ::2]])
+    by_level = tile_grid(two_levels, 128, 0, level=1)
+    assert by_level.resolution.level == 1 and (by_level.width, by_level.rows) == (300, 3)
+    with pytest.raises(NoTissueError, match="no tile of the region holds at least 50%"):
+        tile_grid(reader, 256, 0, region=(0, 0, 10, 10), tissue=ConstantTissue(0.0),
+                  tissue_threshold=0.5)
+    with pytest.raises(NoTissueError, match="no tile of the slide holds"):
+        tile_grid(reader, 256, 0, tissue=ConstantTissue(0.0), tissue_threshold=0.5)
+    # A last column one pixel inside the slide: its box is one pixel wide.
+    edge = ConstantTissue(1.0)
+    tile_grid(blank(256, 257, mpp=0.5), 256, 0, tissue=edge, tissue_threshold=0.5)
+    assert edge.boxes == [(0, 0, 256, 256), (256, 0, 1, 256)]
