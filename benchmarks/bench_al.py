@@ -6,6 +6,9 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py bar         # full supervision: the same model on every mask
     python benchmarks/bench_al.py strategies  # random, entropy, bvsb, pixbal, oreal; multi; 3 seeds
     python benchmarks/bench_al.py modes       # seed 0, oreal: dominant vs multi, pseudo labels
+    python benchmarks/bench_al.py labelprop   # seed 0, oreal multi with Label_prop (WACV'21)
+    python benchmarks/bench_al.py labelprop --no-pseudo   # the same run without it
+    python benchmarks/bench_al.py glass       # CMU-1, round 0: glass among the first 20 picks
     python benchmarks/bench_al.py report      # reads the CSVs, prints the tables, draws curves.png
 
 Outputs go to ``benchmarks/results/al/``.
@@ -48,7 +51,8 @@ def base_config(args) -> sim.SimulationConfig:
 
 def _append(path: Path, rows: list[dict]) -> None:
     new = not path.exists()
-    columns = list(sim.CURVE_COLUMNS) + ["loss"]
+    columns = list(sim.CURVE_COLUMNS) + [
+        "loss", "fg_dice", "pseudo_images", "pseudo_dice", "pseudo_queried"]
     with open(path, "a", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
         if new:
@@ -82,7 +86,7 @@ def report() -> None:
     rows = []
     for path in sorted(OUT.glob("*.csv")):
         name = path.stem.split("-")[0]
-        if name in ("strategies", "modes"):
+        if name in ("strategies", "modes", "labelprop"):
             with open(path) as stream:
                 for row in csv.DictReader(stream):
                     for key in ("seed", "round", "clicks"):
@@ -100,10 +104,12 @@ def report() -> None:
     )
     groups: dict[str, dict[int, list[dict]]] = {}
     for row in rows:
-        key = f"{row['strategy']}-{row['label']}"
+        # the labelprop runs are compared with each other, not pooled with older runs
+        prefix = "labelprop: " if row["part"] == "labelprop" else ""
+        key = f"{prefix}{row['strategy']}-{row['label']}"
         groups.setdefault(key, {}).setdefault(row["seed"], []).append(row)
     print(
-        f"{'run':28s} {'seeds':>5s} {'AuALC':>14s} {'final Dice':>16s} {'final frac':>10s} "
+        f"{'run':36s} {'seeds':>5s} {'AuALC':>14s} {'final Dice':>16s} {'final frac':>10s} "
         f"{'frac at 95%':>12s} {'Gini last':>9s} {'s/round':>8s}"
     )
     for key, seeds in sorted(groups.items()):
@@ -121,14 +127,14 @@ def report() -> None:
             reach.append(hit[0] if hit else float("nan"))
             ginis.append(seed_rows[-1]["gini"])
             secs.extend(r["seconds"] for r in seed_rows)
-        reached = [r for r in reach if r == r]
+        reached = [r for r in reach if not np.isnan(r)]
         reach_text = (
             f"{100 * np.mean(reached):.2f}% ({len(reached)}/{len(reach)})"
             if reached
             else f"never (0/{len(reach)})"
         )
         print(
-            f"{key:28s} {len(seeds):5d} {np.mean(aucs):.4f}+-{np.std(aucs):.4f} "
+            f"{key:36s} {len(seeds):5d} {np.mean(aucs):.4f}+-{np.std(aucs):.4f} "
             f"{np.mean(finals):.4f}+-{np.std(finals):.4f} {100 * np.mean(fracs):9.2f}% "
             f"{reach_text:>12s} {np.mean(ginis):9.3f} {np.mean(secs):8.1f}"
         )
@@ -142,7 +148,7 @@ def report() -> None:
                 f"{100 * np.mean([v['labelled_fraction'] for v in values]):.1f}%:"
                 f"{np.mean([v['dice'] for v in values]):.3f}"
             )
-        print(f"  {key:26s} " + " ".join(cells))
+        print(f"  {key:34s} " + " ".join(cells))
     strategy_rows = [r for r in rows if r["part"] == "strategies"]
     if strategy_rows:
         sim.plot_curves(OUT / "curves.png", strategy_rows, bar["dice"])
@@ -154,13 +160,73 @@ def report() -> None:
     ]
     if mode_rows:
         sim.plot_curves(OUT / "modes.png", mode_rows, bar["dice"])
+    label_prop_rows = [r for r in rows if r["part"] == "labelprop"]
+    if label_prop_rows:
+        sim.plot_curves(OUT / "labelprop.png", label_prop_rows, bar["dice"])
+        print("Label_prop runs per round: Dice (argmax) / Dice of 1 - P(background) > 0.5; "
+              "pseudo-labelled images, their Dice, picks in P:")
+        for row in label_prop_rows:
+            pseudo = ""
+            if row.get("pseudo_images"):
+                pseudo = (f"; {row['pseudo_images']} images, Dice "
+                          f"{float(row['pseudo_dice']):.3f}, picks in P {row['pseudo_queried']}")
+            print(f"  {row['label']:18s} round {row['round']}: {row['dice']:.3f} / "
+                  f"{float(row.get('fg_dice') or 'nan'):.3f}{pseudo}")
+
+
+def run_glass(args) -> None:
+    """Round-0 OREAL suggestions on CMU-1 with the shipped model: how many picks are glass.
+
+    The same scores are ranked without the glass test and with exact ties only ("before") and
+    as :func:`select_regions` does by default ("after"), for ``--seeds`` initial decoders (the
+    segmentation head of round 0 is untrained, so its random start decides the scores).
+    """
+    import tempfile
+
+    from napari_wsl_al.core.al import rounds
+    from napari_wsl_al.core.al.acquisition import select_regions
+    from napari_wsl_al.core.project import Project
+
+    slide = ROOT.parent / "shared" / "data" / "wsi" / "CMU-1-Small-Region.svs"
+    settings = rounds.ALSettings(device="cpu")
+    variants = {"before": {"max_glass_fraction": None, "tie_tolerance": 0.0}, "after": {}}
+    totals = {tag: [0, 0, 0] for tag in variants}
+    with tempfile.TemporaryDirectory() as folder:
+        project = Project.create(Path(folder) / "study.wslal", classes=["benign", "malignant"])
+        name = project.add_slide(slide)
+        reader = rounds.open_project_slide(project, name)
+        try:
+            superpixels = run_to_end(rounds.ensure_superpixels(project, name, settings, reader))
+            adjacency = superpixels.adjacency()
+            print(f"CMU-1: {superpixels.n_regions} superpixels", flush=True)
+            for seed in range(args.seeds):
+                torch.manual_seed(seed)
+                model, _ = rounds.current_model(project, settings, "cpu")
+                stats = run_to_end(rounds.score_slide(model, reader, superpixels, settings))
+                glass = stats.glass_fraction
+                for tag, options in variants.items():
+                    picks = select_regions(stats, "oreal", 20, adjacency=adjacency, **options)
+                    mostly = int((glass[picks.ids] > 0.5).sum())
+                    some = int((glass[picks.ids] > 0.2).sum())
+                    distinct = len(np.unique(picks.scores))
+                    for k, value in enumerate((mostly, some, distinct)):
+                        totals[tag][k] += value
+                    print(f"seed {seed} {tag}: {mostly} of 20 picks mostly glass (> 50 %), "
+                          f"{some} with > 20 % glass; scores {picks.scores.min():.4f}.."
+                          f"{picks.scores.max():.4f} ({distinct} distinct)", flush=True)
+        finally:
+            reader.close()
+    for tag, (mostly, some, _) in totals.items():
+        print(f"{tag}: {mostly} of {20 * args.seeds} picks mostly glass, {some} with > 20 % "
+              "glass")
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("part", choices=("bar", "strategies", "modes", "report"))
+    parser.add_argument("part",
+                        choices=("bar", "strategies", "modes", "labelprop", "glass", "report"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=6)
@@ -170,10 +236,17 @@ def main(argv=None) -> int:
     parser.add_argument("--mpp", type=float, default=1.24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the CSV (parallel processes)")
+    parser.add_argument("--k", type=int, default=40, help="labelprop: neighbours (paper: 40)")
+    parser.add_argument("--lam", type=float, default=0.1, help="labelprop: lambda (paper: 0.1)")
+    parser.add_argument("--no-pseudo", action="store_true",
+                        help="labelprop: the same run without Label_prop")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.part == "report":
         report()
+        return 0
+    if args.part == "glass":
+        run_glass(args)
         return 0
     if not DATA.is_dir():
         print(f"{DATA} is missing", file=sys.stderr)
@@ -195,6 +268,11 @@ def main(argv=None) -> int:
             for s in args.strategies.split(",")
         ]
         run_runs(args, data, configs, "strategies" + (f"-{args.tag}" if args.tag else ""))
+    elif args.part == "labelprop":
+        configs = [replace(config, strategy="oreal", label="multi",
+                           pseudo_labels=not args.no_pseudo, pseudo_method="label_prop",
+                           label_prop_k=args.k, label_prop_lambda=args.lam)]
+        run_runs(args, data, configs, "labelprop" + (f"-{args.tag}" if args.tag else ""))
     else:
         configs = [
             replace(config, strategy="oreal", label="dominant"),
