@@ -56,6 +56,7 @@ def test_resolution_can_be_set_when_unknown(viewer, tmp_path):
     widget.mpp_button.click()
     layer = viewer.layers["patch"]
     np.testing.assert_allclose(layer.scale, (0.25, 0.25))
+    assert str(layer.units[0]) in ("micrometer", "µm", "um")
     assert layer.metadata["slide"]["mpp"] == [0.25, 0.25]
     assert "0.25" in widget.info.text()
 

@@ -187,6 +187,7 @@ class SlideWidget(QWidget):
             return
         reader.set_mpp(self.mpp_spin.value())
         layer.scale = reader.napari_scale()
+        layer.units = "um"  # as the maps of it will be (napari warns about mixed units)
         layer.metadata["slide"] = reader.metadata()
         self.viewer.reset_view()
         self.info.setText(describe(reader))
