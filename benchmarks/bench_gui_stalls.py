@@ -1,0 +1,227 @@
+"""UI stalls of napari with the plugin: longest gap of a 10 ms heartbeat while slides and patch
+folders open, a synthetic sample is written, and the Inference dock runs its default maps.
+
+    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python benchmarks/bench_gui_stalls.py
+
+Scenarios, one after the other in one viewer:
+
+- the synthetic sample slide, written the first time (into an empty cache folder);
+- opening CMU-1-Small-Region.svs (``../shared/data/wsi`` or ``sample_data/``);
+- opening a folder of 80 GlaS training patches (symbolic links to ``../shared/data/glas_train``);
+- the Inference dock with its default maps on CMU-1, then on the patch folder (default model,
+  CPU, a temporary project), and once more on CMU-1 (the finished maps are reused).
+
+A QTimer fires every 10 ms on the UI thread and records the time between its calls: a gap of
+g ms means the event loop could not run for about g - 10 ms. For each scenario the benchmark
+prints the longest gap, the three longest with the seconds since the scenario started, and the
+time spent inside napari's own ``add_image``/``add_shapes``/``add_layer`` calls (layer
+controls, vispy visuals, first slice), which the plugin does not control.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("NAPARI_WSL_AL_PROJECT", str(Path(tempfile.mkdtemp()) / "study.wslal"))
+os.environ["NAPARI_WSL_AL_CACHE_DIR"] = tempfile.mkdtemp(prefix="wslal-cache-")
+
+import napari  # noqa: E402
+from napari.components.viewer_model import ViewerModel  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+#: Heartbeat period, ms.
+HEARTBEAT_MS = 10
+
+
+class Heartbeat:
+    """Runs the Qt event loop and records the gaps between calls of a 10 ms QTimer."""
+
+    def __init__(self, interval_ms: int = HEARTBEAT_MS):
+        self.interval_ms = interval_ms
+
+    def run(self, until, action=None) -> list[tuple[float, float]]:
+        """Start ``action`` from the event loop, pump events until ``until()``; every gap as
+        ``(seconds since start, gap seconds)``."""
+        from qtpy.QtCore import QEventLoop, QTimer
+
+        start = time.perf_counter()
+        state = {"beat": start}
+        gaps: list[tuple[float, float]] = []
+
+        def beat():
+            now = time.perf_counter()
+            gaps.append((now - start, now - state["beat"]))
+            state["beat"] = now
+
+        timer = QTimer()
+        timer.setInterval(self.interval_ms)
+        timer.timeout.connect(beat)
+        timer.start()
+        loop = QEventLoop()
+        checker = QTimer()
+        checker.setInterval(10)
+        checker.timeout.connect(lambda: loop.quit() if until() else None)
+        checker.start()
+        if action is not None:
+            QTimer.singleShot(30, action)
+        loop.exec()
+        checker.stop()
+        timer.stop()
+        beat()
+        return gaps
+
+
+def for_seconds(seconds: float):
+    """A condition that holds ``seconds`` after it was made."""
+    end = time.perf_counter() + seconds
+    return lambda: time.perf_counter() >= end
+
+
+class NapariTimer:
+    """Time spent inside napari's own layer creation calls (wraps ViewerModel.add_*)."""
+
+    NAMES = ("add_image", "add_shapes", "add_labels", "add_layer")
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.calls = 0
+        self.longest = 0.0
+        self._depth = 0
+        for name in self.NAMES:
+            self._wrap(name)
+
+    def _wrap(self, name: str) -> None:
+        original = getattr(ViewerModel, name)
+        timer = self
+
+        def wrapped(viewer, *args, **kwargs):
+            timer._depth += 1
+            started = time.perf_counter()
+            try:
+                return original(viewer, *args, **kwargs)
+            finally:
+                timer._depth -= 1
+                if timer._depth == 0:
+                    spent = time.perf_counter() - started
+                    timer.seconds += spent
+                    timer.calls += 1
+                    timer.longest = max(timer.longest, spent)
+
+        setattr(ViewerModel, name, wrapped)
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.longest = 0.0, 0, 0.0
+
+
+def report(name: str, gaps: list[tuple[float, float]], napari_time: NapariTimer, extra: str = ""):
+    """Print the longest gap, the three longest and napari's layer-creation time."""
+    ordered = sorted(gaps, key=lambda item: item[1], reverse=True)
+    top = ", ".join(f"{1000 * gap:.0f} ms at {at:.1f} s" for at, gap in ordered[:3])
+    longest = 1000 * ordered[0][1] if ordered else 0.0
+    print(f"{name}\n  longest gap {longest:.0f} ms; 3 longest: {top}")
+    if napari_time.calls:
+        print(f"  inside napari's add_* calls: {1000 * napari_time.seconds:.0f} ms in "
+              f"{napari_time.calls} calls (longest {1000 * napari_time.longest:.0f} ms)")
+    if extra:
+        print(f"  {extra}")
+    sys.stdout.flush()
+
+
+def find_cmu1() -> Path:
+    for candidate in (SHARED / "wsi" / "CMU-1-Small-Region.svs",
+                      ROOT / "sample_data" / "CMU-1-Small-Region.svs"):
+        if candidate.is_file():
+            return candidate
+    raise SystemExit("CMU-1-Small-Region.svs not found in ../shared/data/wsi or sample_data/")
+
+
+def patch_folder(count: int) -> Path:
+    """A folder of ``count`` GlaS training images (symbolic links), in a temporary folder."""
+    images = SHARED / "glas_train" / "images"
+    files = sorted(images.glob("*.png"), key=lambda p: int("".join(filter(str.isdigit, p.stem)) or 0))
+    if len(files) < count:
+        raise SystemExit(f"{images} holds {len(files)} images, {count} wanted")
+    folder = Path(tempfile.mkdtemp(prefix="wslal-patches-")) / f"glas_{count}"
+    folder.mkdir()
+    for file in files[:count]:
+        (folder / file.name).symlink_to(file)
+    return folder
+
+
+def run_inference(widget, slide_name: str, beat: Heartbeat, napari_time: NapariTimer, title: str):
+    widget.slide_combo.setCurrentText(slide_name)
+    napari_time.reset()
+    started = {}
+
+    def start():
+        started["t"] = time.perf_counter()
+        widget.run()
+
+    gaps = beat.run(lambda: "t" in started and widget.worker is None, start)
+    seconds = time.perf_counter() - started["t"]
+    after = beat.run(for_seconds(2.0))
+    offset = gaps[-1][0] if gaps else 0.0
+    report(title, gaps + [(offset + at, gap) for at, gap in after], napari_time,
+           f"{seconds:.1f} s to the end of the run; status: {widget.status.text()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--patches", type=int, default=80, help="patches in the folder")
+    parser.add_argument("--no-infer", action="store_true", help="only the opening scenarios")
+    parser.add_argument("--no-sample", action="store_true", help="skip the synthetic sample")
+    args = parser.parse_args()
+
+    napari_time = NapariTimer()
+    beat = Heartbeat()
+    viewer = napari.Viewer(show=True)
+    viewer.window.resize(1500, 950)
+    beat.run(for_seconds(1.0))
+    # Plugin modules imported once, as after napari's first use of the plugin.
+    import napari_wsl_al._reader  # noqa: F401
+    from napari_wsl_al._qt.infer_widget import InferenceWidget
+
+    print(f"heartbeat {HEARTBEAT_MS} ms; idle gaps: longest "
+          f"{1000 * max(g for _, g in beat.run(for_seconds(1.0))):.0f} ms")
+
+    if not args.no_sample:
+        napari_time.reset()
+        gaps = beat.run(for_seconds(1.5), lambda: viewer.open_sample("napari-wsl-al", "synthetic_slide"))
+        while any(layer.name.startswith("synthetic") for layer in viewer.layers) is False:
+            gaps += beat.run(for_seconds(0.5))
+        report("synthetic sample slide, first write", gaps, napari_time)
+        viewer.layers.clear()
+        beat.run(for_seconds(0.5))
+
+    cmu1 = find_cmu1()
+    napari_time.reset()
+    gaps = beat.run(for_seconds(2.0), lambda: viewer.open(str(cmu1), plugin="napari-wsl-al"))
+    report(f"open {cmu1.name}", gaps, napari_time)
+
+    folder = patch_folder(args.patches)
+    napari_time.reset()
+    gaps = beat.run(for_seconds(3.0), lambda: viewer.open(str(folder), plugin="napari-wsl-al"))
+    report(f"open a folder of {args.patches} GlaS patches", gaps, napari_time)
+
+    if not args.no_infer:
+        widget = InferenceWidget(viewer)
+        viewer.window.add_dock_widget(widget, area="right", name="Inference")
+        widget.device_combo.setCurrentText("cpu")
+        beat.run(for_seconds(0.5))
+        run_inference(widget, cmu1.stem, beat, napari_time, "inference, default maps, CMU-1")
+        run_inference(widget, folder.name, beat, napari_time,
+                      f"inference, default maps, {args.patches} patches")
+        run_inference(widget, cmu1.stem, beat, napari_time, "inference again on CMU-1 (maps reused)")
+    viewer.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
