@@ -1,30 +1,41 @@
-"""Make docs/inference_widget.png: the Inference widget with map overlays on CMU-1-Small-Region.
+"""Make the Inference dock's screenshots: the dock and its maps on CMU-1-Small-Region, the
+overlays at a pathologist's zoom, and a folder of GlaS patches with their maps.
 
-Run under Xvfb: ``xvfb-run -a .venv/bin/python docs/make_inference_screenshot.py [--default]``.
-Without ``--default`` it uses a hand-made stain model (foreground = haematoxylin-dark pixels),
-so the picture shows the widget and its overlays before a trained checkpoint exists; with
-``--default`` it uses the shipped model and also writes docs/cmu1_overlays.png.
+Run under Xvfb: ``xvfb-run -a .venv/bin/python docs/make_inference_screenshot.py [--stain]``.
+It writes docs/inference_widget.png, docs/cmu1_overlays.png and, when the GlaS training images
+are beside the repository (``../shared/data/glas_train``), docs/patch_overlays.png. The maps
+are the shipped default model's, on the CPU; with ``--stain`` a hand-made stain model
+(foreground = haematoxylin-dark pixels) is used instead, to check the overlays without a
+trained checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from napari_wsl_al.core.models.base import WslModel
 
 ROOT = Path(__file__).resolve().parents[1]
+GLAS = ROOT.parent / "shared" / "data" / "glas_train" / "images"
+
+#: GlaS training images shown as a folder of patches (4 x 4).
+PATCHES = 16
+
+#: Microns per pixel of the GlaS images (20x), given to the folder so the model's applies.
+GLAS_MPP = 0.62
 
 
 class StainModel(WslModel):
     """Not trained: class scores from colour (purple nuclei vs pink stroma); fg = darkness."""
 
-    classes = ("nuclei-rich", "stroma")
+    classes = ("stroma", "nuclei-rich")
     output_stride = 16
 
     def __init__(self):
@@ -35,7 +46,7 @@ class StainModel(WslModel):
         rgb = x * torch.tensor(self.std).view(1, 3, 1, 1) + torch.tensor(self.mean).view(1, 3, 1, 1)
         dark = 1.0 - rgb.mean(dim=1, keepdim=True)
         blue = rgb[:, 2:3] - rgb[:, 0:1]
-        pooled = nn.functional.avg_pool2d(torch.cat([dark * 6 + blue * 8, -blue * 8], 1), 16)
+        pooled = nn.functional.avg_pool2d(torch.cat([-blue * 8, dark * 6 + blue * 8], 1), 16)
         fg = torch.sigmoid((nn.functional.avg_pool2d(dark, 16) - 0.25) * 20)
         return {"logits": pooled.mean(dim=(2, 3)) + self.dummy, "cams": pooled, "fg": fg}
 
@@ -55,60 +66,95 @@ def shrink_png(path: Path, max_bytes: int = 480_000) -> None:
         scale *= 0.85
 
 
-def main() -> None:
-    import napari
+def settle(seconds: float) -> None:
+    """Let Qt process events (paint, layers added one per turn) for ``seconds``."""
     from qtpy.QtWidgets import QApplication
 
+    app = QApplication.instance()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def run_inference(viewer, stain: bool):
+    """The Inference dock on the viewer's slide, run to the end, its layers all added."""
     from napari_wsl_al._qt.infer_widget import InferenceWidget
 
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--default", action="store_true", help="use the shipped default model")
-    args = parser.parse_args()
+    widget = InferenceWidget(viewer)
+    viewer.window.add_dock_widget(widget, area="right", name="Inference")
+    if stain:
+        widget.model_factory = StainModel
+    widget.device_combo.setCurrentText("cpu")
+    widget.run()
+    while widget.worker is not None or widget._pending:
+        settle(0.1)
+    settle(2.0)
+    return widget
+
+
+def save(viewer, path: Path, canvas_only: bool) -> None:
+    viewer.screenshot(str(path), canvas_only=canvas_only)
+    shrink_png(path)
+    print(path, path.stat().st_size)
+
+
+def slide_screenshots(stain: bool) -> None:
+    """docs/inference_widget.png and docs/cmu1_overlays.png."""
+    import napari
+
     viewer = napari.Viewer()
     viewer.window.resize(1500, 950)
     viewer.open(str(ROOT / "sample_data" / "CMU-1-Small-Region.svs"), plugin="napari-wsl-al")
-    widget = InferenceWidget(viewer)
-    viewer.window.add_dock_widget(widget, area="right", name="Inference")
-    if not args.default:
-        widget.model_factory = StainModel
-    widget.device_combo.setCurrentText("cpu")
-    widget.map_checks["bg"].setChecked(False)
-    widget.run()
-    app = QApplication.instance()
-    while widget.worker is not None:
-        app.processEvents()
-        time.sleep(0.01)
-    widget.threshold_slider.setValue(50)
-    widget.update_outline()
-    for layer in viewer.layers:
-        if layer.name.endswith("fg"):
-            layer.visible = False
-        if layer.name.endswith("ovr_entropy_max"):
-            layer.visible = False
-        if " cam " in layer.name:
-            layer.visible = False
-        if layer.name.endswith("cam " + widget.session.handles()["cam"].channels[-1]):
-            layer.visible = True
-            layer.opacity = 0.6
-            viewer.layers.selection.active = layer
+    widget = run_inference(viewer, stain)
     viewer.reset_view()
-    for _ in range(20):
-        app.processEvents()
-        time.sleep(0.05)
-    out = ROOT / "docs" / "inference_widget.png"
-    viewer.screenshot(str(out), canvas_only=False)
-    shrink_png(out)
-    print(out, out.stat().st_size)
-    if args.default:
-        overlays = ROOT / "docs" / "cmu1_overlays.png"
-        for layer in viewer.layers:
-            if layer.name.endswith("ovr_entropy_max"):
-                layer.visible = True
-                layer.opacity = 0.4
-        viewer.screenshot(str(overlays), canvas_only=True)
-        shrink_png(overlays)
-        print(overlays, overlays.stat().st_size)
+    settle(1.0)
+    save(viewer, ROOT / "docs" / "inference_widget.png", canvas_only=False)
+    # A pathologist's zoom (about 10x): the uncertainty map instead of the CAM, the outline.
+    for layer in widget.map_layers():
+        layer.visible = layer.metadata["wslal_map"] == "uncertainty/ovr_entropy_max"
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    camera.center = (1700.0 * 0.499, 1150.0 * 0.499)
+    camera.zoom = 1.0 / 0.499 * 0.5
+    settle(2.0)
+    save(viewer, ROOT / "docs" / "cmu1_overlays.png", canvas_only=True)
     viewer.close()
+
+
+def patch_screenshot(stain: bool) -> None:
+    """docs/patch_overlays.png: 16 GlaS training images as a folder of patches."""
+    import napari
+
+    from napari_wsl_al._qt.slide_widget import SlideWidget
+
+    names = sorted(GLAS.glob("*.png"), key=lambda p: int(p.stem.split("_")[-1]))[:PATCHES]
+    with tempfile.TemporaryDirectory(prefix="patch-overlays-") as scratch:
+        folder = Path(scratch) / "glas_16"
+        folder.mkdir()
+        for image in names:
+            (folder / image.name).symlink_to(image)
+        viewer = napari.Viewer()
+        viewer.window.resize(1500, 950)
+        viewer.open(str(folder), plugin="napari-wsl-al")
+        slide_dock = SlideWidget(viewer)  # the Slide dock's µm / pixel, set as a user would
+        slide_dock.mpp_spin.setValue(GLAS_MPP)
+        slide_dock.set_resolution()
+        run_inference(viewer, stain)
+        viewer.reset_view()
+        settle(1.0)
+        save(viewer, ROOT / "docs" / "patch_overlays.png", canvas_only=False)
+        viewer.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stain", action="store_true", help="a hand-made stain model")
+    args = parser.parse_args()
+    # Maps go to a temporary project, not the user's default one.
+    os.environ.setdefault("NAPARI_WSL_AL_PROJECT", str(Path(tempfile.mkdtemp()) / "study.wslal"))
+    slide_screenshots(args.stain)
+    if GLAS.is_dir():
+        patch_screenshot(args.stain)
 
 
 if __name__ == "__main__":
