@@ -251,6 +251,7 @@ class InferenceWidget(QWidget):
         self._store_key: str | None = None
         #: Layers (or specs, or an outline) still to add, one per event-loop turn.
         self._pending: list = []
+        self._add_planned = False
         self._legend_key: tuple = ()
         self._outline_timer = QTimer(self)
         self._outline_timer.setSingleShot(True)
@@ -580,18 +581,18 @@ class InferenceWidget(QWidget):
             if record.total and time.monotonic() - last >= REFRESH_INTERVAL_S:
                 specs = self.session.layer_specs()
                 if specs:
-                    yield self._prepare_layers(specs, set() if prepared else None, existing)
+                    yield self._prepare_layers(specs, existing, first=not prepared)
                     prepared, last = True, time.monotonic()
         specs = self.session.layer_specs()
         if specs:
-            yield self._prepare_layers(specs, set() if prepared else None, existing)
+            yield self._prepare_layers(specs, existing, first=not prepared)
         return result, self.session.outline_data(threshold)
 
     @staticmethod
-    def _prepare_layers(specs: list[MapLayerSpec], made: set | None, existing: set) -> PreparedLayers:
-        """Fresh data for the map layers; the first time (``made`` None), the layers of the
-        maps that had none when the run started, too."""
-        if made is not None:
+    def _prepare_layers(specs: list[MapLayerSpec], existing: set, first: bool) -> PreparedLayers:
+        """Fresh data for the map layers; the ``first`` time, the layers of the maps that had
+        none when the run started, too."""
+        if not first:
             return PreparedLayers(specs, {})
         layers = {spec_key(spec): make_map_layer(spec) for spec in specs
                   if spec_key(spec) not in existing}
@@ -703,15 +704,25 @@ class InferenceWidget(QWidget):
             layer.translate = spec.kwargs["translate"]
 
     def _schedule_next(self) -> None:
-        if self._pending:
+        if self._pending and not self._add_planned:
+            self._add_planned = True
             QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next)
 
     @reported
     def _add_next(self) -> None:
         """Add one planned layer (napari makes its controls and visual), then plan the next."""
+        self._add_planned = False
         if not self._pending:
             return
         item = self._pending.pop(0)
+        try:
+            self._add(item)
+        finally:  # the next one is planned even when this one failed
+            if not self._pending:
+                self._outline_on_top()
+            self._schedule_next()
+
+    def _add(self, item) -> None:
         active = self.viewer.layers.selection.active
         if isinstance(item, OutlineData):
             self._add_outline_layer(item)
@@ -727,9 +738,6 @@ class InferenceWidget(QWidget):
             follow_visibility(item)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
-        if not self._pending:
-            self._outline_on_top()
-        self._schedule_next()
 
     def refresh_layers(self) -> None:
         """Add the current maps' layers now, or give the existing ones fresh data (scripts)."""
