@@ -187,16 +187,33 @@ def test_foreground_outline_in_microns():
 
 
 def test_foreground_outline_on_a_coarser_level(monkeypatch):
-    fine = np.zeros((10, 12), np.float32)
+    fine = np.zeros((9, 12), np.float32)  # an odd level 0: level 1 pixels are 9/5 x 12/6
     coarse = np.zeros((5, 6), np.float32)
     coarse[1:3, 2:4] = 1.0  # rows 0.5..2.5, columns 1.5..3.5 at level 1
     monkeypatch.setattr(session_module, "OUTLINE_MAX_SIZE", 8)
     polygons = foreground_outline(handle("fg", [fine, coarse]), 0.5)
     assert len(polygons) == 1
     ys, xs = polygons[0][:, 0], polygons[0][:, 1]
-    # Level-1 row r is level-0 row (r + 0.5) * 2 - 0.5: 1.5 .. 5.5; columns 3.5 .. 7.5.
-    assert ys.min() == pytest.approx(0.5 + 2 * 1.5) and ys.max() == pytest.approx(0.5 + 2 * 5.5)
+    # Level-1 row r is level-0 row (r + 0.5) * 1.8 - 0.5: 1.3 .. 4.9; column c is
+    # (c + 0.5) * 2 - 0.5: 3.5 .. 7.5.
+    assert ys.min() == pytest.approx(0.5 + 2 * 1.3) and ys.max() == pytest.approx(0.5 + 2 * 4.9)
     assert xs.min() == pytest.approx(1.0 + 3 * 3.5) and xs.max() == pytest.approx(1.0 + 3 * 7.5)
+
+
+def test_foreground_outline_at_a_threshold_off_the_middle():
+    fg = np.zeros((10, 12), np.float32)
+    fg[2:5, 3:7] = 1.0
+    # Between a 0 and a 1 pixel the 0.25 level lies a quarter of the way from the 0:
+    # rows 1.25 .. 4.75, columns 2.25 .. 6.75.
+    polygons = foreground_outline(handle("fg", [fg]), 0.25)
+    ys, xs = polygons[0][:, 0], polygons[0][:, 1]
+    assert ys.min() == pytest.approx(0.5 + 2 * 1.25) and ys.max() == pytest.approx(0.5 + 2 * 4.75)
+    assert xs.min() == pytest.approx(1.0 + 3 * 2.25) and xs.max() == pytest.approx(1.0 + 3 * 6.75)
+    # A one-pixel map above the threshold is outlined too.
+    single = foreground_outline(handle("fg", [np.ones((1, 1), np.float32)]), 0.5)
+    assert len(single) == 1
+    assert single[0][:, 0].min() == pytest.approx(0.5 - 2 * 0.5)
+    assert single[0][:, 1].max() == pytest.approx(1.0 + 3 * 0.5)
 
 
 def test_foreground_outline_keeps_the_longest_contours(monkeypatch):
@@ -236,6 +253,9 @@ def test_region_from_points():
         (5, 10, 16, 21)
     with pytest.raises(ValueError, match="outside"):
         region_from_points(np.array([[600.0, 600.0], [700.0, 700.0]]), (500, 500))
+    # Points left of and above the slide clip to 0.
+    assert region_from_points(np.array([[-5.0, -3.0], [10.0, 20.0]]), (500, 500)) == \
+        (0, 0, 20, 10)
 
 
 def test_grid_defaults_levels_and_messages():
