@@ -200,7 +200,7 @@ def test_full_disk_gives_a_typed_error_and_keeps_finished_maps(tmp_path, monkeyp
 
     async def failing_set(self, key, value, *args, **kwargs):
         calls.append(key)
-        if len(calls) > 40 and "a.zarr" not in str(self.root):
+        if len(calls) > 20 and "a.zarr" not in str(self.root):
             raise OSError(errno.ENOSPC, "No space left on device")
         return await original(self, key, value, *args, **kwargs)
 

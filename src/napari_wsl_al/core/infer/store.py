@@ -8,19 +8,29 @@ Layout of ``maps/<slide>.zarr`` (zarr format 2, OME-NGFF 0.4 ``multiscales`` on 
     probs/                  (K, Y, X) class probabilities
     uncertainty/entropy/ uncertainty/margin/ uncertainty/ovr_entropy/ (K, Y, X)
     uncertainty/ovr_entropy_max/ uncertainty/mc_variance/
-    _tiles                  (rows, cols, channels, n, n) raw tile outputs, one chunk per tile
+    _tiles                  (rows, cols, channels, n, n) raw tile outputs, chunks of up to
+                            TILE_CHUNK_BYTES along a tile row
     _done                   (rows, cols) uint8: 1 where a tile is stored *and* blended
 
 and beside it ``maps/<slide>.zarr.lock``, the lock file of the run writing it.
 
 Blending. Each tile's outputs (at map resolution, ``n = tile_size / output_stride`` pixels)
-are kept in ``_tiles``. A map pixel is the weighted mean of the finished tiles covering it,
+are kept in ``_tiles``, in the store's dtype. A map pixel is the weighted mean of the finished
+tiles covering it, as stored (float16 values in a float16 store, whether a tile was just
+computed or read back, so that the maps do not depend on what was still in memory),
 weighted by a cosine-tapered window (flat inside, ``sin^2`` ramps over the overlap; the ramps
-of two neighbours sum to one), so no seams show. A finished batch rewrites the map pixels its
-tiles cover from ``_tiles`` (and the neighbours already finished). Every write is idempotent,
-and ``_done`` is written last: a run killed at any moment resumes by recomputing only the tiles
-not marked, and zarr replaces each chunk and metadata file atomically, so what was finished
-stays intact.
+of two neighbours sum to one), so no seams show. The tiles stored since the last blend are
+written to ``_tiles`` together (a few chunks along their rows rather than a file per tile),
+then the map pixels they cover are rewritten from them and the neighbours already finished.
+Every write is idempotent, and ``_done`` is written last: a run killed at any moment resumes by
+recomputing only the tiles not marked, and zarr replaces each chunk and metadata file
+atomically, so what was finished stays intact.
+
+Cost. Blends and pyramid updates cost about the same whatever number of tiles they cover
+(zarr rewrites whole chunks), so they are spaced in time: at least :data:`BLEND_INTERVAL_S`
+and :data:`PYRAMID_INTERVAL_S` apart, and at least :data:`UPDATE_SPACING` times as long as
+the previous one took, which keeps the writer thread mostly idle (and off the GIL the model's
+thread needs) on a busy machine.
 
 Pyramid. The lower levels are rebuilt from level 0 every :data:`PYRAMID_INTERVAL_S` and on
 :meth:`MapStore.flush`. Before level-0 pixels change, the box holding them is recorded as
@@ -36,9 +46,10 @@ when the process is killed) from before :meth:`MapStore.prepare` to after its la
 second run on the same store waits up to :data:`LOCK_TIMEOUT_S`, then gives up with a
 :class:`~napari_wsl_al.core.infer.errors.MapStoreError`. Readers need no lock.
 
-Memory is bounded by tiles: a batch touches a strip of the map one tile high, a small cache
-keeps the tiles of the current and the previous tile row, and the pyramid is rebuilt in blocks
-of :data:`PYRAMID_BLOCK` map pixels.
+Memory is bounded by tiles: a blend rewrites strips of the map one tile high (neighbouring
+strips together up to :data:`BLEND_BOX_PIXELS`), a small cache keeps the tiles of three tile
+rows and those waiting for their blend, and the pyramid is rebuilt in blocks of
+:data:`PYRAMID_BLOCK` map pixels.
 
 Coordinates. Map pixel ``(j, i)`` covers level-0 pixels ``[i * f, (i + 1) * f)`` with
 ``f = output_stride * downsample``. ``scale`` is ``f`` times the slide's microns per pixel
@@ -75,11 +86,20 @@ MAP_CHUNK = 256
 #: Pyramid levels are added until the smallest fits in this many pixels per side.
 SMALLEST_MAP_LEVEL = 256
 
-#: Seconds between blends of the newly stored tiles into the maps while a run goes on.
+#: Least seconds between blends of the newly stored tiles into the maps while a run goes on.
 BLEND_INTERVAL_S = 0.5
 
-#: Seconds between updates of the lower pyramid levels while a run goes on.
+#: Least seconds between updates of the lower pyramid levels while a run goes on.
 PYRAMID_INTERVAL_S = 2.0
+
+#: A blend (a pyramid update) waits at least this many times as long as the previous one took.
+UPDATE_SPACING = 3.0
+
+#: Largest chunk of ``_tiles`` in bytes: neighbouring tiles of a row share a chunk up to it.
+TILE_CHUNK_BYTES = 1 << 20
+
+#: Level-0 map pixels up to which the strips of neighbouring tile rows are blended as one box.
+BLEND_BOX_PIXELS = 1 << 18
 
 #: Side, in level-0 map pixels, of the blocks in which the lower pyramid levels are rebuilt
 #: (rounded up to a multiple of ``2 ** (levels - 1)``): memory stays bounded by blocks.
@@ -222,8 +242,10 @@ class MapStore:
         self._done_array = None
         self.done: np.ndarray | None = None
         self._tile_cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._unwritten: dict[tuple[int, int], np.ndarray] = {}
         self._dirty: list[int] | None = None
-        self._last_pyramid = 0.0
+        self._last_pyramid = self._last_blend = 0.0
+        self._blend_wait = self._pyramid_wait = 0.0
 
     # ------------------------------------------------------------------ opening
     def exists(self) -> bool:
@@ -405,7 +427,9 @@ class MapStore:
         self._done_array = self._group["_done"]
         self.done = np.asarray(self._done_array[...]).astype(bool)
         self._tile_cache.clear()
-        self._cache_size = 2 * cols + 8
+        self._unwritten.clear()
+        # Three tile rows: the row being blended and its neighbours above and below.
+        self._cache_size = 3 * cols + 8
         self._window = np.outer(blend_window(n, n - step_map), blend_window(n, n - step_map))
         self._stored = self.done.copy()
         self._pending: list[tuple[int, int]] = []
@@ -415,6 +439,7 @@ class MapStore:
         self._dirty = None if stale is None else [int(v) for v in stale]
         self._guard(self._update_pyramid)
         self._last_pyramid = self._last_blend = time.monotonic()
+        self._blend_wait, self._pyramid_wait = BLEND_INTERVAL_S, PYRAMID_INTERVAL_S
         return self.done.copy()
 
     def _create(self, spec, maps, tile_channels, grid_shape, n, step_map, map_shape, scale,
@@ -439,8 +464,10 @@ class MapStore:
                     )
                 sub.attrs.update(self._ngff(m, shapes, scale, translate, unit, map_shape))
             rows, cols = grid_shape
+            tile_bytes = channel_total * n * n * np.dtype(dtype).itemsize
+            along_row = max(1, min(cols, TILE_CHUNK_BYTES // tile_bytes))
             group.create_array("_tiles", shape=(rows, cols, channel_total, n, n), dtype=dtype,
-                               chunks=(1, 1, channel_total, n, n), fill_value=0)
+                               chunks=(1, along_row, channel_total, n, n), fill_value=0)
             group.create_array("_done", shape=(rows, cols), dtype="uint8", fill_value=0,
                                chunks=(rows, cols))
             group.attrs["wslal"] = {
@@ -531,58 +558,90 @@ class MapStore:
 
     def _write_tiles(self, tiles: np.ndarray, outputs: np.ndarray) -> None:
         dtype = self._tiles.dtype
-        order = np.lexsort((tiles[:, 1], tiles[:, 0]))
-        tiles, outputs = tiles[order], outputs[order]
-        # 1. raw tile outputs, one call per run of neighbours in a row
-        start = 0
-        for stop in range(1, len(tiles) + 1):
-            if (stop == len(tiles) or tiles[stop, 0] != tiles[start, 0]
-                    or tiles[stop, 1] != tiles[stop - 1, 1] + 1):
-                r, c0, c1 = int(tiles[start, 0]), int(tiles[start, 1]), int(tiles[stop - 1, 1]) + 1
-                self._tiles[r, c0:c1] = outputs[start:stop].astype(dtype, copy=False)
-                start = stop
         for (r, c), data in zip(tiles, outputs):
-            self._remember((int(r), int(c)), data.astype(np.float32, copy=False))
+            key = (int(r), int(c))
+            self._pending.append(key)
+            self._unwritten[key] = data
+            # Blended as stored: a tile read back from ``_tiles`` gives the same maps.
+            self._remember(key, data.astype(dtype, copy=False).astype(np.float32, copy=False))
         self._stored[tiles[:, 0], tiles[:, 1]] = True
-        self._pending.extend((int(r), int(c)) for r, c in tiles)
-        if time.monotonic() - self._last_blend > BLEND_INTERVAL_S:
+        if time.monotonic() - self._last_blend > self._blend_wait:
             self._blend_pending()
+
+    def _store_tiles(self) -> None:
+        """Write the raw outputs of the tiles stored since the last blend to ``_tiles``: one
+        call per run of neighbours in a row, so that zarr rewrites each chunk once."""
+        if not self._unwritten:
+            return
+        dtype = self._tiles.dtype
+        keys = sorted(self._unwritten)
+        start = 0
+        for stop in range(1, len(keys) + 1):
+            if (stop == len(keys) or keys[stop][0] != keys[start][0]
+                    or keys[stop][1] != keys[stop - 1][1] + 1):
+                r, c0, c1 = keys[start][0], keys[start][1], keys[stop - 1][1] + 1
+                self._tiles[r, c0:c1] = np.stack(
+                    [self._unwritten[key] for key in keys[start:stop]]).astype(dtype, copy=False)
+                start = stop
+        self._unwritten.clear()
 
     def _blend_pending(self) -> None:
         """Blend the maps over the tiles stored since the last time, then mark them done."""
-        self._last_blend = time.monotonic()
+        started = time.monotonic()
         if not self._pending:
+            self._last_blend = started
             return
+        self._store_tiles()
         n, step = self._info["tile_map_size"], self._info["step_map"]
         pending = np.array(self._pending, dtype=np.int64)
-        # One strip per tile row: a strip is one tile high, memory stays bounded by tiles.
-        strips = []
+        # One strip per tile row, neighbouring strips blended as one box while it stays under
+        # BLEND_BOX_PIXELS (zarr then rewrites each chunk once): memory stays bounded.
+        boxes: list[tuple[int, int, int, int]] = []
         for r in np.unique(pending[:, 0]):
             cols = pending[pending[:, 0] == r, 1]
-            strips.append((int(r) * step, int(cols.min()) * step,
-                           int(r) * step + n, int(cols.max()) * step + n))
+            strip = (int(r) * step, int(cols.min()) * step,
+                     int(r) * step + n, int(cols.max()) * step + n)
+            if boxes and boxes[-1][2] >= strip[0]:
+                last = boxes[-1]
+                merged = (last[0], min(last[1], strip[1]), strip[2], max(last[3], strip[3]))
+                if (merged[2] - merged[0]) * (merged[3] - merged[1]) <= BLEND_BOX_PIXELS:
+                    boxes[-1] = merged
+                    continue
+            boxes.append(strip)
         # Recorded before level 0 changes: a kill leaves the region to rebuild below it.
-        self._mark_dirty((min(b[0] for b in strips), min(b[1] for b in strips),
-                          max(b[2] for b in strips), max(b[3] for b in strips)))
-        for box in strips:
+        self._mark_dirty((min(b[0] for b in boxes), min(b[1] for b in boxes),
+                          max(b[2] for b in boxes), max(b[3] for b in boxes)))
+        for box in boxes:
             self._blend_box(box, self._stored)
         # The done bitmap last: a tile is marked only once its maps are written.
         self._done_array[...] = self._stored.astype(np.uint8)
         self.done = self._stored.copy()
         self._pending.clear()
-        if time.monotonic() - self._last_pyramid > PYRAMID_INTERVAL_S:
+        self._last_blend = time.monotonic()
+        self._blend_wait = max(BLEND_INTERVAL_S, UPDATE_SPACING * (self._last_blend - started))
+        if self._last_blend - self._last_pyramid > self._pyramid_wait:
             self._update_pyramid()
 
     def _remember(self, key: tuple[int, int], data: np.ndarray) -> None:
         self._tile_cache[key] = data
         self._tile_cache.move_to_end(key)
-        while len(self._tile_cache) > self._cache_size:
+        # The tiles waiting to be blended are the newest: never dropped before their blend.
+        while len(self._tile_cache) > self._cache_size + len(self._pending):
             self._tile_cache.popitem(last=False)
 
     def _tile(self, key: tuple[int, int]) -> np.ndarray:
         data = self._tile_cache.get(key)
         if data is None:
-            data = np.asarray(self._tiles[key[0], key[1]], dtype=np.float32)
+            # The whole chunk that holds the tile: its finished neighbours come with it.
+            r, c = key
+            along = self._tiles.chunks[1]
+            c0 = c // along * along
+            c1 = min(self._tiles.shape[1], c0 + along)
+            chunk = np.asarray(self._tiles[r, c0:c1], dtype=np.float32)
+            for col in range(c0, c1):
+                if (col == c or self._stored[r, col]) and (r, col) not in self._tile_cache:
+                    self._remember((r, col), chunk[col - c0])
+            data = chunk[c - c0]
             self._remember(key, data)
         return data
 
@@ -649,7 +708,8 @@ class MapStore:
 
     def _update_pyramid(self) -> None:
         """Rebuild the lower pyramid levels over the stale region, then clear it on disk."""
-        self._last_pyramid = time.monotonic()
+        started = time.monotonic()
+        self._last_pyramid = started
         if self._dirty is None:
             return
         shapes = self._info["level_shapes"]
@@ -667,6 +727,9 @@ class MapStore:
                     self._rebuild_block(by, bx, min(by + side, y1), min(bx + side, x1))
         self._dirty = None
         self._record_stale(None)
+        self._last_pyramid = time.monotonic()
+        self._pyramid_wait = max(PYRAMID_INTERVAL_S,
+                                 UPDATE_SPACING * (self._last_pyramid - started))
 
     def _rebuild_block(self, y0: int, x0: int, y1: int, x1: int) -> None:
         """Every lower level of every map under one aligned block of level-0 map pixels."""
