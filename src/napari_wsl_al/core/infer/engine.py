@@ -1,11 +1,14 @@
 """Tiled whole-slide inference as a generator: prefetching reader, batched model, blended maps on disk.
 
 :func:`infer_slide` is the one job behind the GUI worker, the CLI and the tests. It reads tiles
-in a thread pool (the slide backends release the GIL) while the model runs on the previous
-batch, hands each batch's outputs to a writer thread (:class:`MapStore`) and yields a
-:class:`~napari_wsl_al.core.progress.Progress` per batch. Stopping the iteration (``close()``,
-a napari worker's ``quit()``) stops the reader, lets the writer finish the batches already
-computed and leaves a store that resumes where it stopped.
+in a thread pool, one task per tile (the slide backends release the GIL), while the model runs
+on the previous batch, hands each batch's outputs to a writer thread (which, on the CPU, also
+brings them to the map grid, then stores them in :class:`MapStore`; a queue of up to
+:data:`WRITE_QUEUE_BATCHES` batches or :data:`WRITE_QUEUE_BYTES`) and yields a
+:class:`~napari_wsl_al.core.progress.Progress` per batch. The model's thread thus does little
+but run the model. Stopping the iteration (``close()``, a napari worker's ``quit()``) stops the
+reader, lets the writer finish the batches already computed and leaves a store that resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 import time
 import warnings
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,13 @@ _OOM_ERRORS = tuple(
 
 #: Map pixel side (target pixels) used by default when the model's output stride is coarser.
 FINEST_DEFAULT_MAP_STRIDE = 16
+
+#: Batches of outputs that may wait for the writer thread before the model waits for it: enough
+#: to ride out a blend or a pyramid update ...
+WRITE_QUEUE_BATCHES = 8
+
+#: ... as long as they hold at most this many bytes (two batches may always wait).
+WRITE_QUEUE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -102,7 +113,9 @@ class InferenceConfig:
         class posterior in [0, 1], independent of the tile, hence seam-free), a per-class
         sigmoid, or the raw scores.
     dtype : {"float32", "float16"}
-        Storage type of the maps.
+        Storage type of the maps and of the raw tile outputs they are blended from: with
+        float16 the tile outputs are rounded to float16 before blending (the maps are the
+        same whether a tile was just computed or read back from the store).
     tissue_gate : bool
         Multiply the foreground probability and the normalised CAMs by the fraction of tissue
         under each map pixel (HSV saturation above the tissue mask's threshold), so that glass
@@ -312,6 +325,17 @@ def model_fingerprint(model: WslModel) -> str:
     return digest.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class _Forward:
+    """A micro-batch's model outputs, before they become raw tile outputs (see
+    :meth:`_ModelRunner.run`)."""
+
+    output: dict[str, torch.Tensor]
+    input_size: tuple[int, int]
+    tissue: torch.Tensor | None
+    mc_variance: torch.Tensor | None
+
+
 class _ModelRunner:
     """Runs the model on batches: AMP on CUDA, out-of-memory recovery, outputs at map size."""
 
@@ -348,17 +372,37 @@ class _ModelRunner:
         ``tissue`` is the ``(B, 1, n, n)`` tissue fraction under each map pixel, when the
         foreground is gated by tissue.
         """
+        return self.finish(self.run(images, tissue))
+
+    def run(self, images: torch.Tensor, tissue: torch.Tensor | None = None) -> list[Any]:
+        """The model's part of :meth:`tile_outputs`: forward passes, with OOM recovery.
+
+        Returns what :meth:`finish` turns into the raw tile outputs. On the CPU that is the
+        model's outputs, so that resampling them to the map grid, normalising and copying
+        (a tenth of a small model's time) can run in another thread than the model's; on an
+        accelerator they are finished here, where an out-of-memory error can be recovered.
+        """
         parts, start = [], 0
         while start < images.shape[0]:
             chunk = images[start : start + self.micro_batch]
             chunk_tissue = None if tissue is None else tissue[start : start + self.micro_batch]
             try:
-                parts.append(self._tile_outputs(chunk, chunk_tissue))
+                part = self._forward(chunk, chunk_tissue)
+                if self.device.type != "cpu":
+                    part = self._finish(part)
             except _OOM_ERRORS as error:
                 self._recover_from_oom(error)
                 continue
+            parts.append(part)
             start += chunk.shape[0]
-        return np.concatenate(parts, axis=0)
+        return parts
+
+    def finish(self, parts: list[Any]) -> np.ndarray:
+        """``(B, channels, n, n)`` float32 raw tile outputs from what :meth:`run` returned
+        (from any thread; the model is not called)."""
+        with torch.inference_mode():
+            return np.concatenate([part if isinstance(part, np.ndarray) else self._finish(part)
+                                   for part in parts], axis=0)
 
     def _recover_from_oom(self, error: BaseException) -> None:
         if self.device.type == "cuda":
@@ -376,10 +420,16 @@ class _ModelRunner:
         self.messages.append(message)
         warnings.warn(message, RuntimeWarning, stacklevel=2)
 
-    def _tile_outputs(self, images: torch.Tensor, tissue: torch.Tensor | None = None) -> np.ndarray:
-        layout, n = self.layout, self.map_size
+    def _forward(self, images: torch.Tensor, tissue: torch.Tensor | None) -> _Forward:
         images = images.to(self.device, non_blocking=True)
         output = self.forward(images)
+        variance = (self._mc_variance(images) if "mc_variance" in self.layout.tile_channels
+                    else None)
+        return _Forward(output, tuple(images.shape[-2:]), tissue, variance)
+
+    def _finish(self, part: _Forward) -> np.ndarray:
+        layout, n = self.layout, self.map_size
+        output, tissue = part.output, part.tissue
         parts: list[torch.Tensor] = []
         channels = layout.tile_channels
         if "cam" in channels:
@@ -395,15 +445,15 @@ class _ModelRunner:
             if "fg" in output:
                 fg = _to_map_size(output["fg"], n)
             else:
-                fg = _to_map_size(self.model.localize(output, tuple(images.shape[-2:])), n)
+                fg = _to_map_size(self.model.localize(output, part.input_size), n)
             fg = fg.clamp(0.0, 1.0)
             if tissue is not None:
                 fg = fg * tissue.to(fg.device)
             parts.append(fg)
         if "probs" in channels:
             parts.append(self._probs(output))
-        if "mc_variance" in channels:
-            parts.append(self._mc_variance(images))
+        if part.mc_variance is not None:
+            parts.append(part.mc_variance)
         return torch.cat(parts, dim=1).float().cpu().numpy()
 
     def _mc_variance(self, images: torch.Tensor) -> torch.Tensor:
@@ -420,8 +470,27 @@ class _ModelRunner:
 
 
 # ---------------------------------------------------------------------- reading tiles
+def _tissue_table(saturation_threshold: float) -> np.ndarray:
+    """``(256 * 256,)`` float32: 1 where a pixel whose largest and smallest RGB values are
+    ``high`` and ``low`` (index ``high * 256 + low``) counts as tissue.
+
+    Tissue is an HSV saturation ``(high - low) / max(high, 1)`` above the threshold, computed
+    here once for every pair with the same float32 operations as per pixel, so that looking it
+    up gives exactly the per-pixel result.
+    """
+    values = torch.arange(256, dtype=torch.float32)
+    high, low = values[:, None].expand(256, 256), values[None, :].expand(256, 256)
+    saturation = (high - low) / high.clamp_min(1.0)
+    return (saturation > saturation_threshold).float().reshape(-1).numpy()
+
+
 class _TileReader:
-    """Reads and normalises one batch of tiles (called from the reader threads)."""
+    """Reads and normalises batches of tiles (called from the reader threads).
+
+    :meth:`submit` spreads a batch's tiles over the reader threads, so that even the first
+    batch, which nothing overlaps, is read by all of them; :meth:`__call__` reads one batch in
+    the calling thread.
+    """
 
     def __init__(self, reader: SlideReader, grid: TileGrid, model: WslModel, pin: bool,
                  saturation_threshold: float | None = None, map_size: int = 1):
@@ -431,14 +500,17 @@ class _TileReader:
         self.pin = pin
         self.saturation_threshold = saturation_threshold
         self.map_size = map_size
+        self._tissue_table = (None if saturation_threshold is None
+                              else _tissue_table(saturation_threshold))
 
     def tissue_fraction(self, pixels: np.ndarray) -> torch.Tensor:
         """``(B, 1, n, n)`` fraction of tissue pixels (saturation above threshold) per map pixel."""
-        rgb = torch.from_numpy(pixels)
-        high = rgb.amax(dim=3).float()
-        low = rgb.amin(dim=3).float()
-        saturation = (high - low) / high.clamp_min(1.0)
-        tissue = (saturation > self.saturation_threshold).float()[:, None]
+        red, green, blue = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+        high = np.maximum(np.maximum(red, green), blue)
+        low = np.minimum(np.minimum(red, green), blue)
+        index = high.astype(np.uint16) << 8
+        index |= low
+        tissue = torch.from_numpy(self._tissue_table[index])[:, None]
         return F.adaptive_avg_pool2d(tissue, self.map_size)
 
     def read_tile(self, row: int, col: int) -> np.ndarray:
@@ -454,19 +526,118 @@ class _TileReader:
         tensor = F.interpolate(tensor, size=(size, size), mode="area")
         return tensor[0].round_().clamp_(0, 255).byte().permute(1, 2, 0).numpy()
 
-    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+    def _read_one(self, row: int, col: int) -> tuple[np.ndarray, torch.Tensor | None]:
+        """One tile's pixels and, when gated, its ``(1, 1, n, n)`` tissue fraction."""
         with torch.inference_mode():
-            pixels = np.stack([self.read_tile(int(r), int(c)) for r, c in tiles])
-            images = self.model.normalize(torch.from_numpy(pixels))
+            pixels = self.read_tile(row, col)
+            tissue = (None if self.saturation_threshold is None
+                      else self.tissue_fraction(pixels[None]))
+        return pixels, tissue
+
+    def _assemble(self, tiles: np.ndarray, pixels: list[np.ndarray],
+                  tissue: list[torch.Tensor | None]) -> tuple[np.ndarray, torch.Tensor,
+                                                             torch.Tensor | None]:
+        """The batch from its tiles: normalised images (pinned for CUDA), tissue fractions."""
+        with torch.inference_mode():
+            images = self.model.normalize(torch.from_numpy(np.stack(pixels)))
             if self.pin:
                 images = images.pin_memory()
-            tissue = None
-            if self.saturation_threshold is not None:
-                tissue = self.tissue_fraction(pixels)
-        return tiles, images, tissue
+            fractions = None if self.saturation_threshold is None else torch.cat(tissue)
+        return tiles, images, fractions
+
+    def __call__(self, tiles: np.ndarray) -> tuple[np.ndarray, torch.Tensor,
+                                                   torch.Tensor | None]:
+        read = [self._read_one(int(r), int(c)) for r, c in tiles]
+        return self._assemble(tiles, [p for p, _ in read], [t for _, t in read])
+
+    def submit(self, pool: ThreadPoolExecutor, tiles: np.ndarray) -> _BatchRead:
+        """Read a batch on ``pool``, one task per tile; its :meth:`_BatchRead.result` gives
+        what :meth:`__call__` returns.
+
+        The task that reads the batch's last tile assembles it (stacking, normalisation), so
+        no reader thread ever waits for another.
+        """
+        return _BatchRead(self, pool, tiles)
+
+
+class _BatchRead:
+    """A batch being read tile by tile (see :meth:`_TileReader.submit`).
+
+    Each task of the pool reads the next tile that no one has started; so does the thread
+    waiting for the batch (:meth:`result`), which would otherwise sit idle: the first batch,
+    which nothing overlaps, is read by every thread at hand.
+    """
+
+    def __init__(self, tile_reader: _TileReader, pool: ThreadPoolExecutor, tiles: np.ndarray):
+        self.tile_reader = tile_reader
+        self.tiles = tiles
+        self.future: Future = Future()
+        self.pixels: list[np.ndarray | None] = [None] * len(tiles)
+        self.tissue: list[torch.Tensor | None] = [None] * len(tiles)
+        self.started = 0
+        self.left = len(tiles)
+        self.lock = threading.Lock()
+        for _ in range(len(tiles)):
+            pool.submit(self._read_next)
+
+    def result(self) -> tuple[np.ndarray, torch.Tensor, torch.Tensor | None]:
+        """The batch, once read; the calling thread reads the tiles no one has started."""
+        while not self.future.done() and self._read_next():
+            pass
+        return self.future.result()
+
+    def cancel(self) -> None:
+        """Stop: tiles not started are not read (the batch never completes)."""
+        self.future.cancel()
+
+    def _read_next(self) -> bool:
+        """Read the next tile no one has started; False when there was none."""
+        with self.lock:
+            if self.future.done() or self.started == len(self.tiles):
+                return False  # all started, cancelled, or another tile failed
+            index = self.started
+            self.started += 1
+        try:
+            row, col = self.tiles[index]
+            pixels, tissue = self.tile_reader._read_one(int(row), int(col))
+            with self.lock:
+                self.pixels[index], self.tissue[index] = pixels, tissue
+                self.left -= 1
+                last = self.left == 0
+            if last:
+                self._resolve(result=self.tile_reader._assemble(self.tiles, self.pixels,
+                                                                self.tissue))
+        except BaseException as error:  # noqa: BLE001 - handed to the loop, which raises it
+            self._resolve(error=error)
+        return True
+
+    def _resolve(self, result=None, error: BaseException | None = None) -> None:
+        try:
+            if error is None:
+                self.future.set_result(result)
+            else:
+                self.future.set_exception(error)
+        except InvalidStateError:  # cancelled by the loop, or another tile failed first
+            pass
 
 
 # ---------------------------------------------------------------------- the job
+def _nbytes(parts: list[Any]) -> int:
+    """Bytes held by what :meth:`_ModelRunner.run` returned."""
+    total = 0
+    for part in parts:
+        arrays = [part] if isinstance(part, np.ndarray) else [
+            *part.output.values(), part.tissue, part.mc_variance]
+        total += sum(int(array.nbytes) for array in arrays if array is not None)
+    return total
+
+
+def _finish_and_write(runner: _ModelRunner, output: MapStore, tiles: np.ndarray,
+                      forwards: list[Any]) -> None:
+    """(Writer thread) a batch's raw tile outputs from the model's, into the store."""
+    output.write_tiles(tiles, runner.finish(forwards))
+
+
 def is_patch_folder(reader: SlideReader) -> bool:
     """Whether ``reader`` is a folder of patches (a mosaic of separate images)."""
     return hasattr(reader, "patch_boxes") and hasattr(reader, "read_patch")
@@ -721,8 +892,9 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
                               saturation_threshold=saturation_threshold, map_size=map_size)
     reading = ThreadPoolExecutor(max_workers=config.readers, thread_name_prefix="wslal-read")
     writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wslal-write")
-    pending_reads: deque[Future] = deque()
+    pending_reads: deque[_BatchRead] = deque()
     pending_writes: deque[Future] = deque()
+    queued_bytes: deque[int] = deque()
     computed = 0
     next_batch = 0
     loop_started = time.perf_counter()
@@ -732,17 +904,22 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
         model.fg_range = tuple(spec["fg_range"])
     try:
         while next_batch < len(batches) and len(pending_reads) <= config.prefetch:
-            pending_reads.append(reading.submit(tile_reader, batches[next_batch]))
+            pending_reads.append(tile_reader.submit(reading, batches[next_batch]))
             next_batch += 1
         for index in range(len(batches)):
             tiles, images, tissue_fraction = pending_reads.popleft().result()
             if next_batch < len(batches):
-                pending_reads.append(reading.submit(tile_reader, batches[next_batch]))
+                pending_reads.append(tile_reader.submit(reading, batches[next_batch]))
                 next_batch += 1
             with torch.inference_mode():
-                outputs = runner.tile_outputs(images, tissue_fraction)
-            pending_writes.append(writing.submit(output.write_tiles, tiles, outputs))
-            while len(pending_writes) > 2 or (pending_writes and pending_writes[0].done()):
+                forwards = runner.run(images, tissue_fraction)
+            pending_writes.append(writing.submit(_finish_and_write, runner, output, tiles,
+                                                 forwards))
+            queued_bytes.append(_nbytes(forwards))
+            while pending_writes and (
+                    len(pending_writes) > WRITE_QUEUE_BATCHES or pending_writes[0].done()
+                    or (len(pending_writes) > 2 and sum(queued_bytes) > WRITE_QUEUE_BYTES)):
+                queued_bytes.popleft()
                 pending_writes.popleft().result()
             computed += len(tiles)
             elapsed = time.perf_counter() - loop_started
