@@ -617,21 +617,22 @@ def main() -> None:
     # One intra-op thread: on a small shared machine two OpenMP threads spin-wait for each
     # other and make single measurements vary 5-10x; one thread makes the ratios comparable.
     torch.set_num_threads(args.threads)
-    # A 2048 slide: 81 tiles of 256 (11 batches) and 25 of 512 (4 batches); at 1280 (36 and
-    # 9 tiles) filling the pipeline (the first batch, which nothing overlaps) weighs on the
-    # ratio more than anything a whole slide would see.
-    size = 2048 if args.quick else 3072
+    # Slides large enough for a steady state: the batch loop lasts over a second, so that the
+    # writer's blends (at least BLEND_INTERVAL_S apart) fall inside it as on a whole slide, and
+    # filling the pipeline (the first batch, which nothing overlaps) weighs little. The small
+    # model gets 361 tiles of 256 (4096, quick) or 784 (6144); the shipped one 25 tiles of 512
+    # (2048, quick) or 64 (3072).
     width = 0.125 if args.quick else 0.25
     rounds = args.rounds or (5 if args.quick else 7)
-    reader = ProceduralSlide(size, levels=1)
-
+    reader = ProceduralSlide(4096 if args.quick else 6144, levels=1)
+    shipped_reader = ProceduralSlide(2048 if args.quick else 3072, levels=1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
           f"{os.cpu_count()} CPUs; load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
     if args.profile:
         with tempfile.TemporaryDirectory() as folder:
             for map_stride in (None, 32):
                 cases = [small_case(reader, width, map_stride=map_stride),
-                         shipped_case(reader, map_stride=map_stride)]
+                         shipped_case(shipped_reader, map_stride=map_stride)]
                 for case in cases:
                     if case is not None:
                         profile_case(case, 3, folder)
@@ -639,7 +640,7 @@ def main() -> None:
         return
 
     small = small_case(reader, width)
-    shipped = shipped_case(reader)
+    shipped = shipped_case(shipped_reader)
     cases = [small] + ([shipped] if shipped is not None else [])
     with tempfile.TemporaryDirectory() as folder:
         for _ in range(rounds):  # interleaved: the machine's load drifts
