@@ -285,3 +285,23 @@ def test_cli_infer_on_a_folder_prints_the_patch_classes_and_writes_the_table(
     for row in rows:
         p = float(row["p_tumour"])
         assert float(row["confidence"]) == pytest.approx(max(p, 1 - p), abs=1e-6)
+
+
+def test_mc_variance_of_a_patch_is_the_variance_of_its_image_level_probabilities(tmp_path):
+    from test_infer_hand_numbers import KnownDropoutModel
+
+    folder = write_patches(tmp_path / "one", [((200, 90, 160), (64, 48))])
+    reader = PatchFolderReader(folder)
+    config = InferenceConfig(**CPU, maps=("mc_variance",), mc_passes=4, tissue_gate=False,
+                             map_stride=8)
+    result = run_to_end(infer_slide(reader, KnownDropoutModel(), config,
+                                    MapStore(tmp_path / "m.zarr")))
+    variance = result.maps["uncertainty/mc_variance"].levels[0].compute()
+    # Passes alternate (16/18, 1/18, 1/18) and (1/3, 1/3, 1/3): per class the variance of two
+    # values a, b taken equally often is ((a - b) / 2) ** 2; averaged over the three classes.
+    a, b = np.array([16, 1, 1]) / 18, np.full(3, 1 / 3)
+    expected = float((((a - b) / 2) ** 2).mean())
+    assert expected == pytest.approx(150 / 3888)
+    # One 64 x 48 patch: a cell of 8 x 8 map pixels (6 x 8 pixels each), all inside it.
+    assert variance.shape == (8, 8)
+    np.testing.assert_allclose(variance, expected, rtol=1e-5)

@@ -456,13 +456,17 @@ class _ModelRunner:
             parts.append(part.mc_variance)
         return torch.cat(parts, dim=1).float().cpu().numpy()
 
-    def _mc_variance(self, images: torch.Tensor) -> torch.Tensor:
-        """Variance of the class probabilities over T dropout passes, averaged over classes."""
+    def _mc_variance(self, images: torch.Tensor, probs_of=None) -> torch.Tensor:
+        """Variance of the class probabilities over T dropout passes, averaged over classes.
+
+        ``probs_of`` turns a forward pass's output into probabilities (:meth:`_probs` by
+        default)."""
         from ..models.backbones import enable_mc_dropout
 
+        probs_of = probs_of or self._probs
         enable_mc_dropout(self.model)
         try:
-            passes = torch.stack([self._probs(self.forward(images))
+            passes = torch.stack([probs_of(self.forward(images))
                                   for _ in range(self.config.mc_passes)])
         finally:
             self.model.eval()

@@ -486,22 +486,11 @@ class _PatchRunner(_ModelRunner):
         if "probs" in channels:
             parts.append(self._to_cells(self._image_probs(output), batch))
         if "mc_variance" in channels:
-            parts.append(self._to_cells(self._patch_mc_variance(images), batch))
+            parts.append(self._to_cells(self._mc_variance(images, self._image_probs), batch))
         image_probs = torch.softmax(output["logits"], dim=1)
         return (torch.cat(parts, dim=1).float().cpu().numpy(),
                 image_probs.float().cpu().numpy())
 
-    def _patch_mc_variance(self, images: torch.Tensor) -> torch.Tensor:
-        """Variance of the class probabilities over T dropout passes, averaged over classes."""
-        from ..models.backbones import enable_mc_dropout
-
-        enable_mc_dropout(self.model)
-        try:
-            passes = torch.stack([self._image_probs(self.forward(images))
-                                  for _ in range(self.config.mc_passes)])
-        finally:
-            self.model.eval()
-        return passes.var(dim=0, unbiased=False).mean(dim=1, keepdim=True)
 
 
 # ---------------------------------------------------------------------- the store
