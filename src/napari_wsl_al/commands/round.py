@@ -18,15 +18,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="start from the weakly-supervised model instead of the last round",
     )
+    parser.add_argument(
+        "--label-prop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Label_prop pseudo labels on patch-folder slides (WACV'21): the nearest unlabelled "
+        "patches of each labelled one's class, segmented by the newest model (default: the "
+        "project's setting)",
+    )
+    parser.add_argument("--label-prop-k", type=int, metavar="K",
+                        help="neighbours per labelled patch (default: the project's, 40)")
+    parser.add_argument("--label-prop-lambda", type=float, metavar="LAMBDA",
+                        help="weight of the pseudo labels in the loss (default: the project's, 0.1)")
     parser.add_argument("--no-suggest", action="store_true", help="do not suggest afterwards")
     parser.add_argument("--device", help="auto, cuda, mps or cpu")
     parser.add_argument("--threads", type=int, help="torch threads")
 
 
-def run(args: argparse.Namespace) -> int:
-    """Run one round and print its metrics."""
+def round_settings(settings, args: argparse.Namespace):
+    """The project's active-learning settings with this command's options applied (for this
+    round only: ``project.json`` is not changed)."""
     from dataclasses import replace
 
+    changes = {}
+    if args.steps:
+        changes["train"] = replace(settings.train, steps=args.steps)
+    if args.reinit:
+        changes["init"] = "wsl"
+    if args.device:
+        changes["device"] = args.device
+    if args.label_prop is not None:
+        changes["label_prop"] = args.label_prop
+    if args.label_prop_k is not None:
+        changes["label_prop_k"] = args.label_prop_k
+    if args.label_prop_lambda is not None:
+        changes["label_prop_lambda"] = args.label_prop_lambda
+    return replace(settings, **changes)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one round and print its metrics."""
     from ..core.al.rounds import ALSettings, run_round
     from ..core.device import set_threads
     from ..core.progress import run_to_end
@@ -34,13 +65,10 @@ def run(args: argparse.Namespace) -> int:
 
     set_threads(args.threads)
     project = Project.open(args.project)
-    settings = ALSettings.of_project(project)
-    if args.steps:
-        settings = replace(settings, train=replace(settings.train, steps=args.steps))
-    if args.reinit:
-        settings = replace(settings, init="wsl")
-    if args.device:
-        settings = replace(settings, device=args.device)
+    try:
+        settings = round_settings(ALSettings.of_project(project), args)
+    except ValueError as error:
+        raise SystemExit(f"napari-wsl-al round: error: {error}") from error
 
     def report(record):
         if record.message and (
