@@ -47,6 +47,7 @@ from ..core.infer.store import MapStore
 from ..core.io.base import SlideReader
 from ..core.project import PROJECT_FILE, Project
 from .infer_widget import default_project_path
+from .slots import reported
 
 #: Names of the layers the widget draws.
 SUGGESTIONS_LAYER = "suggestions"
@@ -137,21 +138,6 @@ def format_seconds(seconds: float) -> str:
     if whole < 3600:
         return f"{whole // 60} min {whole % 60:02d} s"
     return f"{whole // 3600} h {whole % 3600 // 60:02d} min"
-
-
-def reported(method):
-    """Run a slot, turning any exception into a notification: PyQt6 aborts napari on an
-    exception raised in a slot."""
-
-    @functools.wraps(method)
-    def slot(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as error:  # noqa: BLE001 (every error must become a notification)
-            self.report(error)
-            return None
-
-    return slot
 
 
 class ViewerHooks:

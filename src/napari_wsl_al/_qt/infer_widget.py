@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from ..core.io.base import SlideReader
 from ..core.progress import Progress
 from .map_legend import MapLegend, line_pixmap, ramp_pixmap
 from .patch_table import PatchTable
+from .slots import reported
 
 #: Seconds between refreshes of the visible map layers while a run goes on.
 REFRESH_INTERVAL_S = 1.0
@@ -210,22 +210,6 @@ class ScrollArea(QScrollArea):
         if self.widget() is not None:
             hint.setWidth(self._width(self.widget().sizeHint().width()))
         return hint
-
-
-def reported(method):
-    """Run a slot, turning any exception into a notification: PyQt aborts napari on an
-    exception raised in a slot."""
-
-    @functools.wraps(method)
-    def slot(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except Exception as error:  # noqa: BLE001 (every error must become a notification)
-            self.status.setText(f"failed: {error}")
-            show_error(str(error))
-            return None
-
-    return slot
 
 
 class InferenceWidget(QWidget):
@@ -410,6 +394,11 @@ class InferenceWidget(QWidget):
         self.viewer.layers.events.inserted.connect(self._refresh_slides)
         self.viewer.layers.events.removed.connect(self._refresh_slides)
         self._refresh_slides()
+
+    def report(self, error: Exception) -> None:
+        """Show a failed slot's error in the status line and as a notification."""
+        self.status.setText(f"failed: {error}")
+        show_error(str(error))
 
     # ------------------------------------------------------------------ choices
     @property

@@ -22,8 +22,8 @@ from ..core.al.labels import LabelStore
 from ..core.al.rounds import region_classes
 from ..core.errors import WslAlError
 from ..core.project import PROJECT_FILE, Project
-from .al_widget import reported
 from .infer_widget import default_project_path
+from .slots import reported
 
 
 class MetricsWidget(QWidget):

@@ -50,8 +50,8 @@ from ..core.models.factory import ARCHITECTURES, ModelConfig
 from ..core.progress import Progress
 from ..core.project import PROJECT_FILE, Project
 from ..core.wsl.train import train_wsl
-from .al_widget import reported
 from .infer_widget import InferenceWidget, default_project_path
+from .slots import reported
 
 #: Choices of the model source.
 SOURCE_DEFAULT = "Shipped default"

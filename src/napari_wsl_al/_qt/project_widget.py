@@ -52,8 +52,9 @@ from ..core.project import (
     free_class_key,
     slide_key,
 )
-from .al_widget import _same_file, reported, slide_layers
+from .al_widget import _same_file, slide_layers
 from .infer_widget import default_project_path
+from .slots import reported
 
 #: Columns of the class table.
 CLASS_COLUMNS = ("Name", "Colour", "Key")
