@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -807,6 +808,78 @@ def infer_slide(
     return (yield from output.writing(job, reader.name))
 
 
+def run_batches(batches: list, submit_read: Callable, compute: Callable, write: Callable,
+                finish: Callable[[], None], config: InferenceConfig, finished: int, total: int,
+                unit: str):
+    """The read -> model -> write pipeline of slides and patch folders (a generator).
+
+    ``submit_read(executor, batch)`` starts reading a batch in the reader threads (up to
+    ``config.prefetch`` batches ahead) and returns something with ``result()`` and
+    ``cancel()``; ``compute(read)`` runs the model on the calling thread and returns
+    ``(items, write_arguments, bytes)``; ``write(*write_arguments)`` runs on the one writer
+    thread, with up to :data:`WRITE_QUEUE_BATCHES` batches or :data:`WRITE_QUEUE_BYTES` queued;
+    ``finish()`` runs after the last write, and also when the job is cancelled or fails (after
+    the writes of computed batches; its errors are then logged, not raised over the original).
+
+    Yields a :class:`Progress` after every batch (``finished`` items were done before) and
+    returns the number of items computed.
+    """
+    reading = ThreadPoolExecutor(max_workers=config.readers, thread_name_prefix="wslal-read")
+    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wslal-write")
+    pending_reads: deque[Any] = deque()
+    pending_writes: deque[Future] = deque()
+    queued_bytes: deque[int] = deque()
+    computed = 0
+    next_batch = 0
+    loop_started = time.perf_counter()
+    completed = False
+    try:
+        while next_batch < len(batches) and len(pending_reads) <= config.prefetch:
+            pending_reads.append(submit_read(reading, batches[next_batch]))
+            next_batch += 1
+        for index in range(len(batches)):
+            read = pending_reads.popleft().result()
+            if next_batch < len(batches):
+                pending_reads.append(submit_read(reading, batches[next_batch]))
+                next_batch += 1
+            items, arguments, size = compute(read)
+            pending_writes.append(writing.submit(write, *arguments))
+            queued_bytes.append(size)
+            while pending_writes and (
+                    len(pending_writes) > WRITE_QUEUE_BATCHES or pending_writes[0].done()
+                    or (len(pending_writes) > 2 and sum(queued_bytes) > WRITE_QUEUE_BYTES)):
+                queued_bytes.popleft()
+                pending_writes.popleft().result()
+            computed += items
+            elapsed = time.perf_counter() - loop_started
+            yield Progress(
+                finished + computed, total, f"{finished + computed}/{total} {unit}",
+                {"tiles_per_s": computed / max(elapsed, 1e-9), "batch": index + 1,
+                 "computed": computed},
+            )
+        while pending_writes:
+            pending_writes.popleft().result()
+        finish()
+        completed = True
+    finally:
+        for future in pending_reads:
+            future.cancel()
+        reading.shutdown(wait=True, cancel_futures=True)
+        if not completed:
+            # Cancelled or failed: finish the writes of computed batches, keep the store sane.
+            for future in pending_writes:
+                try:
+                    future.result()
+                except Exception as error:  # already failing or closing: log, don't mask
+                    log.warning("while stopping inference: %s", error)
+            try:
+                finish()
+            except Exception as error:  # the original error (if any) matters more
+                log.warning("while stopping inference: %s", error)
+        writing.shutdown(wait=True)
+    return computed
+
+
 def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
                  output: MapStore, region: tuple[int, int, int, int] | None,
                  tissue: TissueLike | None):
@@ -894,64 +967,21 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
     batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
     tile_reader = _TileReader(reader, grid, model, pin=device.type == "cuda",
                               saturation_threshold=saturation_threshold, map_size=map_size)
-    reading = ThreadPoolExecutor(max_workers=config.readers, thread_name_prefix="wslal-read")
-    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wslal-write")
-    pending_reads: deque[_BatchRead] = deque()
-    pending_writes: deque[Future] = deque()
-    queued_bytes: deque[int] = deque()
-    computed = 0
-    next_batch = 0
-    loop_started = time.perf_counter()
-    completed = False
     own_fg_range = getattr(model, "fg_range", None)
     if spec.get("fg_range") is not None:
         model.fg_range = tuple(spec["fg_range"])
+
+    def compute(read):
+        tiles, images, tissue_fraction = read
+        with torch.inference_mode():
+            forwards = runner.run(images, tissue_fraction)
+        return len(tiles), (runner, output, tiles, forwards), _nbytes(forwards)
+
     try:
-        while next_batch < len(batches) and len(pending_reads) <= config.prefetch:
-            pending_reads.append(tile_reader.submit(reading, batches[next_batch]))
-            next_batch += 1
-        for index in range(len(batches)):
-            tiles, images, tissue_fraction = pending_reads.popleft().result()
-            if next_batch < len(batches):
-                pending_reads.append(tile_reader.submit(reading, batches[next_batch]))
-                next_batch += 1
-            with torch.inference_mode():
-                forwards = runner.run(images, tissue_fraction)
-            pending_writes.append(writing.submit(_finish_and_write, runner, output, tiles,
-                                                 forwards))
-            queued_bytes.append(_nbytes(forwards))
-            while pending_writes and (
-                    len(pending_writes) > WRITE_QUEUE_BATCHES or pending_writes[0].done()
-                    or (len(pending_writes) > 2 and sum(queued_bytes) > WRITE_QUEUE_BYTES)):
-                queued_bytes.popleft()
-                pending_writes.popleft().result()
-            computed += len(tiles)
-            elapsed = time.perf_counter() - loop_started
-            yield Progress(
-                finished + computed, total, f"{finished + computed}/{total} tiles",
-                {"tiles_per_s": computed / max(elapsed, 1e-9), "batch": index + 1,
-                 "computed": computed},
-            )
-        while pending_writes:
-            pending_writes.popleft().result()
-        output.flush()
-        completed = True
+        computed = yield from run_batches(
+            batches, tile_reader.submit, compute, _finish_and_write, output.flush,
+            config, finished, total, "tiles")
     finally:
-        for future in pending_reads:
-            future.cancel()
-        reading.shutdown(wait=True, cancel_futures=True)
-        if not completed:
-            # Cancelled or failed: finish the writes of computed batches, keep the store sane.
-            for future in pending_writes:
-                try:
-                    future.result()
-                except Exception as error:  # already failing or closing: log, don't mask
-                    log.warning("while stopping inference: %s", error)
-            try:
-                output.flush()
-            except Exception as error:  # the original error (if any) matters more
-                log.warning("while stopping inference: %s", error)
-        writing.shutdown(wait=True)
         if spec.get("fg_range") is not None:
             model.fg_range = own_fg_range
         model.train(was_training)
@@ -960,5 +990,10 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
                            list(runner.messages))
 
 
-__all__ = ["InferenceConfig", "InferenceResult", "infer_slide", "MAP_CHOICES",
-           "model_fingerprint"]
+__all__ = [
+    "MAP_CHOICES",
+    "InferenceConfig",
+    "InferenceResult",
+    "infer_slide",
+    "model_fingerprint",
+]

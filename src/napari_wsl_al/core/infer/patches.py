@@ -37,8 +37,6 @@ import csv
 import logging
 import math
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +59,7 @@ from .engine import (
     _resolve_target,
     map_stride_for,
     model_fingerprint,
+    run_batches,
 )
 from .errors import InferenceError, MapStoreError
 from .store import MapStore
@@ -641,59 +640,24 @@ def infer_patches(reader: SlideReader, model: WslModel, config: InferenceConfig,
         output._guard(store_probs)
         output.write_tiles(batch_cells, outputs)
 
-    reading = ThreadPoolExecutor(max_workers=config.readers, thread_name_prefix="wslal-read")
-    writing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wslal-write")
-    pending_reads: deque[Future] = deque()
-    pending_writes: deque[Future] = deque()
-    computed = 0
-    next_batch = 0
-    loop_started = time.perf_counter()
-    completed = False
-    try:
-        while next_batch < len(batches) and len(pending_reads) <= config.prefetch:
-            pending_reads.append(reading.submit(patch_reader, batches[next_batch]))
-            next_batch += 1
-        for number in range(len(batches)):
-            batch = pending_reads.popleft().result()
-            if next_batch < len(batches):
-                pending_reads.append(reading.submit(patch_reader, batches[next_batch]))
-                next_batch += 1
-            with torch.inference_mode():
-                outputs, image_probs = runner.patch_outputs(batch)
-            batch_cells = np.array([divmod(i, reader.columns) for i in batch.indices],
-                                   dtype=np.int64).reshape(-1, 2)
-            pending_writes.append(writing.submit(write, batch_cells, outputs, image_probs))
-            while len(pending_writes) > 2 or (pending_writes and pending_writes[0].done()):
-                pending_writes.popleft().result()
-            computed += len(batch.indices)
-            elapsed = time.perf_counter() - loop_started
-            yield Progress(
-                finished + computed, total, f"{finished + computed}/{total} patches",
-                {"tiles_per_s": computed / max(elapsed, 1e-9), "batch": number + 1,
-                 "computed": computed},
-            )
-        while pending_writes:
-            pending_writes.popleft().result()
+    def compute(batch):
+        with torch.inference_mode():
+            outputs, image_probs = runner.patch_outputs(batch)
+        batch_cells = np.array([divmod(i, reader.columns) for i in batch.indices],
+                               dtype=np.int64).reshape(-1, 2)
+        return (len(batch.indices), (batch_cells, outputs, image_probs),
+                outputs.nbytes + image_probs.nbytes)
+
+    def finish():
+        # What was computed, and its rows in the table, also when cancelled.
         output.flush()
         write_patch_table(table, read_patch_predictions(output.path), classes)
-        completed = True
+
+    try:
+        computed = yield from run_batches(
+            batches, lambda executor, batch: executor.submit(patch_reader, batch), compute,
+            write, finish, config, finished, total, "patches")
     finally:
-        for future in pending_reads:
-            future.cancel()
-        reading.shutdown(wait=True, cancel_futures=True)
-        if not completed:
-            # Cancelled or failed: keep what was computed, and its rows in the table.
-            for future in pending_writes:
-                try:
-                    future.result()
-                except Exception as error:  # noqa: BLE001 (already failing or closing: log, don't mask)
-                    log.warning("while stopping inference: %s", error)
-            try:
-                output.flush()
-                write_patch_table(table, read_patch_predictions(output.path), classes)
-            except Exception as error:  # noqa: BLE001 (the original error, if any, matters more)
-                log.warning("while stopping inference: %s", error)
-        writing.shutdown(wait=True)
         model.train(was_training)
     return result(computed, runner.messages, str(runner.device))
 
