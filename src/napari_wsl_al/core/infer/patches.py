@@ -34,7 +34,6 @@ Resuming works per patch (the store's done bitmap). Patches larger than
 from __future__ import annotations
 
 import csv
-import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -64,8 +63,6 @@ from .engine import (
 from .errors import InferenceError, MapStoreError
 from .store import MapStore
 from .tiling import Resolution, resolve_resolution
-
-log = logging.getLogger(__name__)
 
 #: Longest side, in pixels at the model's resolution, of a patch inferred as one image.
 MAX_PATCH_SIDE = 4096
