@@ -10,6 +10,7 @@ Every write of ``project.json`` is atomic (a temporary file in the same folder, 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import re
@@ -271,7 +272,8 @@ class RemovedSlide:
     entry : dict
         The slide's entry as it was in ``project.json``.
     deleted : tuple of Path
-        Folders deleted (maps, superpixels); empty unless asked for.
+        What was deleted (map store, patches CSV, superpixels; the store's lock file goes
+        with the store and is not listed); empty unless asked for.
     labels_kept : int
         Live labels of the slide left in ``labels.sqlite``.
     """
@@ -556,7 +558,9 @@ class Project:
         candidates = itertools.chain(candidates, (f"{name}-{n}" for n in itertools.count(2)))
         return next(c for c in candidates if c.casefold() not in taken)
 
-    def remove_slide(self, name: str, delete_files: bool = False) -> RemovedSlide:
+    def remove_slide(
+        self, name: str, delete_files: bool = False, lock_timeout: float | None = None
+    ) -> RemovedSlide:
         """Unregister a slide and save at once.
 
         The slide's labels (and suggestions) stay in ``labels.sqlite``: adding the slide again
@@ -567,19 +571,26 @@ class Project:
         name : str
             The slide's name in the project.
         delete_files : bool
-            Also delete what was computed for the slide: its maps (:meth:`maps_path`) and its
-            superpixels (``superpixels/<slide>.zarr``). The slide file itself is never touched.
+            Also delete what was computed for the slide: its map store (:meth:`maps_path`)
+            with the store's lock file (``maps/<slide>.zarr.lock``), its per-patch classes
+            (``maps/<slide>.patches.csv``, written for a folder of patches) and its superpixels
+            (:meth:`superpixels_path`). The slide file itself is never touched. A run writing
+            the slide's maps holds the store's lock: the removal waits for it to end.
+        lock_timeout : float, optional
+            Seconds to wait for a run writing the slide's maps (the map store's
+            ``LOCK_TIMEOUT_S`` when None); only used with ``delete_files``.
 
         Returns
         -------
         RemovedSlide
-            The entry removed, the folders deleted and the number of labels kept.
+            The entry removed, the files and folders deleted and the number of labels kept.
 
         Raises
         ------
         ProjectError
-            When no slide has that name, or a folder cannot be deleted (the slide is then
-            already unregistered).
+            When no slide has that name; when another run kept writing the slide's maps for
+            the whole wait (nothing is then changed); or when a file cannot be deleted (the
+            slide is then already unregistered).
         """
         for index, entry in enumerate(self.slides):
             if entry["name"] == name:
@@ -593,24 +604,77 @@ class Project:
         labels_kept = self._count_labels(
             "SELECT COUNT(*) FROM labels WHERE live = 1 AND slide = ?", (name,)
         )
-        del self.slides[index]
-        self.save()
-        deleted = []
-        if delete_files:
-            for folder in (self.maps_path(name), self.superpixels_path(name)):
-                if not folder.exists():
-                    continue
-                try:
-                    shutil.rmtree(folder)
-                except OSError as error:
-                    raise ProjectError(
-                        f"the slide is removed from the project, but its files cannot be "
-                        f"deleted ({error.strerror or error})",
-                        path=folder,
-                        hint="delete the folder by hand, or check its permissions",
-                    ) from error
-                deleted.append(folder)
+        lock = self._hold_maps_lock(name, lock_timeout) if delete_files else None
+        try:
+            del self.slides[index]
+            self.save()
+            deleted = self._delete_computed_files(name) if delete_files else []
+        finally:
+            if lock is not None:
+                lock.release()
         return RemovedSlide(entry=entry, deleted=tuple(deleted), labels_kept=labels_kept)
+
+    def _hold_maps_lock(self, name: str, timeout: float | None):
+        """The lock of the slide's map store, held (None when no run can hold it)."""
+        if not self.maps_dir.is_dir():
+            return None  # a run makes the folder before it takes the lock
+        import filelock
+
+        from .infer.store import LOCK_TIMEOUT_S, lock_path
+
+        store = self.maps_path(name)
+        timeout = LOCK_TIMEOUT_S if timeout is None else float(timeout)
+        lock = filelock.FileLock(str(lock_path(store)), thread_local=False)
+        try:
+            lock.acquire(timeout=max(0.0, timeout))
+        except filelock.Timeout:
+            raise ProjectError(
+                f"another run is writing the maps of slide {name!r} (waited {timeout:g} s for "
+                f"it to finish); the slide is not removed",
+                path=store,
+                hint="let that run finish or stop it, then remove the slide again",
+            ) from None
+        except OSError as error:
+            raise ProjectError(
+                f"cannot take the lock of the maps of slide {name!r} "
+                f"({error.strerror or error}); the slide is not removed",
+                path=lock_path(store),
+                hint="check that the maps folder can be written",
+            ) from error
+        return lock
+
+    def _delete_computed_files(self, name: str) -> list[Path]:
+        """Delete a slide's map store, patches CSV, superpixels and store lock file.
+
+        Returns what was deleted, but the lock file (part of the store). The caller holds
+        the store's lock.
+        """
+        from .infer.patches import patch_table_path
+        from .infer.store import lock_path
+
+        store = self.maps_path(name)
+        deleted = []
+        for target in (store, patch_table_path(store), self.superpixels_path(name)):
+            if not (target.exists() or target.is_symlink()):
+                continue
+            try:
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+            except OSError as error:
+                raise ProjectError(
+                    f"the slide is removed from the project, but its files cannot be "
+                    f"deleted ({error.strerror or error})",
+                    path=target,
+                    hint="delete it by hand, or check its permissions",
+                ) from error
+            deleted.append(target)
+        # Unlinked while held: a run waiting for it then locks a new file. Where an open
+        # file cannot be unlinked (Windows), filelock removes it on release.
+        with contextlib.suppress(OSError):
+            lock_path(store).unlink()
+        return deleted
 
     def set_classes(self, specs: Sequence[ClassSpec]) -> None:
         """Replace the class list (names, colours, keys) and save at once.
