@@ -196,22 +196,30 @@ def infer_round_maps(
 ) -> Generator[Progress, None, Path]:
     """Compute round ``number``'s maps of ``slide`` with ``model`` (resumes a killed run).
 
+    Closing this generator, or an error, closes the inference job first (its reader and
+    writer threads stop and the map store's lock is released at once), then the slide.
+
     Returns
     -------
     Path
         The map store (:func:`round_maps_path`).
     """
-    from ..infer.engine import InferenceConfig, infer_slide
+    from ..infer import engine
     from ..infer.store import MapStore
 
     path = round_maps_path(project, slide, number)
-    config = InferenceConfig(device=str(device), maps=ROUND_MAPS, tile_size=settings.tile_px,
-                             overlap=min(128, settings.tile_px // 4))
+    config = engine.InferenceConfig(device=str(device), maps=ROUND_MAPS,
+                                    tile_size=settings.tile_px,
+                                    overlap=min(128, settings.tile_px // 4))
     reader = open_project_slide(project, slide)
     try:
-        for progress in infer_slide(reader, model, config, MapStore(path)):
-            yield Progress(progress.step, progress.total,
-                           f"round {number} maps of {slide}: {progress.message}")
+        job = engine.infer_slide(reader, model, config, MapStore(path))
+        try:
+            for progress in job:
+                yield Progress(progress.step, progress.total,
+                               f"round {number} maps of {slide}: {progress.message}")
+        finally:
+            job.close()
     finally:
         reader.close()
     return path
