@@ -14,10 +14,15 @@ no patch a class of its own. :func:`infer_patches` instead runs the model on eac
   pyramid as slides): one "tile" per cell, no overlap, so the blend window is flat and nothing
   crosses a cell border. A cell is ``n x n`` map pixels,
   ``n = ceil(max(cell side) / (map stride * downsample))``; a map pixel is therefore
-  ``cell width / n`` by ``cell height / n`` level-0 pixels (not square when the cells are not), and ``scale``/``translate`` say so. Each map
-  pixel is the exact area mean of the model's output over the patch pixels under it; map pixels
-  whose centre lies outside the patch (the cell's padding) stay 0 (``bg``, being ``1 - fg``,
-  is 1 there);
+  ``cell width / n`` by ``cell height / n`` level-0 pixels (not square when the cells are not), and ``scale``/``translate`` say so. The
+  model's outputs are brought to the cell as slides' tiles are (:func:`resample_weights`):
+  along an axis where an output pixel is no longer than a map pixel, a map pixel is the exact
+  area mean of the outputs over the patch pixels under it; where it is longer (CAMs and class
+  probabilities at a stride-32 model's output stride, under 16-pixel map pixels), the outputs
+  are interpolated bilinearly at the map pixel's centre, from this patch's outputs only
+  (clamped at its edges, never reaching a neighbour). The foreground is always area-averaged.
+  Map pixels whose centre lies outside the patch (the cell's padding) stay 0 (``bg``, being
+  ``1 - fg``, is 1 there);
 - with the tissue gate, the foreground and CAMs are multiplied by the fraction of the patch's
   own tissue mask (:func:`~napari_wsl_al.core.data.tissue.tissue_mask_from_rgb`) under each map
   pixel: glass is never foreground, while lumens and other small bright holes in tissue, which
@@ -207,6 +212,45 @@ def area_weights(source_count: int, source_pixel: float, target_count: int,
     return weights.astype(np.float32)
 
 
+def bilinear_weights(source_count: int, source_pixel: float, target_count: int,
+                     target_pixel: float, extent: float) -> np.ndarray:
+    """Weights that interpolate a 1-D signal linearly at the target pixels' centres.
+
+    Source pixel ``k`` covers ``[k a, (k + 1) a)`` and holds its value at its centre
+    ``(k + 1/2) a``; target pixel ``i`` takes the value at its centre ``c = (i + 1/2) b``, at
+    source position ``u = c / a - 1/2`` clamped to ``[0, source_count - 1]``: the mean of
+    sources ``floor(u)`` and ``floor(u) + 1`` weighted by ``1 - (u - floor(u))`` and
+    ``u - floor(u)``. That is :func:`torch.nn.functional.interpolate`'s ``bilinear`` with
+    ``align_corners=False``, which slides' tiles use. Rows of target pixels whose centre lies
+    outside ``[0, extent)`` are zero.
+
+    Returns
+    -------
+    ndarray
+        ``(target_count, source_count)`` float32.
+    """
+    centre = (np.arange(target_count, dtype=np.float64) + 0.5) * target_pixel
+    position = np.clip(centre / source_pixel - 0.5, 0.0, source_count - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, source_count - 1)
+    fraction = position - low
+    weights = np.zeros((target_count, source_count), np.float64)
+    rows = np.arange(target_count)
+    np.add.at(weights, (rows, low), 1.0 - fraction)
+    np.add.at(weights, (rows, high), fraction)
+    weights[centre >= extent] = 0.0
+    return weights.astype(np.float32)
+
+
+def resample_weights(source_count: int, source_pixel: float, target_count: int,
+                     target_pixel: float, extent: float) -> np.ndarray:
+    """:func:`area_weights` when a source pixel is no longer than a target pixel, else
+    :func:`bilinear_weights`: the rule by which slides' tiles are brought to the map grid
+    (area mean when shrinking, bilinear when enlarging), along one axis."""
+    choose = area_weights if source_pixel <= target_pixel else bilinear_weights
+    return choose(source_count, source_pixel, target_count, target_pixel, extent)
+
+
 @dataclass
 class _PatchGeometry:
     """Where one patch's pixels go: read size, padded size, and its cell of the map."""
@@ -217,17 +261,24 @@ class _PatchGeometry:
     extent: tuple[float, float]  # (height, width) of the patch, level-0 pixels
     pixel: tuple[float, float]  # (y, x) size of a map pixel, level-0 pixels
     cells: int  # map pixels per cell side
-    _cache: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    _cache: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict)
 
-    def weights(self, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(Wy, Wx)`` taking an output of ``rows x cols`` over the padded patch to the cell."""
-        key = (rows, cols)
+    def weights(self, rows: int, cols: int,
+                interpolate: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """``(Wy, Wx)`` taking an output of ``rows x cols`` over the padded patch to the cell.
+
+        With ``interpolate``, :func:`resample_weights` (bilinear along an axis where an output
+        pixel is longer than a map pixel); without, :func:`area_weights` on both axes.
+        """
+        key = (rows, cols, interpolate)
         if key not in self._cache:
+            weights = resample_weights if interpolate else area_weights
             per_y = self.padded[0] / rows * self.extent[0] / self.size[0]
             per_x = self.padded[1] / cols * self.extent[1] / self.size[1]
             self._cache[key] = (
-                area_weights(rows, per_y, self.cells, self.pixel[0], self.extent[0]),
-                area_weights(cols, per_x, self.cells, self.pixel[1], self.extent[1]),
+                weights(rows, per_y, self.cells, self.pixel[0], self.extent[0]),
+                weights(cols, per_x, self.cells, self.pixel[1], self.extent[1]),
             )
         return self._cache[key]
 
@@ -415,7 +466,7 @@ def cell_tissue_fraction(pixels: np.ndarray, extent: tuple[float, float],
 
 # ---------------------------------------------------------------------- the model
 class _PatchRunner(_ModelRunner):
-    """Runs the model on whole patches; outputs averaged onto each patch's cell of the map."""
+    """Runs the model on whole patches; outputs resampled onto each patch's cell of the map."""
 
     def __init__(self, model: WslModel, device: torch.device, config: InferenceConfig,
                  layout: _Layout, cells: int):
@@ -437,10 +488,15 @@ class _PatchRunner(_ModelRunner):
             start += len(part.indices)
         return np.concatenate(maps, axis=0), np.concatenate(probs, axis=0)
 
-    def _to_cells(self, values: torch.Tensor, batch: _PatchBatch) -> torch.Tensor:
-        """``(B, C, r, c)`` outputs over the padded patches -> ``(B, C, n, n)`` cell means."""
+    def _to_cells(self, values: torch.Tensor, batch: _PatchBatch,
+                  interpolate: bool = True) -> torch.Tensor:
+        """``(B, C, r, c)`` outputs over the padded patches -> ``(B, C, n, n)`` cell values.
+
+        Area means, or bilinear interpolation along an axis where an output pixel is longer
+        than a map pixel when ``interpolate`` (see :meth:`_PatchGeometry.weights`).
+        """
         rows, cols = values.shape[-2:]
-        pairs = [g.weights(rows, cols) for g in batch.geometry]
+        pairs = [g.weights(rows, cols, interpolate) for g in batch.geometry]
         wy = torch.from_numpy(np.stack([p[0] for p in pairs])).to(values.device)
         wx = torch.from_numpy(np.stack([p[1] for p in pairs])).to(values.device)
         return wy[:, None] @ values.float() @ wx[:, None].transpose(-1, -2)
@@ -475,7 +531,7 @@ class _PatchRunner(_ModelRunner):
                 fg = output["fg"]
             else:
                 fg = self.model.localize(output, tuple(images.shape[-2:]))
-            fg = self._to_cells(fg.clamp(0.0, 1.0), batch)
+            fg = self._to_cells(fg.clamp(0.0, 1.0), batch, interpolate=False)
             if tissue is not None:
                 fg = fg * tissue
             parts.append(fg)
@@ -659,5 +715,6 @@ def infer_patches(reader: SlideReader, model: WslModel, config: InferenceConfig,
     return result(computed, runner.messages, str(runner.device))
 
 
-__all__ = ["MAX_PATCH_SIDE", "PatchPrediction", "area_weights", "infer_patches",
-           "patch_table_path", "read_patch_predictions", "write_patch_table"]
+__all__ = ["MAX_PATCH_SIDE", "PatchPrediction", "area_weights", "bilinear_weights",
+           "infer_patches", "patch_table_path", "read_patch_predictions", "resample_weights",
+           "write_patch_table"]
