@@ -99,9 +99,12 @@ def run(args: argparse.Namespace) -> int:
         summaries = infer_slides_distributed(args.slides, model_choice, project, config,
                                              args.scheduler, region=args.region)
         for summary in summaries:
+            unit = "tiles" if summary["patches_csv"] is None else "patches"
             print(f"{summary['slide']}: maps written to {summary['maps']} "
-                  f"({summary['tiles_computed']} of {summary['tiles_total']} tiles computed, "
+                  f"({summary['tiles_computed']} of {summary['tiles_total']} {unit} computed, "
                   f"{summary['seconds']:.1f} s on {summary['device']})")
+            if summary["patches_csv"] is not None:
+                print(patch_summary(summary["patches"], summary["patches_csv"]))
         return 0
 
     model = load_inference_model(model_choice, config.device)

@@ -30,8 +30,11 @@ def infer_slide_task(
     Returns
     -------
     dict
-        ``slide``, ``name``, ``maps`` (store path), ``tiles_total``, ``tiles_computed``,
-        ``seconds``, ``device``.
+        ``slide``, ``name``, ``maps`` (store path), ``tiles_total``, ``tiles_computed``
+        (patches for a folder of patches), ``seconds``, ``device``, ``patches_csv`` (path of
+        ``maps/<slide>.patches.csv`` for a folder of patches, else None) and ``patches``
+        (the :class:`~napari_wsl_al.core.infer.patches.PatchPrediction` of every finished
+        patch; empty for a slide).
     """
     from ..io import open_slide
 
@@ -51,6 +54,8 @@ def infer_slide_task(
         "tiles_computed": result.tiles_computed,
         "seconds": result.seconds,
         "device": result.device,
+        "patches_csv": None if result.patches_csv is None else str(result.patches_csv),
+        "patches": list(result.patches),
     }
 
 
