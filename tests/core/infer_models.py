@@ -31,11 +31,14 @@ class ConstantModel(WslModel):
         return {"logits": logits, "cams": cams, "fg": fg}
 
 
-class RedModel(WslModel):
-    """CAM of class 0 = the input's red channel (0..1) averaged over stride x stride blocks."""
+class UnitInputModel(WslModel):
+    """Base of the tiny test models that compute their outputs from the pixels themselves.
 
-    classes = ("red", "other")
-    output_stride = 4
+    The model sees each channel as it is, 0..1 (mean 0, std 1), and holds one unused
+    parameter (a device and a fingerprint, as a real model has); :meth:`tied` adds it to an
+    output, times 0, as the models' outputs always did.
+    """
+
     mean = (0.0, 0.0, 0.0)
     std = (1.0, 1.0, 1.0)
 
@@ -43,11 +46,60 @@ class RedModel(WslModel):
         super().__init__()
         self.dummy = nn.Parameter(torch.zeros(()))
 
+    def tied(self, tensor):
+        """``tensor + 0 * dummy``: the same values, tied to the model's parameter."""
+        return tensor + 0 * self.dummy
+
+
+class RedModel(UnitInputModel):
+    """CAM of class 0 = the input's red channel (0..1) averaged over stride x stride blocks."""
+
+    classes = ("red", "other")
+    output_stride = 4
+
     def forward(self, x):
         red = F.avg_pool2d(x[:, :1], self.output_stride)
-        cams = torch.cat([red, torch.zeros_like(red)], dim=1) + 0 * self.dummy
+        cams = self.tied(torch.cat([red, torch.zeros_like(red)], dim=1))
         logits = cams.mean(dim=(2, 3))
         return {"logits": logits, "cams": cams}
+
+
+class BlockColourModel(UnitInputModel):
+    """CAMs = chosen colour channels (0..1) averaged over stride x stride blocks, one per class.
+
+    The foreground is the red block mean, the image logits ``gain`` times each CAM's mean:
+    on a patch of one colour every output is that colour's, exactly, unless the model sees
+    something else (a neighbour, the mosaic's white padding) in its input.
+
+    Parameters
+    ----------
+    classes : tuple of str
+        One class per channel of ``channels``.
+    channels : tuple of int
+        The colour channel (0 red, 1 green, 2 blue) giving each class's CAM.
+    gain : float
+        Factor of the logits: with two classes, ``p_0 = sigmoid(gain * (mean c_0 - mean c_1))``.
+    output_stride : int
+        Side of the averaged blocks.
+    """
+
+    def __init__(self, classes=("red", "green", "blue"), channels=(0, 1, 2), gain=4.0,
+                 output_stride=8):
+        super().__init__()
+        if len(classes) != len(channels):
+            raise ValueError("one colour channel per class")
+        self.classes = tuple(classes)
+        self.output_stride = int(output_stride)
+        # Buffers, so that the model's fingerprint (and a store's reuse of maps) tells apart
+        # models of other channels or gains.
+        self.register_buffer("cam_channels", torch.tensor(channels, dtype=torch.long))
+        self.register_buffer("logit_gain", torch.tensor(float(gain)))
+
+    def forward(self, x):
+        pooled = self.tied(F.avg_pool2d(x, self.output_stride))
+        cams = pooled.index_select(1, self.cam_channels)
+        return {"logits": self.logit_gain * cams.mean(dim=(2, 3)), "cams": cams,
+                "fg": pooled[:, :1]}
 
 
 class DropoutModel(WslModel):

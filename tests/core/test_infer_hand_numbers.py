@@ -22,7 +22,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from infer_models import ConstantModel, RedModel
+from infer_models import ConstantModel, RedModel, UnitInputModel
 from torch import nn
 from torch.nn import functional as F
 
@@ -54,7 +54,7 @@ def run(reader, model, path, **config):
 
 
 # ---------------------------------------------------------------------- test models
-class TilePositionModel(WslModel):
+class TilePositionModel(UnitInputModel):
     """CAM 0 is the column, CAM 1 the row of each output pixel *inside its tile*.
 
     Two tiles overlapping a map pixel give different values there (the left tile's column 6
@@ -63,19 +63,13 @@ class TilePositionModel(WslModel):
 
     classes = ("column", "row")
     output_stride = 4
-    mean = (0.0, 0.0, 0.0)
-    std = (1.0, 1.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x):
         b, _, h, w = x.shape
         s = self.output_stride
         cols = torch.arange(w // s, dtype=torch.float32).expand(b, h // s, w // s)
         rows = torch.arange(h // s, dtype=torch.float32)[:, None].expand(b, h // s, w // s)
-        cams = torch.stack([cols, rows], dim=1) + 0 * self.dummy
+        cams = self.tied(torch.stack([cols, rows], dim=1))
         return {"logits": torch.zeros(b, 2), "cams": cams}
 
 
@@ -134,23 +128,20 @@ class KnownDropoutModel(WslModel):
         return {"logits": logits, "cams": logits[:, :, None, None].expand(-1, -1, h // s, w // s)}
 
 
-class OutputSizeModel(WslModel):
+class OutputSizeModel(UnitInputModel):
     """CAM 0 is the input's red channel (0..1) at ``size`` x ``size`` pixels, whatever the
     output stride says: the engine must resample it to the map's tile size."""
 
     classes = ("red", "other")
     output_stride = 4
-    mean = (0.0, 0.0, 0.0)
-    std = (1.0, 1.0, 1.0)
 
     def __init__(self, size):
         super().__init__()
         self.size = size
-        self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x):
         red = F.adaptive_avg_pool2d(x[:, :1], self.size)
-        cams = torch.cat([red, torch.zeros_like(red)], dim=1) + 0 * self.dummy
+        cams = self.tied(torch.cat([red, torch.zeros_like(red)], dim=1))
         return {"logits": cams.mean(dim=(2, 3)), "cams": cams}
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from infer_models import gradient_image
-from torch import nn
+from infer_models import UnitInputModel, gradient_image
 from torch.nn import functional as F
 
 from napari_wsl_al.core.infer.engine import (
@@ -18,28 +17,21 @@ from napari_wsl_al.core.infer.engine import (
 from napari_wsl_al.core.infer.errors import InferenceError
 from napari_wsl_al.core.infer.store import MapStore
 from napari_wsl_al.core.io.memory_backend import ArrayReader
-from napari_wsl_al.core.models.base import WslModel
 from napari_wsl_al.core.progress import run_to_end
 
-FAST = dict(tile_size=64, overlap=0, batch_size=4, device="cpu", tissue_threshold=0, readers=1,
-            tissue_gate=False, maps=("cam", "fg"), cam_normalisation="none")
+FAST = {"tile_size": 64, "overlap": 0, "batch_size": 4, "device": "cpu", "tissue_threshold": 0,
+        "readers": 1, "tissue_gate": False, "maps": ("cam", "fg"), "cam_normalisation": "none"}
 
 
-class FullResolutionFg(WslModel):
+class FullResolutionFg(UnitInputModel):
     """Stride-8 CAMs (block means of red), foreground at the input resolution (green)."""
 
     classes = ("red", "other")
     output_stride = 8
-    mean = (0.0, 0.0, 0.0)
-    std = (1.0, 1.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x):
         red = F.avg_pool2d(x[:, :1], self.output_stride)
-        cams = torch.cat([red, 1 - red], dim=1) + 0 * self.dummy
+        cams = self.tied(torch.cat([red, 1 - red], dim=1))
         return {"logits": cams.mean(dim=(2, 3)), "cams": cams, "fg": x[:, 1:2]}
 
 

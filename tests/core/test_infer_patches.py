@@ -9,9 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from infer_models import BlockColourModel
 from PIL import Image
-from torch import nn
-from torch.nn import functional as F
 
 from napari_wsl_al.cli import main
 from napari_wsl_al.core.data.patches import pad_to_multiple
@@ -26,32 +25,18 @@ from napari_wsl_al.core.infer.patches import (
     read_patch_predictions,
 )
 from napari_wsl_al.core.io.image_backend import PatchFolderReader
-from napari_wsl_al.core.models.base import WslModel
 from napari_wsl_al.core.progress import run_to_end
 
 CPU = {"device": "cpu", "readers": 1}
 
+COLOUR_CLASSES = ("red", "green", "blue")
 
-class ColourModel(WslModel):
-    """Maps that depend on the input: fg = red (0..1) per stride block, logits from the means.
 
-    On a patch of one colour every output is that colour's, exactly, unless the model sees
-    something else (a neighbour, the mosaic's white padding) in its input.
-    """
-
-    classes = ("red", "green", "blue")
-    output_stride = 8
-    mean = (0.0, 0.0, 0.0)
-    std = (1.0, 1.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        pooled = F.avg_pool2d(x, self.output_stride) + 0 * self.dummy
-        logits = 4 * pooled.mean(dim=(2, 3))
-        return {"logits": logits, "cams": pooled, "fg": pooled[:, :1]}
+def colour_model():
+    """CAMs = red, green, blue block means at stride 8, fg = red, image logits 4 times the
+    three means: on a patch of one colour every output is that colour's, exactly, unless the
+    model sees something else (a neighbour, the mosaic's white padding) in its input."""
+    return BlockColourModel(COLOUR_CLASSES, channels=(0, 1, 2), gain=4.0, output_stride=8)
 
 
 def write_patches(folder, colours_and_sizes):
@@ -83,7 +68,7 @@ def test_a_map_never_mixes_two_patches(tmp_path):
     assert reader.cell_size == (61, 50) and reader.columns == 2
     config = InferenceConfig(**CPU, maps=("cam", "fg", "probs"), cam_normalisation="none",
                              tissue_gate=False)
-    result = run_to_end(infer_slide(reader, ColourModel(), config, MapStore(tmp_path / "m.zarr")))
+    result = run_to_end(infer_slide(reader, colour_model(), config, MapStore(tmp_path / "m.zarr")))
     assert result.tiles_total == result.tiles_computed == 4 and result.grid is None
     n = math.ceil(61 / 8)  # map pixels per cell side: 8
     fg = result.maps["fg"].levels[0].compute()
@@ -109,7 +94,7 @@ def test_a_map_never_mixes_two_patches(tmp_path):
         assert prediction.name == f"patch_{index:02d}.png"
         assert prediction.box == reader.patch_boxes[index]
         np.testing.assert_allclose(prediction.probabilities, expected, atol=1e-6)
-        assert prediction.prediction == ColourModel.classes[int(np.argmax(colour))]
+        assert prediction.prediction == COLOUR_CLASSES[int(np.argmax(colour))]
 
 
 def test_area_weights_by_hand():
@@ -211,7 +196,7 @@ def test_a_cancelled_run_keeps_its_finished_patches_and_resumes_per_patch(tmp_pa
     folder = write_patches(tmp_path / "patches", COLOURS)
     reader = PatchFolderReader(folder)
     store = MapStore(tmp_path / "maps" / "patches.zarr")
-    job = infer_slide(reader, ColourModel(), one_patch_per_batch(), store)
+    job = infer_slide(reader, colour_model(), one_patch_per_batch(), store)
     first = next(job)
     assert (first.step, first.total) == (1, 4)
     job.close()  # what the GUI's Cancel does between two batches
@@ -220,17 +205,17 @@ def test_a_cancelled_run_keeps_its_finished_patches_and_resumes_per_patch(tmp_pa
     kept = read_csv(table)
     assert len(kept) == 1 and store.done_bitmap().sum() == 1
     assert [p.name for p in read_patch_predictions(store.path)] == [kept[0]["patch"]]
-    resumed = run_to_end(infer_slide(reader, ColourModel(), one_patch_per_batch(), store))
+    resumed = run_to_end(infer_slide(reader, colour_model(), one_patch_per_batch(), store))
     assert (resumed.tiles_total, resumed.tiles_computed) == (4, 3)
     assert [row["patch"] for row in read_csv(table)] == reader.patch_names
-    clean = run_to_end(infer_slide(reader, ColourModel(), one_patch_per_batch(),
+    clean = run_to_end(infer_slide(reader, colour_model(), one_patch_per_batch(),
                                    MapStore(tmp_path / "clean.zarr")))
     for name in ("fg", "probs"):
         for got, want in zip(resumed.maps[name].levels, clean.maps[name].levels):
             np.testing.assert_array_equal(got.compute(), want.compute())
     # Finished maps reopen without the model; the table is written again if it was lost.
     table.unlink()
-    again = run_to_end(infer_slide(reader, ColourModel(), one_patch_per_batch(), store))
+    again = run_to_end(infer_slide(reader, colour_model(), one_patch_per_batch(), store))
     assert again.tiles_computed == 0 and len(again.patches) == 4 and table.exists()
 
 
@@ -238,12 +223,12 @@ def test_a_region_infers_the_patches_it_touches(tmp_path):
     folder = write_patches(tmp_path / "patches", COLOURS)
     reader = PatchFolderReader(folder)
     x, y = reader.patch_boxes[3][:2]
-    result = run_to_end(infer_slide(reader, ColourModel(), one_patch_per_batch(),
+    result = run_to_end(infer_slide(reader, colour_model(), one_patch_per_batch(),
                                     MapStore(tmp_path / "m.zarr"), region=(x + 2, y + 2, 5, 5)))
     assert (result.tiles_total, result.tiles_computed) == (1, 1)
     assert [p.name for p in result.patches] == ["patch_03.png"]
     with pytest.raises(InferenceError, match="touches no patch"):
-        run_to_end(infer_slide(reader, ColourModel(), one_patch_per_batch(),
+        run_to_end(infer_slide(reader, colour_model(), one_patch_per_batch(),
                                MapStore(tmp_path / "n.zarr"), region=(x + 40, y + 30, 5, 5)))
 
 
@@ -252,7 +237,7 @@ def test_a_patch_too_large_for_one_image_is_refused_naming_it(tmp_path):
                                                   ((30, 180, 60), (MAX_PATCH_SIDE + 8, 8))])
     reader = PatchFolderReader(folder)
     with pytest.raises(InferenceError, match=r"patch_01\.png is 4104 x 8 pixels.*as a slide"):
-        run_to_end(infer_slide(reader, ColourModel(), one_patch_per_batch(),
+        run_to_end(infer_slide(reader, colour_model(), one_patch_per_batch(),
                                MapStore(tmp_path / "m.zarr")))
 
 

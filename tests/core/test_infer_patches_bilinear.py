@@ -5,35 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from infer_models import UnitInputModel
 from PIL import Image
-from torch import nn
 from torch.nn import functional as F
 
 from napari_wsl_al.core.infer import InferenceConfig, MapStore, infer_slide
 from napari_wsl_al.core.infer.patches import area_weights, bilinear_weights, resample_weights
 from napari_wsl_al.core.io.image_backend import PatchFolderReader
-from napari_wsl_al.core.models.base import WslModel
 from napari_wsl_al.core.progress import run_to_end
 
 #: Red values of the image quadrants: the model's 32-pixel outputs are red / 60, i.e. 0..3.
 RED_STEP = 60
 
 
-class QuadrantModel(WslModel):
+class QuadrantModel(UnitInputModel):
     """Stride 32: CAM of class 0 = red / 60 per 32-pixel block (its negative for class 1),
     foreground = red (0..1) per block, segmentation logits = the CAMs."""
 
     classes = ("red", "other")
     output_stride = 32
-    mean = (0.0, 0.0, 0.0)
-    std = (1.0, 1.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, x):
-        red = F.avg_pool2d(x[:, :1], self.output_stride) + 0 * self.dummy
+        red = self.tied(F.avg_pool2d(x[:, :1], self.output_stride))
         level = red * (255.0 / RED_STEP)
         cams = torch.cat([level, -level], dim=1)
         return {"logits": cams.mean(dim=(2, 3)), "cams": cams, "seg_logits": cams, "fg": red}

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
+from infer_models import BlockColourModel
 from PIL import Image
 from qtpy.QtCore import Qt
-from torch import nn
-from torch.nn import functional as F
 
 from napari_wsl_al._qt.infer_widget import InferenceWidget
 from napari_wsl_al._qt.patch_table import PatchTable, _camera
 from napari_wsl_al._reader import layer_data
 from napari_wsl_al.core.infer.patches import PatchPrediction
 from napari_wsl_al.core.io.image_backend import PatchFolderReader
-from napari_wsl_al.core.models.base import WslModel
 
 pytestmark = pytest.mark.gui
 
@@ -24,23 +21,10 @@ PATCHES = [((220, 40, 60), (48, 40)), ((40, 60, 220), (48, 40)), ((200, 30, 120)
            ((60, 90, 230), (24, 40))]
 
 
-class RedBlueModel(WslModel):
-    """Image class from the mean red minus blue; foreground = red per stride block."""
-
-    classes = ("red", "blue")
-    output_stride = 8
-    mean = (0.0, 0.0, 0.0)
-    std = (1.0, 1.0, 1.0)
-
-    def __init__(self):
-        super().__init__()
-        self.dummy = nn.Parameter(torch.zeros(()))
-
-    def forward(self, x):
-        pooled = F.avg_pool2d(x, self.output_stride) + 0 * self.dummy
-        difference = 8 * (pooled[:, 0] - pooled[:, 2]).mean(dim=(1, 2))
-        logits = torch.stack([difference, -difference], dim=1)
-        return {"logits": logits, "cams": pooled[:, [0, 2]], "fg": pooled[:, :1]}
+def red_blue_model():
+    """CAMs = red and blue block means at stride 8, foreground = red; image logits 16 times the
+    mean red and blue, so p(red) = sigmoid(16 (mean red - mean blue))."""
+    return BlockColourModel(("red", "blue"), channels=(0, 2), gain=16.0, output_stride=8)
 
 
 @pytest.fixture
@@ -61,7 +45,7 @@ def folder_in_viewer(make_napari_viewer, tmp_path):
 def run_widget(viewer, qtbot):
     widget = InferenceWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    widget.model_factory = RedBlueModel
+    widget.model_factory = red_blue_model
     widget.tissue_threshold = 0.0
     widget.device_combo.setCurrentText("cpu")
     widget.run()
@@ -81,7 +65,8 @@ def test_a_run_on_a_folder_fills_the_table_and_a_click_shows_the_patch(folder_in
     assert column(table, 0) == ["p0.png", "p1.png", "p2.png", "p3.png"]
     assert column(table, 1) == ["red", "blue", "red", "blue"]
     assert table.summary.text() == "4 patches: 2 red, 2 blue"
-    # Confidence = softmax of (d, -d), d = 8 (mean red - mean blue), for patch p2:
+    # Confidence = sigmoid(16 (mean red - mean blue)) = softmax of (d, -d), d = 8 (red - blue),
+    # for patch p2:
     d = 8 * (200 - 120) / 255
     expected = 1 / (1 + np.exp(-2 * d))
     assert column(table, 2)[2] == f"{expected:.2f}"
