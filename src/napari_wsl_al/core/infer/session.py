@@ -142,8 +142,9 @@ class MapLayerSpec:
     ----------
     name : str
         Layer name: ``"<slide> · <title>"`` (short names) or ``"<slide> <map> [<channel>]"``.
-    data : list of dask arrays
-        Pyramid levels (2-D), largest first.
+    data : list of MapLevel
+        Pyramid levels (2-D), largest first, read straight from the store's arrays
+        (:class:`MapLevel`).
     kwargs : dict
         ``scale``, ``translate``, ``colormap``, ``blending``, ``opacity``, ``contrast_limits``,
         ``visible``, ``multiscale``, ``metadata`` (``wslal_map``, ``channel``,
@@ -159,6 +160,71 @@ class MapLayerSpec:
     kwargs: dict[str, Any]
     title: str = ""
     description: str = ""
+
+
+class MapLevel:
+    """One pyramid level of a map, or of one channel of it, as napari slices it: a numpy-like
+    2-D array read straight from the store's zarr array.
+
+    napari reads the window it shows, at the level it shows, by plain indexing on the UI thread
+    (and the coarsest level whole, for the thumbnail, which it keeps until the layer's data is
+    set again). A dask array pays for a task graph and a round trip through its scheduler on
+    every read, and needs new graph names to see what was written since (napari's dask cache
+    keeps what it read); a zarr array reads the chunks under the window and nothing else, and
+    what it reads is what is on disk now.
+
+    Parameters
+    ----------
+    array : zarr.Array or array-like
+        ``(Y, X)``, or ``(C, Y, X)`` with ``channel``.
+    channel : int, optional
+        The channel shown (axis 0 of ``array``).
+    """
+
+    def __init__(self, array, channel: int | None = None) -> None:
+        self.array = array
+        self.channel = None if channel is None else int(channel)
+        shape = tuple(int(n) for n in array.shape)
+        self.shape = shape[1:] if self.channel is not None else shape
+        if len(self.shape) != 2:
+            raise ValueError(f"a map level is 2-D (or 3-D with a channel), not {shape}")
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = 2
+        self.size = self.shape[0] * self.shape[1]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        channel = "" if self.channel is None else f" channel {self.channel}"
+        return f"<MapLevel {self.shape} {self.dtype}{channel} of {self.source()[0]}>"
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        if self.channel is not None:
+            key = (self.channel, *key)
+        return np.asarray(self.array[key])
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[...]
+        return whole if dtype is None else whole.astype(dtype)
+
+    def source(self) -> tuple:
+        """What the level reads: its array's place in the store (the array itself when it has
+        none), shape, dtype, chunks and channel. Levels with the same source read the same
+        values."""
+        place = getattr(self.array, "store_path", None)
+        where = str(place) if place is not None else id(self.array)
+        return (where, tuple(self.array.shape), self.dtype.str,
+                tuple(getattr(self.array, "chunks", None) or ()), self.channel)
+
+
+def same_levels(old, new) -> bool:
+    """Whether two lists of map levels read the same arrays, level by level."""
+    old, new = list(old), list(new)
+    return len(old) == len(new) and all(
+        isinstance(a, MapLevel) and isinstance(b, MapLevel) and a.source() == b.source()
+        for a, b in zip(old, new))
 
 
 def contrast_limits(handle: MapHandle, class_count: int) -> tuple[float, float]:
@@ -218,7 +284,9 @@ def map_layer_specs(handles: dict[str, MapHandle], slide_name: str,
 
     Only one layer is visible at first (:func:`first_shown`): the CAM of the class of interest
     when there is a CAM. Each spec says what its map means (``description``, also in the
-    layer's ``metadata``).
+    layer's ``metadata``). Its levels are :class:`MapLevel` views of the store's zarr arrays
+    (of the dask levels for handles that have no arrays), so napari's slicing on the UI thread
+    reads the window it shows and computes no dask graph.
 
     Parameters
     ----------
@@ -244,7 +312,8 @@ def map_layer_specs(handles: dict[str, MapHandle], slide_name: str,
         style = dict(MAP_STYLE.get(handle.kind, MAP_STYLE["uncertainty"]))
         channels = handle.channels or (None,)
         for index, channel in enumerate(channels):
-            data = [level if channel is None else level[index] for level in handle.levels]
+            data = [MapLevel(level, None if channel is None else index)
+                    for level in (handle.arrays or handle.levels)]
             visible = shown == (name, None if channel is None else index)
             if short_names:
                 layer_name = map_layer_name(slide_name, name, channel)

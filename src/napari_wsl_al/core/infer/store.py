@@ -154,6 +154,9 @@ class MapHandle:
         ``(y, x)`` offset of the first pixel centre, same unit.
     unit : str or None
         ``"micrometer"``, or None when the slide's resolution is unknown.
+    arrays : tuple of zarr.Array
+        The zarr arrays behind ``levels`` (same order; empty when not from a store): read
+        directly, they give what was written since without a new dask graph.
     """
 
     name: str
@@ -163,6 +166,7 @@ class MapHandle:
     scale: tuple[float, float]
     translate: tuple[float, float]
     unit: str | None
+    arrays: tuple = ()
 
 
 def blend_window(n: int, ramp: int) -> np.ndarray:
@@ -784,15 +788,14 @@ class MapStore:
         out = {}
         for entry in info["maps"]:
             name = entry["name"]
-            levels = [
-                da.from_zarr(group[f"{name}/{level}"], name=f"wslal-map-{name}-{level}-{token}")
-                for level in range(len(info["level_shapes"]))
-            ]
+            arrays = tuple(group[f"{name}/{level}"] for level in range(len(info["level_shapes"])))
+            levels = [da.from_zarr(array, name=f"wslal-map-{name}-{level}-{token}")
+                      for level, array in enumerate(arrays)]
             out[name] = MapHandle(
                 name=name, kind=entry["kind"],
                 channels=None if entry["channels"] is None else tuple(entry["channels"]),
                 levels=levels, scale=tuple(info["scale"]), translate=tuple(info["translate"]),
-                unit=info.get("unit"),
+                unit=info.get("unit"), arrays=arrays,
             )
         return out
 
