@@ -52,7 +52,7 @@ def base_config(args) -> sim.SimulationConfig:
 def _append(path: Path, rows: list[dict]) -> None:
     new = not path.exists()
     columns = list(sim.CURVE_COLUMNS) + [
-        "loss", "fg_dice", "pseudo_images", "pseudo_dice", "pseudo_queried"]
+        "loss", "fg_dice", "argmax_dice", "pseudo_images", "pseudo_dice", "pseudo_queried"]
     with open(path, "a", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
         if new:

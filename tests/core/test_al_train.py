@@ -271,10 +271,12 @@ def test_pseudo_labelled_images_teach_what_the_oracle_labels_lack():
         result = run_to_end(train_regions(model, items, table, config, pseudo_maps=maps,
                                           pseudo_weight=weight))
         assert (result["labelled_images"], result["pseudo_images"]) == (1, 2)
-        dice[weight] = segmentation_scores(model, items, truths)["dice"]
+        scores = segmentation_scores(model, items, truths)
+        dice[weight] = scores["dice"], scores["argmax_dice"]
     # with lambda 0 nothing says what the foreground is; with the pseudo-labelled images it is
     # learnt
-    assert dice[0.0] < 0.3 and dice[1.0] > 0.8
+    assert dice[0.0][1] < 0.3 and dice[1.0][1] > 0.8
+    assert dice[0.0][0] < 0.5 and dice[1.0][0] > 0.8
     model, _ = joint_from_wsl(tiny_wsl(), SEG)
     with pytest.raises(ActiveLearningError, match="2 pseudo maps for 3 images"):
         run_to_end(train_regions(model, items, table, config, pseudo_maps=maps[:2]))
@@ -299,25 +301,43 @@ def test_pseudo_segmentations_and_image_classes_come_from_the_two_heads():
         pseudo_segmentations(model, items, [1])
 
 
+def test_segmentation_labels_by_hand():
+    from napari_wsl_al.core.al.train import segmentation_labels
+
+    # pixels: background sure; benign; foreground 0.6 split 0.35 / 0.25 (argmax: background);
+    # P(background) exactly 0.5 (background); malignant
+    probs = np.array([[0.9, 0.2, 0.4, 0.5, 0.1],
+                      [0.05, 0.7, 0.35, 0.1, 0.1],
+                      [0.05, 0.1, 0.25, 0.4, 0.8]], np.float32)
+    labels = segmentation_labels(probs)
+    assert labels.dtype == np.int64
+    np.testing.assert_array_equal(labels, [0, 1, 1, 0, 2])
+    np.testing.assert_array_equal(segmentation_labels(probs[:, None, :]), [[0, 1, 1, 0, 2]])
+
+
 def test_scores_by_hand_argmax_and_foreground_map(monkeypatch):
     from napari_wsl_al.core.al import train
 
-    # four pixels, truth: background, benign, benign, malignant; the third pixel's foreground
-    # (0.6) is split between the two classes, each below the background's 0.4
-    probs = np.array([[[0.9, 0.2, 0.4, 0.1]], [[0.05, 0.7, 0.3, 0.1]], [[0.05, 0.1, 0.3, 0.8]]],
-                     np.float32)
-    truth = np.array([[0, 1, 1, 2]])
+    # five pixels, truth: background, benign, benign, malignant, malignant; the third pixel's
+    # foreground (0.6) is split between the two classes, each below the background's 0.4; the
+    # fifth is called benign
+    probs = np.array([[[0.9, 0.2, 0.4, 0.1, 0.3]], [[0.05, 0.7, 0.35, 0.1, 0.6]],
+                      [[0.05, 0.1, 0.25, 0.8, 0.1]]], np.float32)
+    truth = np.array([[0, 1, 1, 2, 2]])
 
     def fixed(model, items, device=None):
         yield 0, probs, None, None
 
     monkeypatch.setattr(train, "predict_items", fixed)
     model, _ = joint_from_wsl(tiny_wsl(), SEG)
-    item = RegionItem("x", np.zeros((1, 4, 3), np.uint8), np.zeros((1, 4), np.int64))
+    item = RegionItem("x", np.zeros((1, 5, 3), np.uint8), np.zeros((1, 5), np.int64))
     scores = segmentation_scores(model, [item], [truth])
-    # argmax: foreground at pixels 1 and 3 of the truth's 1, 2, 3: Dice 2 * 2 / (2 + 3)
-    assert scores["dice"] == pytest.approx(0.8)
-    # 1 - P(background) > 0.5 at pixels 1, 2, 3: Dice 1
+    # foreground where 1 - P(background) > 0.5: pixels 1-4, the truth's 1-4: Dice 1
+    assert scores["dice"] == pytest.approx(1.0)
     assert scores["fg_dice"] == pytest.approx(1.0)
-    # argmax classes 0, 1, 0, 2: IoU background 1/2, benign 1/2, malignant 1
-    assert scores["miou"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+    # argmax: foreground at pixels 1, 3, 4 of the truth's 1-4: Dice 2 * 3 / (3 + 4)
+    assert scores["argmax_dice"] == pytest.approx(6 / 7)
+    # labels 0, 1, 1, 2, 1: IoU background 1, benign 2/3, malignant 1/2
+    assert scores["miou"] == pytest.approx((1.0 + 2 / 3 + 0.5) / 3)
+    # argmax classes 0, 1, 0, 2, 1: IoU background 1/2, benign 1/3, malignant 1/2
+    assert scores["argmax_miou"] == pytest.approx((0.5 + 1 / 3 + 0.5) / 3)

@@ -229,7 +229,7 @@ def _resize(array: np.ndarray, scale: float, resample) -> np.ndarray:
     if abs(scale - 1.0) < 1e-3:
         return array
     height, width = array.shape[:2]
-    size = (max(1, int(round(width * scale))), max(1, int(round(height * scale))))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
     return np.asarray(Image.fromarray(array).resize(size, resample))
 
 
@@ -456,6 +456,7 @@ def simulate_run(
             "labelled_fraction": labelled_ids.size / max(candidates.size, 1),
             "dice": scores["dice"],
             "fg_dice": scores["fg_dice"],
+            "argmax_dice": scores["argmax_dice"],
             "miou": scores["miou"],
             "gini": gini_index(class_regions),
             "seconds": time.perf_counter() - round_start,
