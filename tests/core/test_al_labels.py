@@ -901,3 +901,34 @@ def test_socket_host_is_recorded(store):
     store.start_round(1, {})
     assert store._connection.execute("SELECT pid, host FROM rounds").fetchone() == (
         os.getpid(), socket.gethostname())
+
+
+def test_polygon_with_a_hole_is_stored_exported_and_imported_without_the_hole(store, tmp_path):
+    outer = [[0.0, 0.0], [10.0, 0.0], [10.0, 10.0], [0.0, 10.0]]
+    hole = [[4.0, 4.0], [6.0, 4.0], [6.0, 6.0], [4.0, 6.0]]
+    label = store.add_label("s1", 7, ["tumour"], polygon=[outer, hole + [hole[0]]])
+    assert label.polygon == tuple(map(tuple, outer))
+    assert label.holes == (tuple(map(tuple, hole)),)
+    assert label.bbox == (0, 0, 10, 10)
+    plain = store.add_label("s1", 8, ["stroma"], polygon=np.asarray(outer) + 20)
+    assert plain.holes == ()
+    assert store.current(slide="s1")[0].holes == label.holes  # read back from the database
+    path = tmp_path / "labels.geojson"
+    store.export_geojson(path, CLASSES)
+    features = {f["properties"]["region_id"]: f for f in json.loads(path.read_text())["features"]}
+    assert features[7]["geometry"]["coordinates"] == [outer + [outer[0]], hole + [hole[0]]]
+    assert len(features[8]["geometry"]["coordinates"]) == 1
+
+    def resolve(slide, polygon):
+        # region 7 under the outline, region 9 under the hole, region 10 under the other
+        if polygon.min() >= 20:
+            return [(10, (20, 20, 30, 30))]
+        if polygon.max() <= 6:
+            return [(9, (4, 4, 6, 6))]
+        return [(7, (0, 0, 10, 10)), (9, (4, 4, 6, 6))]
+
+    with LabelStore(tmp_path / "other.sqlite") as other:
+        assert other.import_geojson(path, resolve, classes=CLASSES) == 2
+        imported = {lab.region_id: lab for lab in other.current()}
+    assert sorted(imported) == [7, 10]
+    assert imported[7].holes == label.holes and imported[7].polygon == label.polygon

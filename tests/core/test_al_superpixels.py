@@ -652,3 +652,27 @@ def test_patch_folders_are_cut_patch_by_patch(tmp_path):
     for first, second in result.adjacency():
         assert owner[int(first)] == owner[int(second)]
     assert len(result.adjacency()) > 0
+
+
+def test_outline_rings_give_holes_in_level0_pixels():
+    labels = np.ones((8, 8), np.uint32)
+    labels[3:5, 2:6] = 2  # enclosed by region 1: its hole
+    labels[7, :] = 3
+    regions = SuperpixelMap.from_array(labels, mpp=1.0, downsample=2.0)
+    rings = regions.outline_rings_level0([1, 2])
+    assert len(rings[1]) == 2 and len(rings[2]) == 1
+    outline, hole = rings[1]
+    np.testing.assert_array_equal(outline, regions.outline_level0([1])[1])
+    # region 1 covers working rows 0..6, cols 0..7: level-0 x 0..16, y 0..14
+    assert outline[:, 0].min() == pytest.approx(0.0) and outline[:, 0].max() == pytest.approx(16.0)
+    assert outline[:, 1].min() == pytest.approx(0.0) and outline[:, 1].max() == pytest.approx(14.0)
+    # the hole is region 2's outline: working rows 3..4, cols 2..5 -> x 4..12, y 6..10
+    assert hole[:, 0].min() == pytest.approx(4.0) and hole[:, 0].max() == pytest.approx(12.0)
+    assert hole[:, 1].min() == pytest.approx(6.0) and hole[:, 1].max() == pytest.approx(10.0)
+    np.testing.assert_array_equal(hole, rings[2][0])
+    np.testing.assert_array_equal(hole[0], hole[-1])
+    # a region in two pieces gets no holes
+    labels[0, 0] = 4
+    labels[7, 7] = 4
+    pieces = SuperpixelMap.from_array(labels, mpp=1.0)
+    assert len(pieces.outline_rings_level0([4])[4]) == 1

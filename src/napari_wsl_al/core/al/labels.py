@@ -186,6 +186,9 @@ class RegionLabel:
         Weight of the label in the training loss.
     created : str
         When the label was given, ISO 8601 in UTC.
+    holes : tuple of tuple of (float, float)
+        Outlines of the holes in ``polygon`` (other regions it encloses), in the same form;
+        empty for a region without holes.
     """
 
     id: int
@@ -202,6 +205,7 @@ class RegionLabel:
     polygon: tuple[tuple[float, float], ...] | None
     weight: float
     created: str
+    holes: tuple[tuple[tuple[float, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -377,14 +381,10 @@ def _label_values(
         raise ValueError(f"weight must be finite and >= 0, got {weight}")
     polygon_json = None
     if polygon is not None:
-        points = np.asarray(polygon, dtype=np.float64)
-        if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
-            raise ValueError(f"polygon must be finite (N, 2) (x, y) points, got shape {points.shape}")
-        if len(points) > 1 and np.array_equal(points[0], points[-1]):
-            points = points[:-1]
-        if len(points) < 3:
-            raise ValueError(f"a polygon needs at least 3 vertices, got {len(points)}")
-        polygon_json = _dumps(points.tolist())
+        rings = [_ring(ring) for ring in _polygon_rings(polygon)]
+        points = rings[0]
+        polygon_json = _dumps([ring.tolist() for ring in rings] if len(rings) > 1
+                              else points.tolist())
         if bbox is None:
             low = np.floor(points.min(axis=0)).astype(np.int64)
             high = np.ceil(points.max(axis=0)).astype(np.int64)
@@ -399,8 +399,42 @@ def _label_values(
             level, bbox_json, polygon_json, weight)
 
 
-def _is_rectangle(polygon: np.ndarray, box: Sequence[int]) -> bool:
+def _polygon_rings(polygon: Any) -> list:
+    """The rings of a polygon given as one ``(N, 2)`` ring or as GeoJSON Polygon coordinates
+    (a list of rings: the outline, then its holes)."""
+    if isinstance(polygon, np.ndarray):
+        return [polygon] if polygon.ndim == 2 else list(polygon)
+    polygon = list(polygon)
+    if polygon and np.ndim(polygon[0]) == 2:
+        return polygon
+    return [polygon]
+
+
+def _ring(points: Any) -> np.ndarray:
+    """One ring as ``(N, 2)`` float64 ``(x, y)`` points, the closing vertex dropped."""
+    points = np.asarray(points, dtype=np.float64)
+    if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+        raise ValueError(f"polygon must be finite (N, 2) (x, y) points, got shape {points.shape}")
+    if len(points) > 1 and np.array_equal(points[0], points[-1]):
+        points = points[:-1]
+    if len(points) < 3:
+        raise ValueError(f"a polygon needs at least 3 vertices, got {len(points)}")
+    return points
+
+
+def _open_ring(ring: Any) -> np.ndarray:
+    """A GeoJSON ring as ``(N, 2)`` float64 ``(x, y)``, extra coordinates and the closing
+    vertex dropped."""
+    polygon = np.asarray(ring, dtype=np.float64)[:, :2]
+    if len(polygon) > 1 and np.array_equal(polygon[0], polygon[-1]):
+        polygon = polygon[:-1]
+    return polygon
+
+
+def _is_rectangle(polygon: Any, box: Sequence[int]) -> bool:
     """Whether ``polygon`` is just the rectangle of ``box`` (it then tells nothing more)."""
+    if not isinstance(polygon, np.ndarray):  # an outline with holes
+        return False
     x0, y0, x1, y1 = box
     corners = {(x0, y0), (x1, y0), (x1, y1), (x0, y1)}
     return len(polygon) == 4 and {tuple(point) for point in polygon.tolist()} == corners
@@ -408,10 +442,14 @@ def _is_rectangle(polygon: np.ndarray, box: Sequence[int]) -> bool:
 
 def _label_from_row(row: Sequence[Any]) -> RegionLabel:
     bbox = None if row[10] is None else tuple(json.loads(row[10]))
-    polygon = None if row[11] is None else tuple(tuple(p) for p in json.loads(row[11]))
+    polygon, holes = None, ()
+    if row[11] is not None:
+        rings = [tuple(tuple(p) for p in ring) for ring in _polygon_rings(json.loads(row[11]))]
+        polygon, holes = rings[0], tuple(rings[1:])
     return RegionLabel(id=row[0], slide=row[1], region_id=row[2], classes=tuple(json.loads(row[3])),
                        dominant=row[4], source=row[5], round=row[6], seconds=row[7], clicks=row[8],
-                       level=row[9], bbox=bbox, polygon=polygon, weight=row[12], created=row[13])
+                       level=row[9], bbox=bbox, polygon=polygon, weight=row[12], created=row[13],
+                       holes=holes)
 
 
 def _check_existing(path: Path) -> None:
@@ -637,8 +675,9 @@ class LabelStore:
             Slide level the region was shown at.
         bbox : (x0, y0, x1, y1), optional
             Level-0 pixel box; taken from ``polygon`` when not given.
-        polygon : (N, 2) array-like, optional
-            Level-0 ``(x, y)`` outline (a closing vertex equal to the first is dropped).
+        polygon : (N, 2) array-like or list of them, optional
+            Level-0 ``(x, y)`` outline (a closing vertex equal to the first is dropped); or, as
+            GeoJSON Polygon coordinates, the outline followed by the outlines of its holes.
         weight : float
             Weight in the training loss.
 
@@ -1073,18 +1112,19 @@ class LabelStore:
         features = []
         for label in self.current(slide=slide, source="oracle"):
             if label.polygon is not None:
-                ring = [list(point) for point in label.polygon]
+                rings = [[list(point) for point in ring] for ring in (label.polygon, *label.holes)]
             elif label.bbox is not None:
                 x0, y0, x1, y1 = label.bbox
-                ring = [[x0, y0], [x1, y0], [x1, y1], [x0, y1]]
+                rings = [[[x0, y0], [x1, y0], [x1, y1], [x0, y1]]]
             else:
                 continue
-            ring.append(ring[0])
+            for ring in rings:
+                ring.append(ring[0])
             name = label.dominant or QUPATH_CLASS_SEPARATOR.join(label.classes)
             colour = colours.get(label.dominant or label.classes[0], list(UNLISTED_CLASS_RGB))
             features.append({
                 "type": "Feature",
-                "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "geometry": {"type": "Polygon", "coordinates": rings},
                 "properties": {
                     "objectType": "annotation",
                     "classification": {"name": name, "color": colour},
@@ -1112,7 +1152,8 @@ class LabelStore:
         transaction and one undo action.
 
         Accepts a FeatureCollection, a bare list of Features (QuPath's default) or one
-        Feature, with Polygon or MultiPolygon geometries (outer rings). A feature's classes are
+        Feature, with Polygon or MultiPolygon geometries; the regions under a polygon's holes
+        (its inner rings) are left out of it. A feature's classes are
         its ``classes`` property, else its classification's ``names``, else its
         classification ``name`` split on ``": "``. The time (``seconds``) of a feature is shared
         equally by its regions; ``clicks`` are kept by the first. A region under a single-region
@@ -1164,9 +1205,9 @@ class LabelStore:
             where = f"feature {index}"
             geometry = feature.get("geometry") or {}
             if geometry.get("type") == "Polygon":
-                rings = [geometry["coordinates"][0]]
+                polygons = [geometry["coordinates"]]
             elif geometry.get("type") == "MultiPolygon":
-                rings = [polygon[0] for polygon in geometry["coordinates"]]
+                polygons = list(geometry["coordinates"])
             else:
                 raise LabelStoreError(f"{where} has a {geometry.get('type')} geometry; only Polygon "
                                       "and MultiPolygon features become labels", path=path,
@@ -1182,12 +1223,13 @@ class LabelStore:
             self._check_classes(names, known, path, where)
             feature_slide = properties.get("slide") or slide
             regions = []
-            for ring in rings:
-                polygon = np.asarray(ring, dtype=np.float64)[:, :2]
-                if len(polygon) > 1 and np.array_equal(polygon[0], polygon[-1]):
-                    polygon = polygon[:-1]
-                regions.extend((int(r), tuple(int(v) for v in box), polygon)
-                               for r, box in resolve(feature_slide, polygon))
+            for rings in polygons:
+                outline, *holes = [_open_ring(ring) for ring in rings]
+                in_holes = {int(r) for hole in holes for r, _ in resolve(feature_slide, hole)}
+                shape = [outline, *holes] if holes else outline
+                regions.extend((int(r), tuple(int(v) for v in box), shape)
+                               for r, box in resolve(feature_slide, outline)
+                               if int(r) not in in_holes)
             if regions and not feature_slide:
                 raise LabelStoreError(f"{where} names no slide", path=path,
                                       hint="give the slide name (--slide)")

@@ -505,11 +505,44 @@ class SuperpixelMap:
         return self.read(y0, x0, y1, x1) == region_id, (y0, x0)
 
     def _outline_px(self, region_id: int) -> np.ndarray:
-        """Closed outline ``(N, 2)`` in working-pixel index coordinates ``(row, col)``."""
+        """Closed outline ``(N, 2)`` in working-pixel index coordinates ``(row, col)``, holes
+        left out (:meth:`_hole_outlines_px`)."""
+        from scipy import ndimage
+
         mask, (y0, x0) = self.region_mask(region_id)
+        mask = ndimage.binary_fill_holes(mask)
         contours = find_contours(np.pad(mask, 1).astype(np.uint8), 0.5)
         longest = max(contours, key=len)
         return longest + np.array([y0 - 1.0, x0 - 1.0])
+
+    def _hole_outlines_px(self, region_id: int) -> list[np.ndarray]:
+        """Closed outlines of the holes of a region in one piece (the regions it encloses), in
+        working-pixel index coordinates ``(row, col)``; none for a region in several pieces."""
+        from scipy import ndimage
+
+        mask, (y0, x0) = self.region_mask(region_id)
+        if ndimage.label(mask)[1] != 1:
+            return []
+        holes, count = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+        outlines = []
+        for hole in range(1, count + 1):
+            contours = find_contours(np.pad(holes == hole, 1).astype(np.uint8), 0.5)
+            outlines.append(max(contours, key=len) + np.array([y0 - 1.0, x0 - 1.0]))
+        return outlines
+
+    def outline_rings_level0(self, region_ids) -> dict[int, list[np.ndarray]]:
+        """Per region, its GeoJSON Polygon rings in level-0 pixels ``(x, y)``: the outline of
+        :meth:`outline_level0`, then the outline of each hole (each region it encloses).
+
+        Pixel ``k`` spans ``[k, k + 1)``, as in QuPath.
+        """
+        f = self.downsample
+        outlines = self.outline_level0(region_ids)
+        return {
+            region: [outline] + [((hole + 0.5) * f)[:, ::-1].copy()
+                                 for hole in self._hole_outlines_px(region)]
+            for region, outline in outlines.items()
+        }
 
     def outline_um(self, region_ids) -> dict[int, np.ndarray]:
         """Closed polygons of regions for a napari Shapes layer.
