@@ -92,6 +92,10 @@ def test_suggest_stores_superpixels_and_suggestions(project):
         stored = store.suggestions("synth")
     assert [s.region_id for s in stored] == selection.ids.tolist()
     assert all(s.status == "pending" for s in stored)
+    # no round has trained the segmentation head: random tissue regions, the same every time
+    assert selection.strategy == "random"
+    again = run_to_end(rounds.suggest(project, "synth", SETTINGS))
+    np.testing.assert_array_equal(again.ids, selection.ids)
 
 
 def test_label_region_checks_the_id(project):
@@ -126,6 +130,8 @@ def test_round_trains_checkpoints_and_suggests_unlabelled_regions(project):
         record = store.rounds()[-1]
         assert record.status == "done" and record.checkpoint == str(checkpoint)
         fresh = [s.region_id for s in store.suggestions("synth") if s.round == 1]
+        strategies = {s.strategy for s in store.suggestions("synth") if s.round == 1}
+    assert strategies == {SETTINGS.strategy} != {"random"}  # the trained head now ranks them
     assert len(fresh) == 5 and not set(fresh) & set(labelled.tolist())
     model, number = rounds.current_model(project, SETTINGS)
     assert number == 1 and bool(model.segmentation_trained)

@@ -46,7 +46,10 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     model, round_number = current_model(project, settings, resolve_device(settings.device))
-    source = f"round {round_number}" if round_number else "the weakly-supervised model"
+    if not bool(getattr(model, "segmentation_trained", True)):
+        source = "no segmentation trained yet: random tissue regions to start with"
+    else:
+        source = f"round {round_number}" if round_number else f"model {settings.model}"
     for slide in slides:
         selection = run_to_end(
             suggest(project, slide, settings, model, round_number, strategy=args.strategy, n=args.n)

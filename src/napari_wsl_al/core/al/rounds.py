@@ -304,7 +304,7 @@ def label_region(
             f"slide {slide!r} has no superpixel {region_id}",
             hint="suggest again: the superpixels may have been recomputed",
         )
-    polygon = superpixels.outline_level0([region_id]).get(region_id)
+    polygon = superpixels.outline_rings_level0([region_id]).get(region_id)
     dominant = classes[0] if len(classes) == 1 else None
     return store.add_label(
         slide,
@@ -324,7 +324,7 @@ def read_working(
 ) -> np.ndarray:
     """RGB of a window of the superpixel grid (working resolution), ``(y1-y0, x1-x0, 3)``."""
     d = superpixels.downsample
-    location = (int(round(x0 * d)), int(round(y0 * d)))
+    location = (round(x0 * d), round(y0 * d))
     size = (x1 - x0, y1 - y0)
     if superpixels.mpp is not None and reader.mpp is not None:
         return reader.read_region_mpp(location, superpixels.mpp, size)
@@ -426,7 +426,13 @@ def suggest(
     strategy: str | None = None,
     n: int | None = None,
 ) -> Generator[Progress, None, Any]:
-    """Score a slide's regions and store the next ``n`` suggestions; returns the Selection."""
+    """Score a slide's regions and store the next ``n`` suggestions; returns the Selection.
+
+    Until a round has trained the segmentation head, its maps say nothing about the regions,
+    so the first suggestions are random tissue regions (the papers' first round; mostly-glass
+    regions are still left out), drawn with a fixed seed so that they are the same from run
+    to run; the Selection's ``strategy`` is then ``"random"``.
+    """
     settings = settings or ALSettings.of_project(project)
     device = resolve_device(settings.device)
     if model is None:
@@ -435,6 +441,8 @@ def suggest(
     try:
         superpixels = yield from ensure_superpixels(project, slide, settings, reader, model.mpp)
         strategy = strategy or settings.strategy
+        if not bool(getattr(model, "segmentation_trained", True)):
+            strategy = "random"
         mc = 4 if strategy == "mc_dropout" else 0
         stats = yield from score_slide(model, reader, superpixels, settings, device, mc)
     finally:
