@@ -7,10 +7,12 @@ import time
 import numpy as np
 import pytest
 import torch
+import zarr
 from torch import nn
 
-from napari_wsl_al._qt.infer_widget import InferenceWidget
+from napari_wsl_al._qt.infer_widget import MAP_LAYER_DELAY_MS, InferenceWidget
 from napari_wsl_al._reader import layer_data
+from napari_wsl_al.core.infer.session import MapLevel
 from napari_wsl_al.core.io.memory_backend import ArrayReader
 from napari_wsl_al.core.models.base import WslModel
 
@@ -85,14 +87,17 @@ def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot, tm
     project = tmp_path / "mystudy.wslal"
     assert (project / "project.json").exists() and (project / "maps" / "slide.zarr").is_dir()
     assert widget.session.project.class_names == ("tumour", "normal")
+    # The foreground's layer is made when its box in the legend is ticked.
+    fg_key = (str(project / "maps" / "slide.zarr"), "fg", None)
+    widget.legend.boxes[fg_key].setChecked(True)
+    wait_for_layers(widget, qtbot)
     fg = viewer.layers["slide · foreground"]
     slide = viewer.layers["slide"]
     assert fg.multiscale
     np.testing.assert_allclose(fg.scale, (2.0, 2.0))  # stride 4 x 0.5 um
     np.testing.assert_allclose(fg.translate, (0.75, 0.75))
     np.testing.assert_allclose(slide.scale, (0.5, 0.5))
-    assert fg.colormap.name == "green" and fg.blending == "additive"
-    assert "slide · P(tumour)" in viewer.layers and "slide · uncertainty" in viewer.layers
+    assert fg.colormap.name == "green" and fg.blending == "additive" and fg.visible
     cam = viewer.layers["slide · P(normal)"]
     assert cam.colormap.name.startswith("turbo") and cam.colormap.colors[0][3] == 0
     values = np.asarray(fg.data[0])
@@ -154,6 +159,8 @@ def test_inference_on_the_synthetic_slide_file(make_napari_viewer, qtbot, tmp_pa
     widget.run()
     wait_for_layers(widget, qtbot, timeout=120000)
     assert "tiles computed" in widget.status.text(), widget.status.text()
+    widget.show_map(widget.run_map_key("fg"))
+    wait_for_layers(widget, qtbot)
     fg = viewer.layers["synthetic · foreground"]
     # Maps sit on the slide in microns: same extent, pixel centres aligned.
     np.testing.assert_allclose(fg.scale, (2.0, 2.0))  # stride 4 x 0.5 um
@@ -170,35 +177,52 @@ class ModelAt05(TinyModel):
     mpp = 0.5
 
 
-def test_class_of_interest_first_with_colour_bars_and_a_legend(viewer_with_slide, qtbot):
+def test_class_of_interest_first_no_colour_bars_and_a_legend(viewer_with_slide, qtbot):
     viewer = viewer_with_slide
     widget = make_widget(viewer, TinyModel)
     inserted = []
     viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
     widget.run()
     wait_for_layers(widget, qtbot)
-    maps = widget.map_layers()
-    assert sorted(layer.name for layer in maps) == sorted([
-        "slide · P(tumour)", "slide · P(normal)", "slide · foreground", "slide · uncertainty"])
-    # One overlay at first: the last class's CAM, and it was added before the hidden ones.
-    assert [layer.name for layer in maps if layer.visible] == ["slide · P(normal)"]
-    assert inserted[0] == "slide · P(normal)"
-    # A colour bar on the canvas for the map shown, and for a map when it is shown.
-    assert [layer.name for layer in maps if layer.colorbar.visible] == ["slide · P(normal)"]
-    uncertainty = viewer.layers["slide · uncertainty"]
-    uncertainty.visible = True
-    assert uncertainty.colorbar.visible
-    uncertainty.visible = False
-    assert not uncertainty.colorbar.visible
-    assert viewer.layers["slide · P(normal)"].metadata["description"].startswith(
+    # Two layers when the maps appear: the class of interest's CAM (the last class), made
+    # while the run goes on, and the foreground's outline at its end; the other maps have none.
+    assert inserted == ["slide · P(normal)", "slide · outline"]
+    assert [layer.name for layer in widget.map_layers()] == ["slide · P(normal)"]
+    cam = viewer.layers["slide · P(normal)"]
+    assert cam.visible and cam.metadata["description"].startswith(
         "how strongly each spot looks like normal to the model")
-    # The dock's legend: a colour ramp, the range and the meaning of each map.
+    # No napari colour bar: the dock's legend gives each map's colour ramp, range and meaning.
+    assert not any(layer.colorbar.visible for layer in viewer.layers)
     rows = {row["title"]: row for row in widget.legend.rows}
     assert list(rows) == ["P(tumour), P(normal)", "foreground", "uncertainty", "outline"]
     assert rows["P(tumour), P(normal)"]["description"].startswith("how strongly each spot looks like normal")
     assert (rows["uncertainty"]["low"], rows["uncertainty"]["high"]) == (0.0, pytest.approx(np.log(2)))
+    # One box per layer, ticked for the layers shown.
+    boxes = {box.text(): box for box in widget.legend.boxes.values()}
+    assert list(boxes) == ["P(tumour)", "P(normal)", "foreground", "uncertainty", "outline"]
+    assert [name for name, box in boxes.items() if box.isChecked()] == ["P(normal)", "outline"]
+    # Ticking a map makes its layer once, shown, in a turn of its own; unticking hides it.
+    boxes["uncertainty"].setChecked(True)
+    assert "slide · uncertainty" not in viewer.layers  # not yet: its own event-loop turn
+    wait_for_layers(widget, qtbot)
+    uncertainty = viewer.layers["slide · uncertainty"]
+    assert uncertainty.visible and not uncertainty.colorbar.visible
+    boxes["uncertainty"].setChecked(False)
+    assert not uncertainty.visible
+    boxes["uncertainty"].setChecked(True)
+    qtbot.wait(3 * MAP_LAYER_DELAY_MS)
+    assert uncertainty.visible and viewer.layers["slide · uncertainty"] is uncertainty
+    assert inserted.count("slide · uncertainty") == 1
+    # The layer list's eye and the box agree; a removed layer is made again when ticked.
+    uncertainty.visible = False
+    assert not boxes["uncertainty"].isChecked()
+    viewer.layers.remove(cam)
+    assert not boxes["P(normal)"].isChecked()
+    boxes["P(normal)"].setChecked(True)
+    wait_for_layers(widget, qtbot)
+    assert inserted.count("slide · P(normal)") == 2 and viewer.layers["slide · P(normal)"].visible
     outline = viewer.layers["slide · outline"]
-    assert outline.visible and not outline.colorbar.visible
+    assert outline.visible
     names = [layer.name for layer in viewer.layers]
     assert names.index("slide · outline") == len(names) - 1  # above the maps
     # The outline raster is two pixels wide: no 3 x 3 block of it is full.
@@ -301,3 +325,34 @@ def test_progress_says_what_happens_now(viewer_with_slide, qtbot):
     assert messages[-1] == f"reused finished maps: {total} of {total} tiles"
     assert widget.status.text().startswith(
         f"reused finished maps: {total} of {total} tiles, nothing to compute")
+
+
+def test_refreshes_keep_the_layers_and_read_what_was_written(viewer_with_slide, qtbot):
+    viewer = viewer_with_slide
+    widget = make_widget(viewer, SlowModel)
+    widget.map_checks["uncertainty"].setChecked(False)
+    inserted, refreshed = [], []
+    viewer.layers.events.inserted.connect(lambda event: inserted.append(event.value.name))
+
+    def follow(event):
+        if event.value.name == "slide · P(normal)":
+            event.value.events.data.connect(refreshed.append)
+
+    viewer.layers.events.inserted.connect(follow)
+    widget.run()
+    wait_for_layers(widget, qtbot, timeout=120000)
+    # 72 tiles at 0.2 s a batch of 4: several refreshes of the same layer, none of which
+    # added a layer; the layer reads the store's zarr arrays, not dask graphs.
+    assert inserted == ["slide · P(normal)", "slide · outline"]
+    assert len(refreshed) >= 2
+    cam = viewer.layers["slide · P(normal)"]
+    assert all(isinstance(level, MapLevel) and isinstance(level.array, zarr.Array)
+               for level in cam.data)
+    # Values written into the store after the run show at the next refresh, same layer.
+    centre = (192 * 0.5, 224 * 0.5)
+    assert cam.get_value(centre, world=True)[1] != 0.25
+    group = zarr.open_group(str(widget.session.store.path), mode="r+", zarr_format=2)
+    group["cam/0"][1] = np.float32(0.25)
+    widget.refresh_layers()
+    assert viewer.layers["slide · P(normal)"] is cam and inserted.count("slide · P(normal)") == 1
+    assert cam.get_value(centre, world=True)[1] == 0.25

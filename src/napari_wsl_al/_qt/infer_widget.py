@@ -43,6 +43,7 @@ from ..core.infer.session import (
     region_from_corners,
     region_from_points,
     result_summary,
+    same_levels,
 )
 from ..core.io.base import SlideReader
 from ..core.progress import Progress
@@ -53,9 +54,12 @@ from .slots import reported
 #: Seconds between refreshes of the visible map layers while a run goes on.
 REFRESH_INTERVAL_S = 1.0
 
-#: Pause before each map layer is added: napari takes 0.2-0.5 s to make an image layer (its
+#: Pause before each map layer is added: napari takes 0.1-0.5 s to make an image layer (its
 #: controls and visual), and the pause lets the UI paint and take input between two of them.
 MAP_LAYER_DELAY_MS = 50
+
+#: Legend key of the foreground outline's box (map layers are keyed by :func:`map_key`).
+OUTLINE_KEY = "outline"
 
 #: Map check boxes: label, maps.
 MAP_BOXES = (("CAM", "cam"), ("Foreground", "fg"), ("Background", "bg"),
@@ -86,9 +90,6 @@ FADED_COLORMAPS = ("inferno", "turbo", "viridis")
 
 #: Colour of the foreground outline (RGBA); 0 is transparent.
 OUTLINE_COLOR = (1.0, 0.9, 0.0, 1.0)
-
-#: The planned step that turns on the colour bars of the visible maps (after their layers).
-COLOUR_BARS = "colour bars"
 
 
 def default_project_path() -> Path:
@@ -139,27 +140,19 @@ def layer_kwargs(spec: MapLayerSpec) -> dict:
 
 
 def make_map_layer(spec: MapLayerSpec) -> Image:
-    """The napari image layer of a map.
+    """The napari image layer of a map, shown.
 
-    Made in the worker thread: building the layer reads its first slice and thumbnail, and
-    only adding it to the viewer is left to the UI thread. Its colour bar is turned on once
-    it is in the viewer, and only while it is visible (napari builds a colour bar's visual,
-    0.3-0.8 s, as soon as it is on, even for a hidden layer).
+    Made in the worker thread for the maps shown when a run's maps appear: building the layer
+    reads its first slice and thumbnail, and only adding it to the viewer is left to the UI
+    thread. Its colour bar stays off: the dock's legend gives the colours (napari builds a
+    colour bar's vispy visual, 0.3-0.8 s on the UI thread, as soon as it is on).
     """
-    return Image(spec.data, name=spec.name, **layer_kwargs(spec))
-
-
-def follow_visibility(layer: Image) -> None:
-    """Show a map layer's colour bar exactly while the layer is visible."""
-
-    def update(event=None) -> None:
-        layer.colorbar.visible = bool(layer.visible)
-
-    layer.events.visible.connect(update)
+    return Image(spec.data, name=spec.name, **{**layer_kwargs(spec), "visible": True})
 
 
 def legend_rows(specs: list[MapLayerSpec]) -> list[dict]:
-    """One legend row per map of a run: its layers' titles, colormap, range and meaning."""
+    """One legend row per map of a run: its layers' titles, colormap, range and meaning, and
+    the ``(key, title)`` of each of its layers (``toggles``)."""
     groups: dict[str, list[MapLayerSpec]] = {}
     for spec in specs:
         groups.setdefault(spec.kwargs["metadata"]["wslal_map"], []).append(spec)
@@ -173,7 +166,8 @@ def legend_rows(specs: list[MapLayerSpec]) -> list[dict]:
         low, high = group[0].kwargs.get("contrast_limits", (0.0, 1.0))
         rows.append({"title": ", ".join(spec.title for spec in group),
                      "colormap": layer_kwargs(group[0]).get("colormap", "gray"),
-                     "low": low, "high": high, "description": description})
+                     "low": low, "high": high, "description": description,
+                     "toggles": [(spec_key(spec), spec.title) for spec in group]})
     return rows
 
 
@@ -186,11 +180,14 @@ class PreparedLayers:
     specs : list of MapLayerSpec
         Every map layer of the run.
     layers : dict
-        ``spec_key -> Image`` for the specs that had no layer when the run started.
+        ``spec_key -> Image`` for the maps shown first that had no layer when the run started.
+    final : bool
+        The maps as the run left them (the last specs of a run).
     """
 
     specs: list
     layers: dict
+    final: bool = False
 
 
 class ScrollArea(QScrollArea):
@@ -217,8 +214,10 @@ class InferenceWidget(QWidget):
 
     The widget owns an :class:`~napari_wsl_al.core.infer.session.InferenceSession` (the
     Qt-free logic) and only wires signals: the job runs in a napari thread worker, which also
-    makes the map layers and traces the foreground outline; the UI thread only adds those
-    layers, one per event-loop turn (the visible one first), and refreshes the visible maps.
+    makes the layer of the map shown first and traces the foreground outline; the UI thread
+    adds those layers, one per event-loop turn, and refreshes the shown maps (a refresh reads
+    the visible window from the store's arrays: no dask graph, no new layer). The other maps
+    get a layer when the user ticks them in the legend, in a turn of their own.
     """
 
     def __init__(self, napari_viewer) -> None:
@@ -237,6 +236,11 @@ class InferenceWidget(QWidget):
         self._pending: list = []
         self._add_planned = False
         self._legend_key: tuple = ()
+        #: The current run's specs by :func:`spec_key` (a map's layer is made from its spec).
+        self._specs: dict = {}
+        #: Keys of the maps to show (a layer is made for those without one); None until the
+        #: run's maps appear, when it becomes the maps shown first.
+        self._wanted: set | None = None
         self._outline_timer = QTimer(self)
         self._outline_timer.setSingleShot(True)
         self._outline_timer.setInterval(150)
@@ -293,9 +297,9 @@ class InferenceWidget(QWidget):
             self.map_checks[name] = box
             maps_row.addWidget(box, index // 3, index % 3)
         self.maps_help = QLabel(
-            "One map is shown at first, the class of interest's P(class); the others are in "
-            "the layer list, hidden. Each shown map has a colour bar; hover a box for what it "
-            "means.")
+            "The maps to compute. One is shown at first, the class of interest's P(class), with "
+            "the foreground's outline; tick the others in the legend below the progress bar "
+            "to show them. Hover a box for what it means.")
         self.maps_help.setWordWrap(True)
         self.maps_help.setStyleSheet("color: gray;")
         maps_box = QVBoxLayout()
@@ -342,6 +346,7 @@ class InferenceWidget(QWidget):
         self.warning.setStyleSheet("color: #e8a33d;")
         self.warning.setVisible(False)
         self.legend = MapLegend()
+        self.legend.toggled.connect(self._legend_toggled)
 
         self.threshold_slider = QSlider(Qt.Horizontal)
         self.threshold_slider.setRange(1, 99)
@@ -393,6 +398,8 @@ class InferenceWidget(QWidget):
         self._resolution_changed()
         self.viewer.layers.events.inserted.connect(self._refresh_slides)
         self.viewer.layers.events.removed.connect(self._refresh_slides)
+        self.viewer.layers.events.inserted.connect(self._layer_inserted)
+        self.viewer.layers.events.removed.connect(self._layer_removed)
         self._refresh_slides()
 
     def report(self, error: Exception) -> None:
@@ -537,10 +544,11 @@ class InferenceWidget(QWidget):
             return
         self._slide = layer
         self._update_resolution_warning()
-        self.progress_bar.setRange(0, 0)
+        self._set_progress(0, 0)
         self.status.setText("starting…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
+        self._wanted = None
         existing = {map_key(item) for item in self.viewer.layers} - {None}
         worker = create_worker(
             self._job, layer.metadata["reader"], self.model_choice(), config, region,
@@ -555,9 +563,9 @@ class InferenceWidget(QWidget):
         worker.start()
 
     def _job(self, reader, choice, config, region, project, existing, threshold):
-        """The worker's generator: the session's job, plus the map layers made once the map
-        store exists, fresh map data every :data:`REFRESH_INTERVAL_S` and at the end, and the
-        outline traced at the end (all off the UI thread)."""
+        """The worker's generator: the session's job, plus the layer of the map shown first
+        made once the map store exists, fresh specs every :data:`REFRESH_INTERVAL_S` and at the
+        end, and the outline traced at the end (all off the UI thread)."""
         job = self.session.run_with_model(reader, choice, config, region, project)
         prepared, last = False, 0.0
         while True:
@@ -574,17 +582,18 @@ class InferenceWidget(QWidget):
                     prepared, last = True, time.monotonic()
         specs = self.session.layer_specs()
         if specs:
-            yield self._prepare_layers(specs, existing, first=not prepared)
+            last = self._prepare_layers(specs, existing, first=not prepared)
+            yield PreparedLayers(last.specs, last.layers, final=True)
         return result, self.session.outline_data(threshold)
 
     @staticmethod
     def _prepare_layers(specs: list[MapLayerSpec], existing: set, first: bool) -> PreparedLayers:
-        """Fresh data for the map layers; the ``first`` time, the layers of the maps that had
-        none when the run started, too."""
+        """Fresh specs of the map layers; the ``first`` time, the layers of the maps shown
+        first that had none when the run started, too."""
         if not first:
             return PreparedLayers(specs, {})
         layers = {spec_key(spec): make_map_layer(spec) for spec in specs
-                  if spec_key(spec) not in existing}
+                  if spec.kwargs.get("visible") and spec_key(spec) not in existing}
         return PreparedLayers(specs, layers)
 
     def cancel(self) -> None:
@@ -600,9 +609,24 @@ class InferenceWidget(QWidget):
         elif isinstance(item, Progress):
             self._on_progress(item)
 
+    def _set_progress(self, step: int, total: int) -> None:
+        """The progress bar at ``step`` of ``total`` (``total`` 0: busy).
+
+        ``QProgressBar.setValue`` repaints the bar at once, and a repaint of a dock flushes
+        napari's whole window (about 20 ms on a busy machine, measured), before the status
+        line's own repaint: the bar is changed with its updates off, and painted with the
+        status line in the next paint of the window.
+        """
+        bar = self.progress_bar
+        bar.setUpdatesEnabled(False)
+        try:
+            bar.setRange(0, total)
+            bar.setValue(step)
+        finally:
+            bar.setUpdatesEnabled(True)
+
     def _on_progress(self, progress: Progress) -> None:
-        self.progress_bar.setRange(0, progress.total or 0)
-        self.progress_bar.setValue(progress.step)
+        self._set_progress(progress.step, progress.total or 0)
         warning = progress.metrics.get("warning")
         if warning:
             self._set_warning(warning)
@@ -621,8 +645,7 @@ class InferenceWidget(QWidget):
         if result is None:
             self.status.setText("cancelled; run again to resume")
             return
-        self.progress_bar.setRange(0, max(1, result.tiles_total))
-        self.progress_bar.setValue(result.tiles_total)
+        self._set_progress(result.tiles_total, max(1, result.tiles_total))
         self.status.setText(result_summary(result, self.session.unit))
         show_info(f"Maps written to {result.path}")
 
@@ -635,7 +658,7 @@ class InferenceWidget(QWidget):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress_bar.maximum() == 0:
-            self.progress_bar.setRange(0, 1)
+            self._set_progress(0, 1)
 
     # ------------------------------------------------------------------ layers
     def map_layers(self, store: str | None = None) -> list[Image]:
@@ -651,47 +674,136 @@ class InferenceWidget(QWidget):
         return None
 
     def _receive_layers(self, prepared: PreparedLayers) -> None:
-        """Give the existing layers of the run's maps their fresh data (new dask arrays: napari
-        caches what it read from the old ones), and plan adding the others one per event-loop
-        turn, the visible one first."""
+        """Refresh the existing layers of the run's maps, and plan adding the layers of the
+        maps to show (:attr:`_wanted`) that have none, one per event-loop turn."""
         if prepared.specs:
             self._store_key = spec_key(prepared.specs[0])[0]
+            self._specs = {spec_key(spec): spec for spec in prepared.specs}
+            if self._wanted is None:
+                self._wanted = {key for key, spec in self._specs.items()
+                                if spec.kwargs.get("visible")}
         self._show_legend(prepared.specs)
-        planned = {_planned_key(item) for item in self._pending} - {None}
+        planned = {_planned_key(item) for item in self._pending}
         for spec in prepared.specs:
             key = spec_key(spec)
             layer = self._map_layer(key)
             if layer is not None:
-                self._update_layer(layer, spec)
-            elif key not in planned:
+                self._watch(layer)
+                self._update_layer(layer, spec, prepared.final)
+            elif key in (self._wanted or ()) and key not in planned:
                 self._pending.append(prepared.layers.get(key, spec))
-        if self._pending and COLOUR_BARS not in self._pending:
-            self._pending.append(COLOUR_BARS)
-        self._pending.sort(key=_order)
+        self._sync_legend()
         self._schedule_next()
 
     def _show_legend(self, specs: list[MapLayerSpec]) -> None:
-        key = tuple((spec.title, spec.description) for spec in specs)
+        key = tuple((spec_key(spec), spec.title, spec.description) for spec in specs)
         if key == self._legend_key:
             return
         self._legend_key = key
         self.legend.clear()
         for row in legend_rows(specs):
             self.legend.add_row(row["title"], ramp_pixmap(row["colormap"]), row["description"],
-                                row["low"], row["high"])
+                                row["low"], row["high"], toggles=row["toggles"])
         if specs and "fg" in {spec.kwargs["metadata"]["wslal_map"] for spec in specs}:
             self.legend.add_row("outline", line_pixmap(OUTLINE_COLOR),
-                                "contours of the foreground above the outline threshold")
+                                "contours of the foreground above the outline threshold",
+                                toggles=[(OUTLINE_KEY, "outline")])
 
     @staticmethod
-    def _update_layer(layer: Image, spec: MapLayerSpec) -> None:
-        if any(a is not b for a, b in zip(layer.data, spec.data)) or len(layer.data) != len(spec.data):
+    def _update_layer(layer: Image, spec: MapLayerSpec, final: bool = False) -> None:
+        """Show what was written since, in the same layer, reading only what is on screen.
+
+        The levels are views of the store's zarr arrays (no dask graph on the UI thread).
+        Zoomed in on a layer that already reads them, a refresh reads the visible window
+        again; otherwise, and for the last specs of a run, the layer's data is set again:
+        napari keeps the coarsest level it read (whole, it is the smallest) until then.
+        """
+        zoomed_in = layer.multiscale and layer.data_level < len(layer.data) - 1
+        if zoomed_in and not final and same_levels(layer.data, spec.data):
+            if layer.visible:
+                layer.refresh()
+        else:
             layer.data = spec.data
         if not np.allclose(layer.scale[-2:], spec.kwargs["scale"]):
             layer.scale = spec.kwargs["scale"]
         if not np.allclose(layer.translate[-2:], spec.kwargs["translate"]):
             layer.translate = spec.kwargs["translate"]
 
+    # ------------------------------------------------------------------ shown maps
+    def run_map_key(self, name: str, channel: str | None = None) -> tuple:
+        """The :func:`map_key` of the current run's map ``name`` (and ``channel``)."""
+        return (self._store_key, name, channel)
+
+    def show_map(self, key, shown: bool = True) -> None:
+        """Show or hide the layer of a map of the current run (``key``: :func:`map_key`, see
+        :meth:`run_map_key`).
+
+        The layer is made the first time the map is shown, in an event-loop turn of its own;
+        afterwards showing and hiding only change its visibility.
+        """
+        layer = self._map_layer(key)
+        if layer is not None:
+            layer.visible = bool(shown)
+        elif shown:
+            spec = self._specs.get(key)
+            if spec is None:
+                raise ValueError(f"{key[1]} is not a map of the current run: run it first")
+            if self._wanted is None:
+                self._wanted = set()
+            self._wanted.add(key)
+            if key not in {_planned_key(item) for item in self._pending}:
+                self._pending.append(spec)
+            self._schedule_next()
+        else:
+            if self._wanted is not None:
+                self._wanted.discard(key)
+            self._pending = [item for item in self._pending if _planned_key(item) != key]
+        self._sync_legend()
+
+    @reported
+    def _legend_toggled(self, key, checked: bool) -> None:
+        if key != OUTLINE_KEY:
+            self.show_map(key, checked)
+            return
+        layer = self.outline_layer()
+        if layer is not None:
+            layer.visible = bool(checked)
+        elif checked:
+            self.update_outline()
+        self._sync_legend()
+
+    def _sync_legend(self, event=None) -> None:
+        """Tick the legend's box of each layer shown or about to be added, untick the others."""
+        planned = {_planned_key(item) for item in self._pending}
+        for key in self.legend.boxes:
+            layer = self.outline_layer() if key == OUTLINE_KEY else self._map_layer(key)
+            if layer is not None:
+                shown = bool(layer.visible)
+            else:
+                shown = key in planned or (key == OUTLINE_KEY and self.outline_worker is not None)
+            self.legend.set_checked(key, shown)
+
+    def _watch(self, layer) -> None:
+        """Follow a map or outline layer's visibility in the legend (connected once)."""
+        if map_key(layer) is not None or layer.metadata.get("wslal_outline"):
+            layer.events.visible.connect(self._sync_legend)
+
+    def _layer_inserted(self, event) -> None:
+        self._watch(event.value)
+        if self.legend.boxes:
+            self._sync_legend()
+
+    def _layer_removed(self, event) -> None:
+        layer = event.value
+        key = map_key(layer)
+        if key is None and not layer.metadata.get("wslal_outline"):
+            return
+        layer.events.visible.disconnect(self._sync_legend)
+        if key is not None and self._wanted is not None:
+            self._wanted.discard(key)
+        self._sync_legend()
+
+    # ------------------------------------------------------------------ adding layers
     def _schedule_next(self) -> None:
         if self._pending and not self._add_planned:
             self._add_planned = True
@@ -717,20 +829,17 @@ class InferenceWidget(QWidget):
             self._add_outline_layer(item)
         elif isinstance(item, MapLayerSpec):
             if self._map_layer(spec_key(item)) is None:
-                layer = self.viewer.add_image(item.data, name=item.name, **layer_kwargs(item))
-                follow_visibility(layer)
-        elif item is COLOUR_BARS:
-            for layer in self.map_layers():
-                layer.colorbar.visible = bool(layer.visible)
+                self.viewer.add_image(item.data, name=item.name,
+                                      **{**layer_kwargs(item), "visible": True})
         elif item not in self.viewer.layers and self._map_layer(map_key(item)) is None:
             self.viewer.add_layer(item)
-            follow_visibility(item)
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
 
     def refresh_layers(self) -> None:
-        """Add the current maps' layers now, or give the existing ones fresh data (scripts)."""
-        self._receive_layers(PreparedLayers(self.session.layer_specs(), {}))
+        """Add the layers of the current maps to show now, or refresh the existing ones
+        (scripts)."""
+        self._receive_layers(PreparedLayers(self.session.layer_specs(), {}, final=True))
         while self._pending:
             self._add_next()
 
@@ -784,8 +893,8 @@ class InferenceWidget(QWidget):
         if layer is None:
             self._pending = [item for item in self._pending if not isinstance(item, OutlineData)]
             self._pending.append(outline)
-            self._pending.sort(key=_order)
             self._schedule_next()
+            self._sync_legend()
             return
         layer.data = outline.levels
         if not np.allclose(layer.scale[-2:], outline.scale):
@@ -827,22 +936,10 @@ class InferenceWidget(QWidget):
         super().closeEvent(event)
 
 
-def _planned_key(item) -> tuple | None:
-    """The map key of a planned layer (None for the outline and the colour bars step)."""
+def _planned_key(item):
+    """The legend key of a planned layer: :data:`OUTLINE_KEY` for the outline."""
+    if isinstance(item, OutlineData):
+        return OUTLINE_KEY
     if isinstance(item, MapLayerSpec):
         return spec_key(item)
-    if isinstance(item, Image):
-        return map_key(item)
-    return None
-
-
-def _order(item) -> int:
-    """Order of the planned steps: the layers shown first (the map of interest, the outline),
-    then the hidden maps, then the colour bars of the shown maps, each in a turn of its own."""
-    if item is COLOUR_BARS:
-        return 2
-    if isinstance(item, OutlineData):
-        return 0
-    if isinstance(item, MapLayerSpec):
-        return 0 if item.kwargs.get("visible") else 1
-    return 0 if item.visible else 1
+    return map_key(item)

@@ -1,4 +1,5 @@
-"""The legend of the Inference dock's maps: each map's colour ramp, value range and meaning."""
+"""The legend of the Inference dock's maps: each map's colour ramp, value range and meaning,
+and a box per layer that shows it."""
 
 from __future__ import annotations
 
@@ -6,9 +7,9 @@ import html
 
 import numpy as np
 from napari.utils.colormaps import ensure_colormap
-from qtpy.QtCore import Qt
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QImage, QPixmap
-from qtpy.QtWidgets import QGridLayout, QLabel, QWidget
+from qtpy.QtWidgets import QCheckBox, QGridLayout, QHBoxLayout, QLabel, QVBoxLayout, QWidget
 
 #: Size of a colour ramp, in screen pixels.
 RAMP_SIZE = (72, 10)
@@ -41,17 +42,32 @@ def line_pixmap(color, size: tuple[int, int] = RAMP_SIZE) -> QPixmap:
 
 
 class MapLegend(QWidget):
-    """One row per map: its colour ramp, its range, its layer titles and what it means.
+    """One row per map: its colour ramp, its range, a box per layer and what the map means.
+
+    The legend stands in for napari's colour bars (one vispy overlay per layer, slow to build
+    on the UI thread). Each layer of a row has a check box: ticking it shows the layer (the dock
+    makes it on the first tick), unticking it hides it.
 
     Attributes
     ----------
     rows : list of dict
-        ``title``, ``low``, ``high``, ``description`` of each row shown (for scripts and tests).
+        ``title``, ``low``, ``high``, ``description`` and ``toggles`` (the ``(key, label)`` of
+        each box) of each row shown (for scripts and tests).
+    boxes : dict
+        ``key -> QCheckBox`` of every layer box.
+
+    Signals
+    -------
+    toggled(object, bool)
+        A box was ticked or unticked by the user: its key and its new state.
     """
+
+    toggled = Signal(object, bool)
 
     def __init__(self) -> None:
         super().__init__()
         self.rows: list[dict] = []
+        self.boxes: dict = {}
         self._grid = QGridLayout(self)
         self._grid.setContentsMargins(0, 0, 0, 0)
         self._grid.setColumnStretch(2, 1)
@@ -64,11 +80,14 @@ class MapLegend(QWidget):
             if item.widget() is not None:
                 item.widget().deleteLater()
         self.rows = []
+        self.boxes = {}
         self.setVisible(False)
 
     def add_row(self, title: str, swatch: QPixmap, description: str,
-                low: float | None = None, high: float | None = None) -> None:
-        """Add a row; ``low``/``high`` label the ends of a ramp."""
+                low: float | None = None, high: float | None = None,
+                toggles: list[tuple] | None = None) -> None:
+        """Add a row; ``low``/``high`` label the ends of a ramp; ``toggles`` are the
+        ``(key, label)`` of the row's layers, each given a check box (unticked)."""
         row = len(self.rows)
         picture = QLabel()
         picture.setPixmap(swatch)
@@ -76,11 +95,41 @@ class MapLegend(QWidget):
         span = "" if low is None else f"{low:g} – {high:.2g}"
         scale = QLabel(span)
         scale.setStyleSheet("color: gray;")
-        text = QLabel(f"<b>{html.escape(title)}</b>: {html.escape(description)}")
-        text.setTextFormat(Qt.RichText)
+        toggles = list(toggles or [])
+        if toggles:
+            text = QLabel(html.escape(description))
+        else:
+            text = QLabel(f"<b>{html.escape(title)}</b>: {html.escape(description)}")
+            text.setTextFormat(Qt.RichText)
         text.setWordWrap(True)
+        cell = QWidget()
+        column = QVBoxLayout(cell)
+        column.setContentsMargins(0, 0, 0, 0)
+        column.setSpacing(0)
+        if toggles:
+            line = QHBoxLayout()
+            line.setSpacing(10)
+            for key, label in toggles:
+                box = QCheckBox(label)
+                box.setStyleSheet("font-weight: bold;")
+                box.setToolTip(f"show {label} (its layer is made on the first tick)")
+                box.toggled.connect(lambda checked, key=key: self.toggled.emit(key, checked))
+                self.boxes[key] = box
+                line.addWidget(box)
+            line.addStretch(1)
+            column.addLayout(line)
+        column.addWidget(text)
         self._grid.addWidget(picture, row, 0, Qt.AlignTop)
         self._grid.addWidget(scale, row, 1, Qt.AlignTop)
-        self._grid.addWidget(text, row, 2)
-        self.rows.append({"title": title, "low": low, "high": high, "description": description})
+        self._grid.addWidget(cell, row, 2)
+        self.rows.append({"title": title, "low": low, "high": high, "description": description,
+                          "toggles": toggles})
         self.setVisible(True)
+
+    def set_checked(self, key, checked: bool) -> None:
+        """Tick or untick a layer's box without emitting :attr:`toggled` (the layer changed)."""
+        box = self.boxes.get(key)
+        if box is not None and box.isChecked() != bool(checked):
+            box.blockSignals(True)
+            box.setChecked(bool(checked))
+            box.blockSignals(False)
