@@ -9,19 +9,27 @@ Scenarios, one after the other in one viewer:
 - opening CMU-1-Small-Region.svs (``../shared/data/wsi`` or ``sample_data/``);
 - opening a folder of 80 GlaS training patches (symbolic links to ``../shared/data/glas_train``);
 - the Inference dock with its default maps on CMU-1, then on the patch folder (default model,
-  CPU, a temporary project), and once more on CMU-1 (the finished maps are reused).
+  CPU, a temporary project), and once more on CMU-1 (the finished maps are reused);
+- showing another map of the last run, the uncertainty, as a user asks for it (the legend's
+  box; with an older dock that made every layer, its hidden layer turned visible).
 
 A QTimer fires every 10 ms on the UI thread and records the time between its calls: a gap of
 g ms means the event loop could not run for about g - 10 ms. For each scenario the benchmark
-prints the longest gap, the three longest with the seconds since the scenario started, and the
-time spent inside napari's own ``add_image``/``add_shapes``/``add_layer`` calls (layer
-controls, vispy visuals, first slice), which the plugin does not control.
+prints the load average, the longest gap, the three longest with the seconds since the scenario
+started, the time spent inside napari's own ``add_image``/``add_shapes``/``add_layer`` calls
+(layer controls, vispy visuals, first slice), which the plugin does not control, and the time
+inside the Inference dock's UI-thread slots (``time.perf_counter`` around each call; less noisy
+than the heartbeat on a loaded machine): their total, the longest call and how much of that
+call was napari's add_*. ``--profile`` adds a cProfile of those slots per scenario.
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -30,8 +38,8 @@ from pathlib import Path
 os.environ.setdefault("NAPARI_WSL_AL_PROJECT", str(Path(tempfile.mkdtemp()) / "study.wslal"))
 os.environ["NAPARI_WSL_AL_CACHE_DIR"] = tempfile.mkdtemp(prefix="wslal-cache-")
 
-import napari  # noqa: E402
-from napari.components.viewer_model import ViewerModel  # noqa: E402
+import napari
+from napari.components.viewer_model import ViewerModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -120,17 +128,101 @@ class NapariTimer:
         self.seconds, self.calls, self.longest = 0.0, 0, 0.0
 
 
-def report(name: str, gaps: list[tuple[float, float]], napari_time: NapariTimer, extra: str = ""):
-    """Print the longest gap, the three longest and napari's layer-creation time."""
+class SlotTimer:
+    """Time inside the Inference dock's UI-thread slots (wraps the class's methods).
+
+    Each call is timed with ``time.perf_counter``; for the longest call, the part spent inside
+    napari's add_* calls (:class:`NapariTimer`) is kept too. With ``profile``, the slots run
+    under one cProfile.
+    """
+
+    NAMES = ("_on_yielded", "_add_next", "_on_returned", "_outline_traced", "_on_finished",
+             "_legend_toggled", "show_map")
+
+    def __init__(self, widget_class, napari_time: NapariTimer, profile: bool = False):
+        self.napari_time = napari_time
+        self.profile = profile
+        self._depth = 0
+        self.reset()
+        for name in self.NAMES:
+            if hasattr(widget_class, name):  # an older dock may lack some
+                self._wrap(widget_class, name)
+
+    def _wrap(self, widget_class, name: str) -> None:
+        original = getattr(widget_class, name)
+        timer = self
+
+        def wrapped(widget, *args, **kwargs):
+            if timer._depth:
+                return original(widget, *args, **kwargs)
+            timer._depth += 1
+            napari_before = timer.napari_time.seconds
+            if timer.profiler is not None:
+                timer.profiler.enable()
+            started = time.perf_counter()
+            try:
+                return original(widget, *args, **kwargs)
+            finally:
+                spent = time.perf_counter() - started
+                if timer.profiler is not None:
+                    timer.profiler.disable()
+                timer._depth -= 1
+                timer.seconds += spent
+                timer.calls += 1
+                timer.per_slot[name] = timer.per_slot.get(name, 0.0) + spent
+                if spent > timer.longest:
+                    timer.longest = spent
+                    timer.longest_name = name
+                    timer.longest_napari = timer.napari_time.seconds - napari_before
+
+        wrapped.__name__ = name
+        setattr(widget_class, name, wrapped)
+
+    def reset(self) -> None:
+        self.seconds, self.calls, self.longest = 0.0, 0, 0.0
+        self.longest_name, self.longest_napari = "", 0.0
+        self.per_slot: dict[str, float] = {}
+        self.profiler = cProfile.Profile() if self.profile else None
+
+    def summary(self) -> str:
+        if not self.calls:
+            return ""
+        slots = ", ".join(f"{name} {1000 * seconds:.0f}" for name, seconds in
+                          sorted(self.per_slot.items(), key=lambda item: -item[1]))
+        return (f"dock slots (perf_counter): {1000 * self.seconds:.0f} ms in {self.calls} calls "
+                f"({slots} ms); longest {1000 * self.longest:.0f} ms ({self.longest_name}), "
+                f"{1000 * self.longest_napari:.0f} ms of it in napari's add_*")
+
+    def profile_text(self, lines: int = 25) -> str:
+        if self.profiler is None or not self.calls:
+            return ""
+        out = io.StringIO()
+        pstats.Stats(self.profiler, stream=out).sort_stats("cumulative").print_stats(lines)
+        return out.getvalue()
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages."""
+    return " ".join(f"{value:.2f}" for value in os.getloadavg())
+
+
+def report(name: str, gaps: list[tuple[float, float]], napari_time: NapariTimer, extra: str = "",
+           slots: SlotTimer | None = None):
+    """Print the longest gap, the three longest, napari's layer-creation time, the dock's slots."""
     ordered = sorted(gaps, key=lambda item: item[1], reverse=True)
     top = ", ".join(f"{1000 * gap:.0f} ms at {at:.1f} s" for at, gap in ordered[:3])
     longest = 1000 * ordered[0][1] if ordered else 0.0
-    print(f"{name}\n  longest gap {longest:.0f} ms; 3 longest: {top}")
+    print(f"{name} (load average {load_average()})\n"
+          f"  longest gap {longest:.0f} ms; 3 longest: {top}")
     if napari_time.calls:
         print(f"  inside napari's add_* calls: {1000 * napari_time.seconds:.0f} ms in "
               f"{napari_time.calls} calls (longest {1000 * napari_time.longest:.0f} ms)")
+    if slots is not None and slots.calls:
+        print(f"  {slots.summary()}")
     if extra:
         print(f"  {extra}")
+    if slots is not None and slots.profile_text():
+        print(slots.profile_text())
     sys.stdout.flush()
 
 
@@ -155,9 +247,11 @@ def patch_folder(count: int) -> Path:
     return folder
 
 
-def run_inference(widget, slide_name: str, beat: Heartbeat, napari_time: NapariTimer, title: str):
+def run_inference(widget, slide_name: str, beat: Heartbeat, napari_time: NapariTimer, title: str,
+                  slots: SlotTimer):
     widget.slide_combo.setCurrentText(slide_name)
     napari_time.reset()
+    slots.reset()
     started = {}
 
     def start():
@@ -169,7 +263,27 @@ def run_inference(widget, slide_name: str, beat: Heartbeat, napari_time: NapariT
     after = beat.run(for_seconds(2.0))
     offset = gaps[-1][0] if gaps else 0.0
     report(title, gaps + [(offset + at, gap) for at, gap in after], napari_time,
-           f"{seconds:.1f} s to the end of the run; status: {widget.status.text()}")
+           f"{seconds:.1f} s to the end of the run; status: {widget.status.text()}; "
+           f"{len(widget.map_layers())} map layers", slots)
+
+
+def show_uncertainty(widget, beat: Heartbeat, napari_time: NapariTimer, slots: SlotTimer):
+    """Show the last run's uncertainty map as a user asks for it."""
+    napari_time.reset()
+    slots.reset()
+
+    def show():
+        if hasattr(widget, "show_map"):
+            widget.show_map(widget.run_map_key("uncertainty/ovr_entropy_max"))
+        else:  # an older dock: the hidden layer it made turns visible
+            for layer in widget.map_layers():
+                if layer.metadata["wslal_map"] == "uncertainty/ovr_entropy_max":
+                    layer.visible = True
+
+    gaps = beat.run(for_seconds(3.0), show)
+    shown = [layer.name for layer in widget.map_layers() if layer.visible]
+    report("show the uncertainty map of the last run", gaps, napari_time,
+           f"shown: {', '.join(shown)}", slots)
 
 
 def main() -> int:
@@ -177,7 +291,10 @@ def main() -> int:
     parser.add_argument("--patches", type=int, default=80, help="patches in the folder")
     parser.add_argument("--no-infer", action="store_true", help="only the opening scenarios")
     parser.add_argument("--no-sample", action="store_true", help="skip the synthetic sample")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile of the Inference dock's slots per scenario")
     args = parser.parse_args()
+    print(f"load average at the start: {load_average()}")
 
     napari_time = NapariTimer()
     beat = Heartbeat()
@@ -211,14 +328,19 @@ def main() -> int:
     report(f"open a folder of {args.patches} GlaS patches", gaps, napari_time)
 
     if not args.no_infer:
+        slots = SlotTimer(InferenceWidget, napari_time, profile=args.profile)
         widget = InferenceWidget(viewer)
         viewer.window.add_dock_widget(widget, area="right", name="Inference")
         widget.device_combo.setCurrentText("cpu")
         beat.run(for_seconds(0.5))
-        run_inference(widget, cmu1.stem, beat, napari_time, "inference, default maps, CMU-1")
+        run_inference(widget, cmu1.stem, beat, napari_time, "inference, default maps, CMU-1",
+                      slots)
         run_inference(widget, folder.name, beat, napari_time,
-                      f"inference, default maps, {args.patches} patches")
-        run_inference(widget, cmu1.stem, beat, napari_time, "inference again on CMU-1 (maps reused)")
+                      f"inference, default maps, {args.patches} patches", slots)
+        run_inference(widget, cmu1.stem, beat, napari_time,
+                      "inference again on CMU-1 (maps reused)", slots)
+        show_uncertainty(widget, beat, napari_time, slots)
+    print(f"load average at the end: {load_average()}")
     viewer.close()
     return 0
 
