@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,17 @@ def test_create_add_remove_and_edit_classes(
         store.add_label("images", 1, ["benign"])
     widget.slide_list.setCurrentRow(1)
     widget.delete_files_check.setChecked(True)
+    # while a run writes the slide's maps, the dock says so at once and removes nothing
+    import filelock
+
+    from napari_wsl_al.core.infer.store import lock_path
+
+    with filelock.FileLock(str(lock_path(maps)), thread_local=False):
+        started = time.perf_counter()
+        widget.remove_selected_slide()
+        assert time.perf_counter() - started < 2.0
+    assert notes[-1][0] == "error" and "another run is writing the maps" in notes[-1][1]
+    assert len(saved(folder)["slides"]) == 2 and maps.exists()
     widget.remove_selected_slide()
     assert [entry["name"] for entry in saved(folder)["slides"]] == ["synth"]
     assert not maps.exists() and slide_rows(widget) == ["synth   ·   synth.tif"]

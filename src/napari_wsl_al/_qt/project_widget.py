@@ -431,8 +431,9 @@ class ProjectWidget(QWidget):
         name = self.selected_slide()
         if name is None:
             raise ProjectError("no slide selected", hint="click a slide in the list first")
+        # the UI thread does not wait for a run writing the slide's maps: it says so at once
         removed = self._current().remove_slide(
-            name, delete_files=self.delete_files_check.isChecked()
+            name, delete_files=self.delete_files_check.isChecked(), lock_timeout=0
         )
         deleted = " and its maps and superpixels" if removed.deleted else ""
         message = (
