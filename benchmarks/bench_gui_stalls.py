@@ -170,6 +170,7 @@ class SlotTimer:
                 timer.seconds += spent
                 timer.calls += 1
                 timer.per_slot[name] = timer.per_slot.get(name, 0.0) + spent
+                timer.slot_longest[name] = max(timer.slot_longest.get(name, 0.0), spent)
                 if spent > timer.longest:
                     timer.longest = spent
                     timer.longest_name = name
@@ -182,12 +183,14 @@ class SlotTimer:
         self.seconds, self.calls, self.longest = 0.0, 0, 0.0
         self.longest_name, self.longest_napari = "", 0.0
         self.per_slot: dict[str, float] = {}
+        self.slot_longest: dict[str, float] = {}
         self.profiler = cProfile.Profile() if self.profile else None
 
     def summary(self) -> str:
         if not self.calls:
             return ""
-        slots = ", ".join(f"{name} {1000 * seconds:.0f}" for name, seconds in
+        slots = ", ".join(f"{name} {1000 * seconds:.0f} (longest "
+                          f"{1000 * self.slot_longest[name]:.0f})" for name, seconds in
                           sorted(self.per_slot.items(), key=lambda item: -item[1]))
         return (f"dock slots (perf_counter): {1000 * self.seconds:.0f} ms in {self.calls} calls "
                 f"({slots} ms); longest {1000 * self.longest:.0f} ms ({self.longest_name}), "
