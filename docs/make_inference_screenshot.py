@@ -110,9 +110,15 @@ def slide_screenshots(stain: bool) -> None:
     viewer.reset_view()
     settle(1.0)
     save(viewer, ROOT / "docs" / "inference_widget.png", canvas_only=False)
-    # A pathologist's zoom (about 10x): the uncertainty map instead of the CAM, the outline.
-    for layer in widget.map_layers():
-        layer.visible = layer.metadata["wslal_map"] == "uncertainty/ovr_entropy_max"
+    # A pathologist's zoom (about 10x): the uncertainty map instead of the CAM, the outline;
+    # as a user does it, with the legend's boxes (the uncertainty's layer is made then).
+    from napari_wsl_al._qt.infer_widget import OUTLINE_KEY
+
+    for key, box in widget.legend.boxes.items():
+        if key != OUTLINE_KEY:
+            box.setChecked(key[1] == "uncertainty/ovr_entropy_max")
+    while widget._pending:
+        settle(0.1)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = (1700.0 * 0.499, 1150.0 * 0.499)
     camera.zoom = 1.0 / 0.499 * 0.5

@@ -55,7 +55,7 @@ def main() -> None:
         viewer.window.add_dock_widget(widget, area="right", name="Inference")
         widget.device_combo.setCurrentText("cpu")
         widget.run()
-        while widget.worker is not None:
+        while widget.worker is not None or widget._pending:  # the layers come one per turn
             settle(0.05)
         for layer in viewer.layers:
             if layer.metadata.get("wslal_outline"):
@@ -65,6 +65,7 @@ def main() -> None:
         settle(0.5)
         table.table.selectRow(0)
         table.table.cellClicked.emit(0, 0)
+        widget._scroll.ensureWidgetVisible(table)  # below the legend in the dock
         settle(1.5)
         viewer.screenshot(str(args.out), canvas_only=False)
         sys.path.insert(0, str(ROOT / "docs"))

@@ -60,7 +60,8 @@ MAP_STYLE = {
 }
 
 #: The one map shown when the layers first appear: the first of these that exists (the CAM is
-#: that of the class of interest); the others are added hidden.
+#: that of the class of interest); the others are not shown (the Inference dock makes their
+#: layers when the user asks for them).
 FIRST_SHOWN = ("cam", "fg", "uncertainty/ovr_entropy_max", "seg", "probs")
 
 #: Maps whose layer would repeat another when there are two classes: the predictive entropy is
