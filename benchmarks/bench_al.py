@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--budget", type=int, default=50)
-    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--bar-steps", type=int, default=1200)
     parser.add_argument("--mpp", type=float, default=1.24)
     parser.add_argument("--threads", type=int, default=1)

@@ -12,7 +12,7 @@ HELP = "train the next active-learning round from the project's labels, then sug
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of the sub-command."""
     parser.add_argument("project", type=Path, metavar="PROJECT", help="project folder")
-    parser.add_argument("--steps", type=int, help="training steps (default: the project's, 150)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the project's, 300)")
     parser.add_argument(
         "--reinit",
         action="store_true",

@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="dask.distributed scheduler address: each run "
         "(strategy x label x seed) is a task on that cluster",
     )
-    parser.add_argument("--steps", type=int, default=150, help="training steps per round")
+    parser.add_argument("--steps", type=int, default=300, help="training steps per round")
     parser.add_argument("--batch-size", type=int, default=4, help="crops per step")
     parser.add_argument("--crop-size", type=int, default=192, help="training crop side")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")

@@ -85,7 +85,7 @@ class RegionTrainConfig:
         Crops, flips and batch order.
     """
 
-    steps: int = 150
+    steps: int = 300
     stage2_steps: int = 0
     batch_size: int = 4
     crop_size: int = 192
