@@ -341,3 +341,32 @@ def test_scores_by_hand_argmax_and_foreground_map(monkeypatch):
     assert scores["miou"] == pytest.approx((1.0 + 2 / 3 + 0.5) / 3)
     # argmax classes 0, 1, 0, 2, 1: IoU background 1/2, benign 1/3, malignant 1/2
     assert scores["argmax_miou"] == pytest.approx((0.5 + 1 / 3 + 0.5) / 3)
+
+
+def test_scores_add_up_the_images_by_hand(monkeypatch):
+    from napari_wsl_al.core.al import train
+
+    # image A as in the test above; image B: truth background, malignant; both pixels called
+    # foreground (benign, malignant) by either rule
+    first = np.array([[[0.9, 0.2, 0.4, 0.1, 0.3]], [[0.05, 0.7, 0.35, 0.1, 0.6]],
+                      [[0.05, 0.1, 0.25, 0.8, 0.1]]], np.float32)
+    second = np.array([[[0.3, 0.2]], [[0.6, 0.1]], [[0.1, 0.7]]], np.float32)
+    truths = [np.array([[0, 1, 1, 2, 2]]), np.array([[0, 2]])]
+
+    def fixed(model, items, device=None):
+        yield 0, first, None, None
+        yield 1, second, None, None
+
+    monkeypatch.setattr(train, "predict_items", fixed)
+    model, _ = joint_from_wsl(tiny_wsl(), SEG)
+    items = [RegionItem(f"x{i}", np.zeros((1, t.shape[1], 3), np.uint8),
+                        np.zeros((1, t.shape[1]), np.int64)) for i, t in enumerate(truths)]
+    scores = segmentation_scores(model, items, truths)
+    # Dice per image, then the mean: B's foreground {1} against {0, 1}: 2/3
+    assert scores["dice"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert scores["argmax_dice"] == pytest.approx((6 / 7 + 2 / 3) / 2)
+    # one confusion matrix over both images (rows truth, columns prediction):
+    # labels [[1, 1, 0], [0, 2, 0], [0, 1, 2]]: IoU 1/2, 2/4, 2/3
+    assert scores["miou"] == pytest.approx((0.5 + 0.5 + 2 / 3) / 3)
+    # argmax [[1, 1, 0], [1, 1, 0], [0, 1, 2]]: IoU 1/3, 1/4, 2/3
+    assert scores["argmax_miou"] == pytest.approx((1 / 3 + 1 / 4 + 2 / 3) / 3)
