@@ -370,3 +370,10 @@ def test_scores_add_up_the_images_by_hand(monkeypatch):
     assert scores["miou"] == pytest.approx((0.5 + 0.5 + 2 / 3) / 3)
     # argmax [[1, 1, 0], [1, 1, 0], [0, 1, 2]]: IoU 1/3, 1/4, 2/3
     assert scores["argmax_miou"] == pytest.approx((1 / 3 + 1 / 4 + 2 / 3) / 3)
+
+
+def test_scores_of_no_images_are_not_numbers():
+    model, _ = joint_from_wsl(tiny_wsl(), SEG)
+    scores = segmentation_scores(model, [], [])
+    assert np.isnan(scores["dice"]) and np.isnan(scores["fg_dice"])
+    assert np.isnan(scores["argmax_dice"])
