@@ -45,3 +45,16 @@ def small_synthetic_slide(tmp_path_factory) -> Path:
 
     return write_synthetic_slide(tmp_path_factory.mktemp("slide") / "synth.tif", 512, 384,
                                  mpp=0.5, seed=4, tissue_fraction=0.5, smallest_level=256)
+
+
+@pytest.fixture
+def two_slide_project(tmp_path):
+    """A project with two slides, ``first`` and ``second``, whose files are never read."""
+    from napari_wsl_al.core.project import Project
+
+    slides = []
+    for name in ("first", "second"):
+        path = tmp_path / f"{name}.tif"
+        path.write_bytes(b"not read by these tests")
+        slides.append(path)
+    return Project.create(tmp_path / "study", classes=["benign", "malignant"], slides=slides)

@@ -20,13 +20,8 @@ from napari_wsl_al.core.project import (
 
 
 @pytest.fixture
-def project(tmp_path):
-    slides = []
-    for name in ("first", "second"):
-        path = tmp_path / f"{name}.tif"
-        path.write_bytes(b"not read by these tests")
-        slides.append(path)
-    return Project.create(tmp_path / "study", classes=["benign", "malignant"], slides=slides)
+def project(two_slide_project):
+    return two_slide_project
 
 
 def saved(project):

@@ -12,17 +12,11 @@ from napari_wsl_al.core.errors import ProjectError
 from napari_wsl_al.core.infer.errors import MapStoreError
 from napari_wsl_al.core.infer.store import MapStore, lock_path
 from napari_wsl_al.core.progress import Progress
-from napari_wsl_al.core.project import Project
 
 
 @pytest.fixture
-def project(tmp_path):
-    slides = []
-    for name in ("first", "second"):
-        path = tmp_path / f"{name}.tif"
-        path.write_bytes(b"not read by these tests")
-        slides.append(path)
-    return Project.create(tmp_path / "study", classes=["benign", "malignant"], slides=slides)
+def project(two_slide_project):
+    return two_slide_project
 
 
 def computed_files(project, name):
