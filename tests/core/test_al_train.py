@@ -151,13 +151,14 @@ def test_train_dense_and_scores_against_truth():
     before = segmentation_scores(model, items, truths)
     result = run_to_end(
         train_dense(
-            model, items, truths, RegionTrainConfig(steps=80, batch_size=2, crop_size=32, lr=5e-3)
+            model, items, truths, RegionTrainConfig(steps=80, batch_size=4, crop_size=32, lr=5e-3)
         )
     )
     assert len(result["history"]) == 80
     scores = segmentation_scores(model, items, truths)
     assert np.mean(result["history"][-5:]) < np.mean(result["history"][:5])
-    assert scores["dice"] > before["dice"] + 0.1 and 0 < scores["miou"] <= 1
+    # trained, the stripes are found (0.94-0.96 with one or two torch threads)
+    assert scores["dice"] > before["dice"] + 0.1 and scores["dice"] > 0.9 and scores["argmax_dice"] > 0.9 and 0.8 < scores["miou"] <= 1
 
 
 def test_predict_items_shapes_and_mc():
@@ -275,8 +276,10 @@ def test_pseudo_labelled_images_teach_what_the_oracle_labels_lack():
         dice[weight] = scores["dice"], scores["argmax_dice"]
     # with lambda 0 nothing says what the foreground is; with the pseudo-labelled images it is
     # learnt
+    # (with lambda 0 nothing pushes the dark pixels' background probability either way, so
+    # only the most probable class is checked there: benign never had a target)
     assert dice[0.0][1] < 0.3 and dice[1.0][1] > 0.8
-    assert dice[0.0][0] < 0.5 and dice[1.0][0] > 0.8
+    assert dice[1.0][0] > 0.8 and dice[1.0][0] > dice[0.0][0]
     model, _ = joint_from_wsl(tiny_wsl(), SEG)
     with pytest.raises(ActiveLearningError, match="2 pseudo maps for 3 images"):
         run_to_end(train_regions(model, items, table, config, pseudo_maps=maps[:2]))
