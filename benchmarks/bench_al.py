@@ -6,6 +6,7 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py bar         # full supervision: the same model on every mask
     python benchmarks/bench_al.py strategies  # random, entropy, bvsb, pixbal, oreal; multi; 3 seeds
     python benchmarks/bench_al.py modes       # seed 0, oreal: dominant vs multi, pseudo labels
+    python benchmarks/bench_al.py pseudo      # oreal multi with stage-2 pseudo labels; 3 seeds
     python benchmarks/bench_al.py labelprop   # seed 0, oreal multi with Label_prop (WACV'21)
     python benchmarks/bench_al.py labelprop --no-pseudo   # the same run without it
     python benchmarks/bench_al.py glass       # CMU-1, round 0: glass among the first 20 picks
@@ -226,7 +227,8 @@ def main(argv=None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("part",
-                        choices=("bar", "strategies", "modes", "labelprop", "glass", "report"))
+                        choices=("bar", "strategies", "modes", "pseudo", "labelprop", "glass",
+                                 "report"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=6)
@@ -268,6 +270,14 @@ def main(argv=None) -> int:
             for s in args.strategies.split(",")
         ]
         run_runs(args, data, configs, "strategies" + (f"-{args.tag}" if args.tag else ""))
+    elif args.part == "pseudo":
+        # one CSV per seed in results/al/pseudo/ (not pooled by the report)
+        out = OUT / "pseudo"
+        out.mkdir(parents=True, exist_ok=True)
+        for seed in range(args.seeds):
+            run = replace(config, strategy="oreal", label="multi", pseudo_labels=True, seed=seed)
+            _append(out / f"oreal-pseudo-seed{seed}.csv",
+                    run_to_end(sim.simulate_run(data, run, None), _log))
     elif args.part == "labelprop":
         configs = [replace(config, strategy="oreal", label="multi",
                            pseudo_labels=not args.no_pseudo, pseudo_method="label_prop",
