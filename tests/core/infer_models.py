@@ -150,3 +150,23 @@ def gradient_image(height, width, seed=0):
 def make_constant_model():
     """Factory used by the distributed test (a picklable top-level function)."""
     return ConstantModel()
+
+
+def gradient_slide_project(tmp_path, size: int):
+    """A project (classes red and green) with one tiled 20x slide ``synth`` of
+    :func:`gradient_image` (``size`` x ``size``), AL settings with 128 px tiles on the CPU, and
+    the path of its round-1 map store."""
+    from dataclasses import replace
+
+    import tifffile
+
+    from napari_wsl_al.core.al import rounds
+    from napari_wsl_al.core.project import Project
+
+    slide = tmp_path / "synth.tif"
+    tifffile.imwrite(slide, gradient_image(size, size), tile=(128, 128), photometric="rgb",
+                     resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
+    project = Project.create(tmp_path / "study.wslal", classes=["red", "green"])
+    project.add_slide(slide)
+    settings = replace(rounds.ALSettings(), tile_px=128, device="cpu")
+    return project, settings, rounds.round_maps_path(project, "synth", 1)

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
-import tifffile
-from infer_models import gradient_image
+from infer_models import gradient_slide_project
 from store_safety_driver import PatternModel
 
 from napari_wsl_al.core.al import rounds
 from napari_wsl_al.core.infer import engine
 from napari_wsl_al.core.infer.errors import MapStoreError
 from napari_wsl_al.core.infer.store import MapStore
-from napari_wsl_al.core.project import Project
 
 
 def lock_is_free(store_path) -> bool:
@@ -38,13 +34,7 @@ def round_run(tmp_path, monkeypatch):
     traceback may keep it: the lock must be released by closing the job, not by CPython
     freeing it once nothing refers to it any more.
     """
-    slide = tmp_path / "synth.tif"
-    tifffile.imwrite(slide, gradient_image(1024, 1024), tile=(128, 128), photometric="rgb",
-                     resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
-    project = Project.create(tmp_path / "study.wslal", classes=["red", "green"])
-    project.add_slide(slide)
-    settings = replace(rounds.ALSettings(), tile_px=128, device="cpu")
-    store = rounds.round_maps_path(project, "synth", 1)
+    project, settings, store = gradient_slide_project(tmp_path, 1024)
     closes = []
     open_slide = rounds.open_project_slide
 

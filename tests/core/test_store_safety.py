@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tifffile
 from filelock import FileLock, Timeout
-from infer_models import gradient_image
+from infer_models import gradient_image, gradient_slide_project
 from store_safety_driver import CONFIG, PatternModel, slide_reader
 
 from napari_wsl_al.core.infer import store as store_module
@@ -249,18 +249,9 @@ def test_cli_refuses_with_the_slide_and_the_store(tmp_path, capsys):
 
 
 def test_round_maps_take_the_lock_of_their_store(tmp_path, monkeypatch):
-    from dataclasses import replace
-
     from napari_wsl_al.core.al import rounds
-    from napari_wsl_al.core.project import Project
 
-    slide = tmp_path / "synth.tif"
-    tifffile.imwrite(slide, gradient_image(256, 256), tile=(128, 128), photometric="rgb",
-                     resolution=(20000.0, 20000.0), resolutionunit="CENTIMETER")
-    project = Project.create(tmp_path / "study.wslal", classes=["red", "green"])
-    project.add_slide(slide)
-    settings = replace(rounds.ALSettings(), tile_px=128, device="cpu")
-    store = rounds.round_maps_path(project, "synth", 1)
+    project, settings, store = gradient_slide_project(tmp_path, 256)
     monkeypatch.setattr(store_module, "LOCK_TIMEOUT_S", 0.3)
     holder = FileLock(store.with_name(store.name + ".lock"), thread_local=False)
     holder.acquire(timeout=0)
