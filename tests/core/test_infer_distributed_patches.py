@@ -91,3 +91,26 @@ def test_cli_with_a_scheduler_prints_the_patch_classes_and_their_table(tmp_path,
     assert f"  3 patches: {counts[first]} {first} (mean confidence" in out
     assert f"per-patch classes in {table}" in out
     assert "  least confident: " in out
+
+
+def test_a_task_waits_only_as_long_as_its_lock_timeout(tmp_path, cluster):
+    import time
+
+    from filelock import FileLock
+
+    from napari_wsl_al.core.infer.errors import MapStoreError
+    from napari_wsl_al.core.infer.store import lock_path
+
+    slide = tmp_path / "slide.tif"
+    tifffile.imwrite(slide, gradient_image(96, 96), tile=(64, 64), photometric="rgb")
+    project = Project.create(tmp_path / "study", classes=["tumour", "normal"])
+    config = InferenceConfig(level=0, tile_size=64, overlap=16, batch_size=4, device="cpu",
+                             tissue_gate=False, tissue_threshold=0, maps=("fg",))
+    project.maps_dir.mkdir(parents=True, exist_ok=True)
+    store = project.maps_path(project.add_slide(slide))
+    with FileLock(str(lock_path(store)), thread_local=False):  # another run writes the store
+        started = time.perf_counter()
+        with pytest.raises(MapStoreError, match="waited 0.3 s"):
+            infer_slides_distributed([slide], make_constant_model, project, config,
+                                     cluster.scheduler_address, lock_timeout=0.3)
+        assert time.perf_counter() - started < 8.0  # not the store's default of 10 s

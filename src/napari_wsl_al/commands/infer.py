@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
         classes = load_inference_model(model_choice, "cpu").classes
         project = _project(args, classes)
         summaries = infer_slides_distributed(args.slides, model_choice, project, config,
-                                             args.scheduler, region=args.region)
+                                             args.scheduler, region=args.region,
+                                             lock_timeout=args.lock_timeout)
         for summary in summaries:
             unit = "tiles" if summary["patches_csv"] is None else "patches"
             print(f"{summary['slide']}: maps written to {summary['maps']} "

@@ -21,8 +21,12 @@ def infer_slide_task(
     project_path: str,
     config: dict[str, Any],
     region: tuple[int, int, int, int] | None = None,
+    lock_timeout: float | None = None,
 ) -> dict[str, Any]:
     """Infer one slide into ``project_path/maps/<slide_name>.zarr`` (runs on a worker).
+
+    ``lock_timeout``: seconds to wait for another run writing the same store (the store's
+    default when None).
 
     Every argument is plain data (or a picklable callable for ``model``), so the task can be
     shipped to any worker that sees the same file system.
@@ -43,7 +47,8 @@ def infer_slide_task(
     net = load_inference_model(model, inference.device)
     with open_slide(slide_path) as reader:
         result = run_to_end(
-            infer_slide(reader, net, inference, MapStore(project.maps_path(slide_name)),
+            infer_slide(reader, net, inference,
+                        MapStore(project.maps_path(slide_name), lock_timeout=lock_timeout),
                         region=region)
         )
     return {
@@ -66,6 +71,7 @@ def infer_slides_distributed(
     config: InferenceConfig,
     scheduler_address: str | Any,
     region: tuple[int, int, int, int] | None = None,
+    lock_timeout: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run inference on several slides, one task per slide, on an existing dask cluster.
 
@@ -85,6 +91,9 @@ def infer_slides_distributed(
         Address of the scheduler (``tcp://host:8786``), or a connected client.
     region : (x, y, w, h), optional
         Level-0 box applied to every slide.
+    lock_timeout : float, optional
+        Seconds a task waits for another run writing the same slide's maps (the store's
+        default when None).
 
     Returns
     -------
@@ -107,7 +116,7 @@ def infer_slides_distributed(
         futures = [
             client.submit(
                 infer_slide_task, str(Path(path).resolve()), name, checkpoint,
-                str(project.path), config.to_dict(), region,
+                str(project.path), config.to_dict(), region, lock_timeout,
                 key=f"wslal-infer-{name}-{uuid.uuid4().hex[:8]}", pure=False,
             )
             for path, name in zip(paths, names)
