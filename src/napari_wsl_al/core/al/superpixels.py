@@ -327,6 +327,12 @@ def region_stats(labels: np.ndarray, n_regions: int | None = None):
     return counts, bboxes, centroids
 
 
+def _longest_contour(mask: np.ndarray) -> np.ndarray:
+    """The longest closed contour of a boolean mask, ``(row, col)`` in the mask padded by one
+    pixel (subtract 1 for the mask's own coordinates)."""
+    return max(find_contours(np.pad(mask, 1).astype(np.uint8), 0.5), key=len)
+
+
 # ---------------------------------------------------------------------------- the map
 class SuperpixelMap:
     """The regions of one slide or image: ids at the working resolution and per-region stats.
@@ -504,31 +510,24 @@ class SuperpixelMap:
         y0, x0, y1, x1 = (int(v) for v in self.bboxes[region_id])
         return self.read(y0, x0, y1, x1) == region_id, (y0, x0)
 
-    def _outline_px(self, region_id: int) -> np.ndarray:
-        """Closed outline ``(N, 2)`` in working-pixel index coordinates ``(row, col)``, holes
-        left out (:meth:`_hole_outlines_px`)."""
+    def _rings_px(self, region_id: int, holes: bool = False) -> list[np.ndarray]:
+        """Closed rings ``(N, 2)`` in working-pixel index coordinates ``(row, col)``: the
+        region's outline (its longest contour, holes filled), then, with ``holes`` and for a
+        region in one piece, the outline of each hole (each region it encloses)."""
         from scipy import ndimage
 
         mask, (y0, x0) = self.region_mask(region_id)
-        mask = ndimage.binary_fill_holes(mask)
-        contours = find_contours(np.pad(mask, 1).astype(np.uint8), 0.5)
-        longest = max(contours, key=len)
-        return longest + np.array([y0 - 1.0, x0 - 1.0])
+        offset = np.array([y0 - 1.0, x0 - 1.0])
+        filled = ndimage.binary_fill_holes(mask)
+        rings = [_longest_contour(filled) + offset]
+        if holes and ndimage.label(mask)[1] == 1:
+            inner, count = ndimage.label(filled & ~mask)
+            rings += [_longest_contour(inner == hole) + offset for hole in range(1, count + 1)]
+        return rings
 
-    def _hole_outlines_px(self, region_id: int) -> list[np.ndarray]:
-        """Closed outlines of the holes of a region in one piece (the regions it encloses), in
-        working-pixel index coordinates ``(row, col)``; none for a region in several pieces."""
-        from scipy import ndimage
-
-        mask, (y0, x0) = self.region_mask(region_id)
-        if ndimage.label(mask)[1] != 1:
-            return []
-        holes, count = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
-        outlines = []
-        for hole in range(1, count + 1):
-            contours = find_contours(np.pad(holes == hole, 1).astype(np.uint8), 0.5)
-            outlines.append(max(contours, key=len) + np.array([y0 - 1.0, x0 - 1.0]))
-        return outlines
+    def _level0_xy(self, ring: np.ndarray) -> np.ndarray:
+        """A working-pixel ``(row, col)`` ring in level-0 pixels ``(x, y)``."""
+        return ((ring + 0.5) * self.downsample)[:, ::-1].copy()
 
     def outline_rings_level0(self, region_ids) -> dict[int, list[np.ndarray]]:
         """Per region, its GeoJSON Polygon rings in level-0 pixels ``(x, y)``: the outline of
@@ -536,13 +535,8 @@ class SuperpixelMap:
 
         Pixel ``k`` spans ``[k, k + 1)``, as in QuPath.
         """
-        f = self.downsample
-        outlines = self.outline_level0(region_ids)
-        return {
-            region: [outline] + [((hole + 0.5) * f)[:, ::-1].copy()
-                                 for hole in self._hole_outlines_px(region)]
-            for region, outline in outlines.items()
-        }
+        return {int(r): [self._level0_xy(ring) for ring in self._rings_px(r, holes=True)]
+                for r in region_ids}
 
     def outline_um(self, region_ids) -> dict[int, np.ndarray]:
         """Closed polygons of regions for a napari Shapes layer.
@@ -556,15 +550,14 @@ class SuperpixelMap:
             in several pieces.
         """
         f, unit = self.downsample, self.level0_mpp
-        return {int(r): ((self._outline_px(r) + 0.5) * f - 0.5) * unit for r in region_ids}
+        return {int(r): ((self._rings_px(r)[0] + 0.5) * f - 0.5) * unit for r in region_ids}
 
     def outline_level0(self, region_ids) -> dict[int, np.ndarray]:
         """Closed polygons of regions in level-0 pixels, ``(x, y)`` (QuPath GeoJSON).
 
         Pixel ``k`` spans ``[k, k + 1)``, as in QuPath.
         """
-        f = self.downsample
-        return {int(r): ((self._outline_px(r) + 0.5) * f)[:, ::-1].copy() for r in region_ids}
+        return {int(r): self._level0_xy(self._rings_px(r)[0]) for r in region_ids}
 
     def region_at(self, y_um: float, x_um: float) -> int:
         """The region under a point of the slide layer (microns, or level-0 pixels); 0 if none."""
