@@ -415,8 +415,7 @@ def _ring(points: Any) -> np.ndarray:
     points = np.asarray(points, dtype=np.float64)
     if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
         raise ValueError(f"polygon must be finite (N, 2) (x, y) points, got shape {points.shape}")
-    if len(points) > 1 and np.array_equal(points[0], points[-1]):
-        points = points[:-1]
+    points = _open_ring(points)
     if len(points) < 3:
         raise ValueError(f"a polygon needs at least 3 vertices, got {len(points)}")
     return points
