@@ -87,7 +87,7 @@ def run_inference(viewer, stain: bool):
         widget.model_factory = StainModel
     widget.device_combo.setCurrentText("cpu")
     widget.run()
-    while widget.worker is not None or widget._pending:
+    while widget.worker is not None or widget.adding_layers:
         settle(0.1)
     settle(2.0)
     return widget
@@ -117,7 +117,7 @@ def slide_screenshots(stain: bool) -> None:
     for key, box in widget.legend.boxes.items():
         if key != OUTLINE_KEY:
             box.setChecked(key[1] == "uncertainty/ovr_entropy_max")
-    while widget._pending:
+    while widget.adding_layers:
         settle(0.1)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
     camera.center = (1700.0 * 0.499, 1150.0 * 0.499)

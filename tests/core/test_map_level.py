@@ -9,7 +9,12 @@ import zarr
 from infer_models import BlockColourModel
 
 from napari_wsl_al.core.infer.engine import InferenceConfig, infer_slide
-from napari_wsl_al.core.infer.session import MapLevel, map_layer_specs, same_levels
+from napari_wsl_al.core.infer.session import (
+    MapLevel,
+    levels_in_memory,
+    map_layer_specs,
+    same_levels,
+)
 from napari_wsl_al.core.infer.store import MapStore
 from napari_wsl_al.core.io.memory_backend import ArrayReader
 
@@ -58,6 +63,26 @@ def test_same_levels_compares_what_they_read(cam):
     assert not same_levels([MapLevel(array, 0)], [MapLevel(other)])
     assert not same_levels([MapLevel(array, 0)], [MapLevel(array, 0), MapLevel(array, 1)])
     assert not same_levels([np.zeros((6, 8))], [np.zeros((6, 8))])
+
+
+def test_small_levels_in_memory_are_snapshots(cam):
+    group, array = cam
+    big, small = MapLevel(array, 1), MapLevel(group.create_array(
+        "cam/1", shape=(2, 3, 4), chunks=(1, 4, 4), dtype="float32", fill_value=0.0), 1)
+    small.array[...] = 5.0
+    levels = levels_in_memory([big, small, "other"], max_pixels=12)
+    assert levels[0] is big and levels[2] == "other"  # 48 pixels: left reading the store
+    copy = levels[1]
+    assert isinstance(copy, MapLevel) and copy.in_memory and not big.in_memory
+    assert isinstance(copy.array, np.ndarray) and copy.shape == (3, 4)
+    np.testing.assert_array_equal(np.asarray(copy), np.full((3, 4), 5.0))
+    small.array[1, 0, 0] = 9.0  # written since: the snapshot keeps what was read
+    assert copy[0, 0] == 5.0 and small[0, 0] == 9.0
+    # a snapshot is never the same level as another read, even of the same array
+    assert not same_levels([copy], [copy])
+    assert not same_levels([big, copy], [big, MapLevel(small.array, 1)])
+    assert same_levels([big], [MapLevel(array, 1)])
+    assert levels_in_memory([big, small], max_pixels=48)[0].in_memory  # at the limit: read
 
 
 def test_store_handles_carry_their_arrays_and_specs_read_them(tmp_path):

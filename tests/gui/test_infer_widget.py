@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -72,7 +73,7 @@ def make_widget(viewer, factory):
 
 def wait_for_layers(widget, qtbot, timeout=60000):
     """Until the run ended and its layers (added one per event-loop turn) are all there."""
-    qtbot.waitUntil(lambda: widget.worker is None and not widget._pending, timeout=timeout)
+    qtbot.waitUntil(lambda: widget.worker is None and not widget.adding_layers, timeout=timeout)
 
 
 def test_run_adds_aligned_map_layers_and_an_outline(viewer_with_slide, qtbot, tmp_path):
@@ -327,7 +328,7 @@ def test_progress_says_what_happens_now(viewer_with_slide, qtbot):
         f"reused finished maps: {total} of {total} tiles, nothing to compute")
 
 
-def test_refreshes_keep_the_layers_and_read_what_was_written(viewer_with_slide, qtbot):
+def test_refreshes_keep_the_layers_and_read_what_was_written(viewer_with_slide, qtbot, monkeypatch):
     viewer = viewer_with_slide
     widget = make_widget(viewer, SlowModel)
     widget.map_checks["uncertainty"].setChecked(False)
@@ -339,15 +340,26 @@ def test_refreshes_keep_the_layers_and_read_what_was_written(viewer_with_slide, 
             event.value.events.data.connect(refreshed.append)
 
     viewer.layers.events.inserted.connect(follow)
+    store_reads = []
+    read = MapLevel.__getitem__
+
+    def recorded(level, key):
+        if not level.in_memory:
+            store_reads.append(threading.current_thread() is threading.main_thread())
+        return read(level, key)
+
+    monkeypatch.setattr(MapLevel, "__getitem__", recorded)
     widget.run()
     wait_for_layers(widget, qtbot, timeout=120000)
     # 72 tiles at 0.2 s a batch of 4: several refreshes of the same layer, none of which
-    # added a layer; the layer reads the store's zarr arrays, not dask graphs.
+    # added a layer; the layer reads copies of the map levels made by the worker thread (they
+    # are small), never the store on the UI thread, where a read waits behind the writes.
     assert inserted == ["slide · P(normal)", "slide · outline"]
     assert len(refreshed) >= 2
     cam = viewer.layers["slide · P(normal)"]
-    assert all(isinstance(level, MapLevel) and isinstance(level.array, zarr.Array)
-               for level in cam.data)
+    assert all(isinstance(level, MapLevel) and level.in_memory for level in cam.data)
+    assert store_reads and not any(store_reads)  # all in the worker threads
+    monkeypatch.setattr(MapLevel, "__getitem__", read)
     # Values written into the store after the run show at the next refresh, same layer.
     centre = (192 * 0.5, 224 * 0.5)
     assert cam.get_value(centre, world=True)[1] != 0.25
@@ -356,3 +368,38 @@ def test_refreshes_keep_the_layers_and_read_what_was_written(viewer_with_slide, 
     widget.refresh_layers()
     assert viewer.layers["slide · P(normal)"] is cam and inserted.count("slide · P(normal)") == 1
     assert cam.get_value(centre, world=True)[1] == 0.25
+
+
+def test_added_map_layers_leave_the_selection_alone(viewer_with_slide, qtbot):
+    """napari selects each layer it adds: the dock adds its maps and outline without it, so
+    the layer the user works on stays selected (and its controls stay in place)."""
+    viewer = viewer_with_slide
+    slide = viewer.layers["slide"]
+    viewer.layers.selection.active = slide
+    selected = []
+    viewer.layers.selection.events.active.connect(lambda event: selected.append(event.value))
+    widget = make_widget(viewer, TinyModel)
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    widget.show_map(widget.run_map_key("uncertainty/ovr_entropy_max"))
+    wait_for_layers(widget, qtbot)
+    assert "slide · uncertainty" in viewer.layers and "slide · outline" in viewer.layers
+    assert viewer.layers.selection.active is slide and set(viewer.layers.selection) == {slide}
+    assert selected == []  # never switched, not even for a moment
+    assert viewer.layers._activate_on_insert  # napari's own adds select as before
+
+
+def test_keep_selection_restores_the_active_layer_without_napari_switch():
+    from napari_wsl_al._qt.infer_widget import keep_selection
+
+    class Selection:
+        active = "slide"
+
+    class Layers(list):
+        selection = Selection()
+
+    layers = Layers(["slide"])
+    with keep_selection(layers):
+        layers.append("map")
+        layers.selection.active = "map"  # what napari does on insert
+    assert layers.selection.active == "slide"

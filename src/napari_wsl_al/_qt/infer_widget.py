@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,7 @@ from ..core.infer.session import (
     MapLayerSpec,
     OutlineData,
     map_description,
+    levels_in_memory,
     outline_layer_name,
     region_from_corners,
     region_from_points,
@@ -57,6 +59,11 @@ REFRESH_INTERVAL_S = 1.0
 #: Pause before each map layer is added: napari takes 0.1-0.5 s to make an image layer (its
 #: controls and visual), and the pause lets the UI paint and take input between two of them.
 MAP_LAYER_DELAY_MS = 50
+
+#: Map levels of at most this many pixels (16 MiB of float32) are read in the worker thread
+#: for the layers shown, so napari shows them without reading the store on the UI thread
+#: (where a read waits behind a running job's writes: 50-250 ms measured).
+MEMORY_LEVEL_PIXELS = 1 << 22
 
 #: Legend key of the foreground outline's box (map layers are keyed by :func:`map_key`).
 OUTLINE_KEY = "outline"
@@ -150,6 +157,56 @@ def make_map_layer(spec: MapLayerSpec) -> Image:
     return Image(spec.data, name=spec.name, **{**layer_kwargs(spec), "visible": True})
 
 
+def in_memory(spec: MapLayerSpec) -> MapLayerSpec:
+    """The spec with its small levels read into memory (:func:`levels_in_memory`)."""
+    return replace(spec, data=levels_in_memory(spec.data, MEMORY_LEVEL_PIXELS))
+
+
+@dataclass
+class PreparedOutline:
+    """A traced outline and, when made in a worker thread, its layer (``layer`` is None when
+    only the data of an existing layer is to change)."""
+
+    outline: OutlineData
+    layer: Image | None = None
+
+
+def make_outline_layer(outline: OutlineData, store_key: str, name: str) -> Image:
+    """The napari image layer of a foreground outline, made off the UI thread like
+    :func:`make_map_layer` (building it reads its coarsest level and thumbnail)."""
+    return Image(
+        outline.levels, name=name, multiscale=True,
+        scale=outline.scale, translate=outline.translate, colormap=outline_colormap(),
+        contrast_limits=(0, 1), blending="translucent", opacity=1.0,
+        metadata={"wslal_outline": True, "wslal_store": store_key,
+                  "threshold": outline.threshold,
+                  "description": "contours of the foreground above the outline threshold"},
+        **({"units": "um"} if outline.unit == "micrometer" else {}),
+    )
+
+
+@contextmanager
+def keep_selection(layers):
+    """Add layers without changing which layer is selected.
+
+    napari selects a layer as it is added (its controls are swapped in, and every widget that
+    follows the selection updates: 50-130 ms measured for a map layer), and selecting the old
+    one again costs as much. napari's layer list skips the first when its
+    ``_activate_on_insert`` is off; where it has no such switch, the old selection is restored.
+    """
+    active = layers.selection.active
+    switch = hasattr(layers, "_activate_on_insert")
+    if switch:
+        before, layers._activate_on_insert = layers._activate_on_insert, False
+    try:
+        yield
+    finally:
+        if switch:
+            layers._activate_on_insert = before
+        elif active is not None and active in layers:
+            layers.selection.active = active
+
+
 def legend_rows(specs: list[MapLayerSpec]) -> list[dict]:
     """One legend row per map of a run: its layers' titles, colormap, range and meaning, and
     the ``(key, title)`` of each of its layers (``toggles``)."""
@@ -235,6 +292,11 @@ class InferenceWidget(QWidget):
         #: Layers (or specs, or an outline) still to add, one per event-loop turn.
         self._pending: list = []
         self._add_planned = False
+        #: Map keys whose layers are being made in a worker thread, and those workers.
+        self._making: set = set()
+        self._layer_workers: list = []
+        #: Keys of the maps shown or to show, for the worker thread (a frozen copy).
+        self._shown_keys: frozenset = frozenset()
         self._legend_key: tuple = ()
         #: The current run's specs by :func:`spec_key` (a map's layer is made from its spec).
         self._specs: dict = {}
@@ -584,12 +646,28 @@ class InferenceWidget(QWidget):
         if specs:
             last = self._prepare_layers(specs, existing, first=not prepared)
             yield PreparedLayers(last.specs, last.layers, final=True)
-        return result, self.session.outline_data(threshold)
+        return result, self._trace_outline(threshold, make_layer=True)
 
-    @staticmethod
-    def _prepare_layers(specs: list[MapLayerSpec], existing: set, first: bool) -> PreparedLayers:
-        """Fresh specs of the map layers; the ``first`` time, the layers of the maps shown
-        first that had none when the run started, too."""
+    def _trace_outline(self, threshold: float, make_layer: bool) -> PreparedOutline | None:
+        """The outline of the current maps at ``threshold`` (a worker thread's call), with its
+        layer when ``make_layer``."""
+        outline = self.session.outline_data(threshold)
+        if outline is None:
+            return None
+        layer = None
+        specs = self.session.layer_specs() if make_layer else []
+        if specs:
+            layer = make_outline_layer(outline, spec_key(specs[0])[0], self.outline_layer_name())
+        return PreparedOutline(outline, layer)
+
+    def _prepare_layers(self, specs: list[MapLayerSpec], existing: set,
+                        first: bool) -> PreparedLayers:
+        """Fresh specs of the map layers, the small levels of the shown ones read into memory
+        (:data:`MEMORY_LEVEL_PIXELS`); the ``first`` time, the layers of the maps shown first
+        that had none when the run started, too. A worker thread's call."""
+        shown = self._shown_keys
+        specs = [in_memory(spec) if spec.kwargs.get("visible") and first
+                 or spec_key(spec) in shown else spec for spec in specs]
         if not first:
             return PreparedLayers(specs, {})
         layers = {spec_key(spec): make_map_layer(spec) for spec in specs
@@ -751,14 +829,46 @@ class InferenceWidget(QWidget):
             if self._wanted is None:
                 self._wanted = set()
             self._wanted.add(key)
-            if key not in {_planned_key(item) for item in self._pending}:
-                self._pending.append(spec)
-            self._schedule_next()
+            if key not in {_planned_key(item) for item in self._pending} | self._making:
+                self._make_layer(key, spec)
         else:
             if self._wanted is not None:
                 self._wanted.discard(key)
             self._pending = [item for item in self._pending if _planned_key(item) != key]
         self._sync_legend()
+
+    def _make_layer(self, key: tuple, spec: MapLayerSpec) -> None:
+        """Make the layer of a map in a worker thread (building it reads the map's first
+        slice and thumbnail); it is added in an event-loop turn of its own when ready."""
+        self._making.add(key)
+        worker = create_worker(lambda: make_map_layer(in_memory(spec)), _start_thread=False,
+                               _ignore_errors=True)
+        worker.returned.connect(lambda layer: self._layer_made(key, layer))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(lambda: self._layer_worker_done(key, worker))
+        self._layer_workers.append(worker)
+        worker.start()
+
+    @reported
+    def _layer_made(self, key: tuple, layer: Image) -> None:
+        self._making.discard(key)
+        planned = {_planned_key(item) for item in self._pending}
+        if key in (self._wanted or ()) and self._map_layer(key) is None and key not in planned:
+            self._pending.append(layer)
+            self._schedule_next()
+        self._sync_legend()
+
+    def _layer_worker_done(self, key: tuple, worker) -> None:
+        if worker in self._layer_workers:
+            self._layer_workers.remove(worker)
+        if key in self._making:  # failed: nothing to add
+            self._making.discard(key)
+            self._sync_legend()
+
+    @property
+    def adding_layers(self) -> bool:
+        """Whether map or outline layers are still being made or waiting to be added."""
+        return bool(self._pending or self._making)
 
     @reported
     def _legend_toggled(self, key, checked: bool) -> None:
@@ -774,13 +884,16 @@ class InferenceWidget(QWidget):
 
     def _sync_legend(self, event=None) -> None:
         """Tick the legend's box of each layer shown or about to be added, untick the others."""
+        self._shown_keys = frozenset(self._wanted or ())
         planned = {_planned_key(item) for item in self._pending}
         for key in self.legend.boxes:
             layer = self.outline_layer() if key == OUTLINE_KEY else self._map_layer(key)
             if layer is not None:
                 shown = bool(layer.visible)
             else:
-                shown = key in planned or (key == OUTLINE_KEY and self.outline_worker is not None)
+                making = key in self._making and key in (self._wanted or ())
+                shown = (key in planned or making
+                         or (key == OUTLINE_KEY and self.outline_worker is not None))
             self.legend.set_checked(key, shown)
 
     def _watch(self, layer) -> None:
@@ -824,17 +937,15 @@ class InferenceWidget(QWidget):
             self._schedule_next()
 
     def _add(self, item) -> None:
-        active = self.viewer.layers.selection.active
-        if isinstance(item, OutlineData):
-            self._add_outline_layer(item)
-        elif isinstance(item, MapLayerSpec):
-            if self._map_layer(spec_key(item)) is None:
-                self.viewer.add_image(item.data, name=item.name,
-                                      **{**layer_kwargs(item), "visible": True})
-        elif item not in self.viewer.layers and self._map_layer(map_key(item)) is None:
-            self.viewer.add_layer(item)
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+        with keep_selection(self.viewer.layers):
+            if isinstance(item, PreparedOutline):
+                self._add_outline_layer(item)
+            elif isinstance(item, MapLayerSpec):
+                if self._map_layer(spec_key(item)) is None:
+                    self.viewer.add_image(item.data, name=item.name,
+                                          **{**layer_kwargs(item), "visible": True})
+            elif item not in self.viewer.layers and self._map_layer(map_key(item)) is None:
+                self.viewer.add_layer(item)
 
     def refresh_layers(self) -> None:
         """Add the layers of the current maps to show now, or refresh the existing ones
@@ -869,7 +980,8 @@ class InferenceWidget(QWidget):
         if self.outline_worker is not None:
             self._outline_due = True
             return
-        worker = create_worker(self.session.outline_data, self.threshold_slider.value() / 100,
+        worker = create_worker(self._trace_outline, self.threshold_slider.value() / 100,
+                               self.outline_layer() is None,
                                _start_thread=False, _ignore_errors=True)
         worker.returned.connect(self._outline_traced)
         worker.errored.connect(self._on_error)
@@ -888,14 +1000,16 @@ class InferenceWidget(QWidget):
             self._outline_due = False
             self.update_outline()
 
-    def _show_outline(self, outline: OutlineData) -> None:
+    def _show_outline(self, prepared: PreparedOutline) -> None:
         layer = self.outline_layer()
         if layer is None:
-            self._pending = [item for item in self._pending if not isinstance(item, OutlineData)]
-            self._pending.append(outline)
+            self._pending = [item for item in self._pending
+                             if not isinstance(item, PreparedOutline)]
+            self._pending.append(prepared)
             self._schedule_next()
             self._sync_legend()
             return
+        outline = prepared.outline
         layer.data = outline.levels
         if not np.allclose(layer.scale[-2:], outline.scale):
             layer.scale = outline.scale
@@ -903,19 +1017,15 @@ class InferenceWidget(QWidget):
             layer.translate = outline.translate
         layer.metadata["threshold"] = outline.threshold
 
-    def _add_outline_layer(self, outline: OutlineData) -> None:
+    def _add_outline_layer(self, prepared: PreparedOutline) -> None:
         if self.outline_layer() is not None:
-            self._show_outline(outline)
+            self._show_outline(prepared)
             return
-        self.viewer.add_image(
-            outline.levels, name=self.outline_layer_name(), multiscale=True,
-            scale=outline.scale, translate=outline.translate, colormap=outline_colormap(),
-            contrast_limits=(0, 1), blending="translucent", opacity=1.0,
-            metadata={"wslal_outline": True, "wslal_store": self._store_key,
-                      "threshold": outline.threshold,
-                      "description": "contours of the foreground above the outline threshold"},
-            **({"units": "um"} if outline.unit == "micrometer" else {}),
-        )
+        layer = prepared.layer
+        if layer is None or layer.metadata.get("wslal_store") != self._store_key:
+            layer = make_outline_layer(prepared.outline, self._store_key,
+                                       self.outline_layer_name())
+        self.viewer.add_layer(layer)
 
     def _outline_on_top(self) -> None:
         layer = self.outline_layer()
@@ -938,7 +1048,7 @@ class InferenceWidget(QWidget):
 
 def _planned_key(item):
     """The legend key of a planned layer: :data:`OUTLINE_KEY` for the outline."""
-    if isinstance(item, OutlineData):
+    if isinstance(item, PreparedOutline):
         return OUTLINE_KEY
     if isinstance(item, MapLayerSpec):
         return spec_key(item)

@@ -196,6 +196,11 @@ class MapLevel:
     def __len__(self) -> int:
         return self.shape[0]
 
+    @property
+    def in_memory(self) -> bool:
+        """Whether the level reads a copy in memory (:func:`levels_in_memory`), not a store."""
+        return isinstance(self.array, np.ndarray)
+
     def __repr__(self) -> str:
         channel = "" if self.channel is None else f" channel {self.channel}"
         return f"<MapLevel {self.shape} {self.dtype}{channel} of {self.source()[0]}>"
@@ -220,12 +225,25 @@ class MapLevel:
                 tuple(getattr(self.array, "chunks", None) or ()), self.channel)
 
 
+def levels_in_memory(levels, max_pixels: int) -> list:
+    """The levels with at most ``max_pixels`` pixels read into memory (each a
+    :class:`MapLevel` over a copy), the larger ones left as they are.
+
+    Called off the UI thread: napari then shows those levels without reading the store on the
+    UI thread, where a read waits behind the writes of a running job. A copy does not see
+    later writes: it is a snapshot, and it never counts as the same level as another
+    (:func:`same_levels`), so a layer given new snapshots shows them.
+    """
+    return [MapLevel(np.asarray(level)) if isinstance(level, MapLevel)
+            and level.size <= max_pixels else level for level in levels]
+
+
 def same_levels(old, new) -> bool:
     """Whether two lists of map levels read the same arrays, level by level."""
     old, new = list(old), list(new)
     return len(old) == len(new) and all(
-        isinstance(a, MapLevel) and isinstance(b, MapLevel) and a.source() == b.source()
-        for a, b in zip(old, new))
+        isinstance(a, MapLevel) and isinstance(b, MapLevel) and not a.in_memory
+        and a.source() == b.source() for a, b in zip(old, new))
 
 
 def contrast_limits(handle: MapHandle, class_count: int) -> tuple[float, float]:
