@@ -196,7 +196,7 @@ class SlotTimer:
                 f"({slots} ms); longest {1000 * self.longest:.0f} ms ({self.longest_name}), "
                 f"{1000 * self.longest_napari:.0f} ms of it in napari's add_*")
 
-    def profile_text(self, lines: int = 25) -> str:
+    def profile_text(self, lines: int = 60) -> str:
         if self.profiler is None or not self.calls:
             return ""
         out = io.StringIO()
@@ -217,6 +217,7 @@ def report(name: str, gaps: list[tuple[float, float]], napari_time: NapariTimer,
     longest = 1000 * ordered[0][1] if ordered else 0.0
     print(f"{name} (load average {load_average()})\n"
           f"  longest gap {longest:.0f} ms; 3 longest: {top}")
+    LONGEST[name] = longest
     if napari_time.calls:
         print(f"  inside napari's add_* calls: {1000 * napari_time.seconds:.0f} ms in "
               f"{napari_time.calls} calls (longest {1000 * napari_time.longest:.0f} ms)")
@@ -227,6 +228,29 @@ def report(name: str, gaps: list[tuple[float, float]], napari_time: NapariTimer,
     if slots is not None and slots.profile_text():
         print(slots.profile_text())
     sys.stdout.flush()
+
+
+#: Longest gap of each scenario, ms (for the closing comparison).
+LONGEST: dict[str, float] = {}
+
+
+def napari_alone(viewer, beat: Heartbeat, napari_time: NapariTimer, shape: tuple[int, int],
+                 what: str) -> None:
+    """The reference: napari adding a float32 map layer of ``shape`` (two levels, numpy, no
+    plugin code), shown over the open slides, then its first paint; the layer is removed."""
+    import numpy as np
+
+    levels = [np.random.default_rng(0).random(shape, dtype=np.float32)]
+    levels.append(levels[0][::2, ::2].copy())
+    name = "napari alone"
+    napari_time.reset()
+    gaps = beat.run(for_seconds(1.5), lambda: viewer.add_image(
+        levels, multiscale=True, name=name, colormap="magma", contrast_limits=(0, 1),
+        opacity=0.6, blending="translucent"))
+    report(f"napari alone: add_image of a {shape[0]} x {shape[1]} float map ({what})", gaps,
+           napari_time)
+    viewer.layers.remove(name)
+    beat.run(for_seconds(0.5))
 
 
 def find_cmu1() -> Path:
@@ -330,6 +354,9 @@ def main() -> int:
     gaps = beat.run(for_seconds(3.0), lambda: viewer.open(str(folder), plugin="napari-wsl-al"))
     report(f"open a folder of {args.patches} GlaS patches", gaps, napari_time)
 
+    for shape, what in (((150, 112), "CMU-1's map size"), ((441, 441), "the patch grid's")):
+        napari_alone(viewer, beat, napari_time, shape, what)
+
     if not args.no_infer:
         slots = SlotTimer(InferenceWidget, napari_time, profile=args.profile)
         widget = InferenceWidget(viewer)
@@ -343,6 +370,14 @@ def main() -> int:
         run_inference(widget, cmu1.stem, beat, napari_time,
                       "inference again on CMU-1 (maps reused)", slots)
         show_uncertainty(widget, beat, napari_time, slots)
+    reference = max((gap for name, gap in LONGEST.items() if name.startswith("napari alone")),
+                    default=0.0)
+    if reference:
+        print(f"longest gap of each scenario / napari alone adding one map layer "
+              f"({reference:.0f} ms, the longer of the two):")
+        for name, gap in LONGEST.items():
+            if not name.startswith("napari alone"):
+                print(f"  {name}: {gap:.0f} ms, {gap / reference:.2f}x")
     print(f"load average at the end: {load_average()}")
     viewer.close()
     return 0
