@@ -46,7 +46,7 @@ from ..core.infer.session import map_layer_specs
 from ..core.infer.store import MapStore
 from ..core.io.base import SlideReader
 from ..core.project import PROJECT_FILE, Project
-from .infer_widget import default_project_path
+from .infer_widget import default_project_path, keep_selection
 from .slots import reported
 
 #: Names of the layers the widget draws.
@@ -957,10 +957,8 @@ class ActiveLearningWidget(QWidget):
         kwargs["metadata"] = {**kwargs["metadata"], "wslal_round": number,
                               "wslal_round_role": role, "wslal_slide": slide}
         kwargs["visible"] = role == "latest" and kwargs["metadata"]["wslal_map"] == "fg"
-        active = self.viewer.layers.selection.active
-        self.viewer.add_image(spec.data, name=spec.name, **kwargs)
-        if active is not None and active in self.viewer.layers:  # the new map is not picked
-            self.viewer.layers.selection.active = active
+        with keep_selection(self.viewer.layers):  # the new map is not picked
+            self.viewer.add_image(spec.data, name=spec.name, **kwargs)
         self._raise_layers()
         if self._pending_maps:
             QTimer.singleShot(MAP_LAYER_DELAY_MS, self._add_next_map)
