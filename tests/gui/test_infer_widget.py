@@ -403,3 +403,32 @@ def test_keep_selection_restores_the_active_layer_without_napari_switch():
         layers.append("map")
         layers.selection.active = "map"  # what napari does on insert
     assert layers.selection.active == "slide"
+
+
+def test_the_run_waits_while_napari_makes_the_first_map_layer(viewer_with_slide, qtbot):
+    """napari makes and paints a layer on the UI thread; inference beside it would compete for
+    the cores, so the run waits until the first map layer was added (and painted)."""
+    import napari_wsl_al._qt.infer_widget as module
+
+    viewer = viewer_with_slide
+    events = []
+
+    class Recorded(threading.Event):
+        def wait(self, timeout=None):
+            events.append(("wait", timeout, threading.current_thread() is threading.main_thread()))
+            return super().wait(timeout)
+
+        def set(self):
+            events.append(("set", [layer.name for layer in viewer.layers]))
+            super().set()
+
+    widget = make_widget(viewer, SlowModel)
+    widget._first_layer_shown = Recorded()
+    widget.map_checks["uncertainty"].setChecked(False)
+    widget.run()
+    wait_for_layers(widget, qtbot, timeout=120000)
+    waits = [event for event in events if event[0] == "wait"]
+    assert waits == [("wait", module.LAYER_PAUSE_S, False)]  # once, in the worker thread
+    sets = [event for event in events if event[0] == "set"]
+    assert sets and "slide · P(normal)" in sets[0][1]  # released once the layer is there
+    assert events.index(waits[0]) < events.index(sets[0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -64,6 +65,14 @@ MAP_LAYER_DELAY_MS = 50
 #: for the layers shown, so napari shows them without reading the store on the UI thread
 #: (where a read waits behind a running job's writes: 50-250 ms measured).
 MEMORY_LEVEL_PIXELS = 1 << 22
+
+#: While napari makes and first paints the layer of the map shown first, the run waits (at
+#: most this many seconds): both need the CPU, and napari's layer (Qt controls, vispy visual,
+#: software OpenGL's first paint) takes twice as long with inference running beside it.
+LAYER_PAUSE_S = 2.0
+
+#: The run goes on this many ms after that layer was added, the time of its first paint.
+FIRST_PAINT_MS = 150
 
 #: Legend key of the foreground outline's box (map layers are keyed by :func:`map_key`).
 OUTLINE_KEY = "outline"
@@ -295,6 +304,8 @@ class InferenceWidget(QWidget):
         #: Map keys whose layers are being made in a worker thread, and those workers.
         self._making: set = set()
         self._layer_workers: list = []
+        #: Set once the first map layer of a run is added and painted (the run waits for it).
+        self._first_layer_shown = threading.Event()
         #: Keys of the maps shown or to show, for the worker thread (a frozen copy).
         self._shown_keys: frozenset = frozenset()
         self._legend_key: tuple = ()
@@ -611,6 +622,7 @@ class InferenceWidget(QWidget):
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self._wanted = None
+        self._first_layer_shown.clear()
         existing = {map_key(item) for item in self.viewer.layers} - {None}
         worker = create_worker(
             self._job, layer.metadata["reader"], self.model_choice(), config, region,
@@ -640,7 +652,10 @@ class InferenceWidget(QWidget):
             if record.total and time.monotonic() - last >= REFRESH_INTERVAL_S:
                 specs = self.session.layer_specs()
                 if specs:
-                    yield self._prepare_layers(specs, existing, first=not prepared)
+                    layers = self._prepare_layers(specs, existing, first=not prepared)
+                    yield layers
+                    if layers.layers:  # napari makes them now: the run waits (LAYER_PAUSE_S)
+                        self._first_layer_shown.wait(LAYER_PAUSE_S)
                     prepared, last = True, time.monotonic()
         specs = self.session.layer_specs()
         if specs:
@@ -677,6 +692,7 @@ class InferenceWidget(QWidget):
     def cancel(self) -> None:
         """Stop the run after the current batch (the maps computed so far are kept)."""
         self.session.cancel()
+        self._first_layer_shown.set()
         self.status.setText("cancelling…")
         self.cancel_button.setEnabled(False)
 
@@ -932,6 +948,8 @@ class InferenceWidget(QWidget):
         try:
             self._add(item)
         finally:  # the next one is planned even when this one failed
+            if isinstance(item, Image):  # made by a worker: a run may wait for it
+                QTimer.singleShot(FIRST_PAINT_MS, self._first_layer_shown.set)
             if not self._pending:
                 self._outline_on_top()
             self._schedule_next()
@@ -1042,6 +1060,7 @@ class InferenceWidget(QWidget):
         self._scroll.updateGeometry()
 
     def closeEvent(self, event) -> None:
+        self._first_layer_shown.set()
         self.session.close()
         super().closeEvent(event)
 
