@@ -25,6 +25,8 @@ from napari.utils.key_bindings import KeymapHandler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from heartbeat import Heartbeat, for_seconds
+
 from napari_wsl_al._qt.al_widget import ActiveLearningWidget
 from napari_wsl_al.core.al.rounds import ALSettings
 from napari_wsl_al.core.al.superpixels import SuperpixelConfig
@@ -37,44 +39,11 @@ HEARTBEAT_MS = 50
 
 def pump_events(until, interval_ms: int = HEARTBEAT_MS, log: list | None = None) -> float:
     """Run the Qt event loop until ``until()``; longest heartbeat gap in seconds. With ``log``,
-    every gap over twice the interval is appended as (seconds since start, gap, what ran)."""
-    from qtpy.QtCore import QEventLoop, QTimer
-    from qtpy.QtWidgets import QApplication
-
-    app = QApplication.instance()
-    start = time.perf_counter()
-    state = {"beat": start, "stall": 0.0}
-
-    def beat():
-        now = time.perf_counter()
-        gap = now - state["beat"]
-        state["stall"] = max(state["stall"], gap)
-        if log is not None and gap > 2 * interval_ms / 1000:
-            log.append((now - start, gap))
-        state["beat"] = now
-
-    timer = QTimer()
-    timer.setInterval(interval_ms)
-    timer.timeout.connect(beat)
-    timer.start()
-    # Qt's own event loop, as in napari (it waits for events instead of polling for them)
-    loop = QEventLoop()
-    checker = QTimer()
-    checker.setInterval(10)
-    checker.timeout.connect(lambda: loop.quit() if until() else None)
-    checker.start()
-    if not until():
-        loop.exec()
-    checker.stop()
-    timer.stop()
-    app.processEvents()
-    return state["stall"]
-
-
-def for_seconds(seconds: float):
-    """A condition that holds after ``seconds``."""
-    end = time.perf_counter() + seconds
-    return lambda: time.perf_counter() >= end
+    every gap over twice the interval is appended as (seconds since start, gap)."""
+    gaps = Heartbeat(interval_ms).run(until)
+    if log is not None:
+        log.extend((at, gap) for at, gap in gaps if gap > 2 * interval_ms / 1000)
+    return max((gap for _, gap in gaps), default=0.0)
 
 
 def press(viewer, key) -> float:

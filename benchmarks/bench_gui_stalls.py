@@ -39,6 +39,7 @@ os.environ.setdefault("NAPARI_WSL_AL_PROJECT", str(Path(tempfile.mkdtemp()) / "s
 os.environ["NAPARI_WSL_AL_CACHE_DIR"] = tempfile.mkdtemp(prefix="wslal-cache-")
 
 import napari
+from heartbeat import Heartbeat, for_seconds
 from napari.components.viewer_model import ViewerModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,50 +47,6 @@ SHARED = ROOT.parent / "shared" / "data"
 
 #: Heartbeat period, ms.
 HEARTBEAT_MS = 10
-
-
-class Heartbeat:
-    """Runs the Qt event loop and records the gaps between calls of a 10 ms QTimer."""
-
-    def __init__(self, interval_ms: int = HEARTBEAT_MS):
-        self.interval_ms = interval_ms
-
-    def run(self, until, action=None) -> list[tuple[float, float]]:
-        """Start ``action`` from the event loop, pump events until ``until()``; every gap as
-        ``(seconds since start, gap seconds)``."""
-        from qtpy.QtCore import QEventLoop, QTimer
-
-        start = time.perf_counter()
-        state = {"beat": start}
-        gaps: list[tuple[float, float]] = []
-
-        def beat():
-            now = time.perf_counter()
-            gaps.append((now - start, now - state["beat"]))
-            state["beat"] = now
-
-        timer = QTimer()
-        timer.setInterval(self.interval_ms)
-        timer.timeout.connect(beat)
-        timer.start()
-        loop = QEventLoop()
-        checker = QTimer()
-        checker.setInterval(10)
-        checker.timeout.connect(lambda: loop.quit() if until() else None)
-        checker.start()
-        if action is not None:
-            QTimer.singleShot(30, action)
-        loop.exec()
-        checker.stop()
-        timer.stop()
-        beat()
-        return gaps
-
-
-def for_seconds(seconds: float):
-    """A condition that holds ``seconds`` after it was made."""
-    end = time.perf_counter() + seconds
-    return lambda: time.perf_counter() >= end
 
 
 class NapariTimer:
