@@ -67,12 +67,45 @@ def _log(record) -> None:
 
 
 def run_bar(args, data) -> None:
-    config = base_config(args)
-    result = run_to_end(sim.full_supervision(data, config, args.bar_steps), _log)
-    result["regions"] = data.n_regions
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "full_supervision.json").write_text(json.dumps(result, indent=2))
-    print("full supervision", result, flush=True)
+    """Full supervision for seeds 0..``--seeds``-1, as the strategies; seeds already in
+    ``full_supervision.json`` (with the same steps) are kept, so the part can be resumed."""
+    path = OUT / "full_supervision.json"
+    runs = load_bar(path).get("runs", [])
+    done = {run["seed"] for run in runs if run["steps"] == args.bar_steps}
+    for seed in range(args.seeds):
+        if seed in done:
+            continue
+        config = replace(base_config(args), seed=seed)
+        result = run_to_end(sim.full_supervision(data, config, args.bar_steps), _log)
+        runs.append({**result, "seed": seed, "regions": data.n_regions})
+        OUT.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(bar_summary(runs), indent=2))
+        print(f"full supervision, seed {seed}", result, flush=True)
+
+
+def load_bar(path: Path) -> dict:
+    """The bar's file; one written before seeds were recorded holds one run of seed 0."""
+    if not path.exists():
+        return {}
+    bar = json.loads(path.read_text())
+    if "runs" not in bar:
+        bar = bar_summary([{**bar, "seed": 0}])
+    return bar
+
+
+def bar_summary(runs: list[dict]) -> dict:
+    """Mean and spread over seeds of the full-supervision runs (``dice`` is the mean)."""
+    runs = sorted(runs, key=lambda run: run["seed"])
+    dice = [run["dice"] for run in runs]
+    return {
+        "dice": float(np.mean(dice)),
+        "dice_sd": float(np.std(dice)),
+        "miou": float(np.mean([run["miou"] for run in runs])),
+        "steps": runs[0]["steps"],
+        "seconds": float(np.mean([run["seconds"] for run in runs])),
+        "seeds": [run["seed"] for run in runs],
+        "runs": runs,
+    }
 
 
 def run_runs(args, data, configs, name) -> None:
@@ -96,11 +129,13 @@ def report() -> None:
                         row[key] = float(row[key])
                     row["part"] = name
                     rows.append(row)
-    bar = json.loads((OUT / "full_supervision.json").read_text())
+    bar = load_bar(OUT / "full_supervision.json")
     target = 0.95 * bar["dice"]
+    per_seed = ", ".join(f"{run['dice']:.4f}" for run in bar["runs"])
     print(
-        f"full supervision (same model, every mask): Dice {bar['dice']:.4f}, mIoU "
-        f"{bar['miou']:.4f} ({bar['steps']} steps, {bar['seconds']:.0f} s); "
+        f"full supervision (same model, every mask): Dice {bar['dice']:.4f} +- "
+        f"{bar['dice_sd']:.4f} over {len(bar['runs'])} seeds ({per_seed}), mIoU "
+        f"{bar['miou']:.4f} ({bar['steps']} steps, {bar['seconds']:.0f} s a run); "
         f"95 % of it = {target:.4f}"
     )
     groups: dict[str, dict[int, list[dict]]] = {}
@@ -234,7 +269,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--budget", type=int, default=50)
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--bar-steps", type=int, default=1200)
+    parser.add_argument("--bar-steps", type=int, default=1800)
     parser.add_argument("--mpp", type=float, default=1.24)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tag", default="", help="suffix of the CSV (parallel processes)")
