@@ -8,6 +8,7 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py modes       # seed 0, oreal: dominant vs multi, pseudo labels
     python benchmarks/bench_al.py pseudo      # oreal multi with stage-2 pseudo labels; 3 seeds
     python benchmarks/bench_al.py labelprop   # seed 0, oreal multi with Label_prop (WACV'21)
+    python benchmarks/bench_al.py final       # oreal, random: final labels trained as the bar
     python benchmarks/bench_al.py labelprop --no-pseudo   # the same run without it
     python benchmarks/bench_al.py glass       # CMU-1, round 0: glass among the first 20 picks
     python benchmarks/bench_al.py report      # reads the CSVs, prints the tables, draws curves.png
@@ -53,7 +54,8 @@ def base_config(args) -> sim.SimulationConfig:
 def _append(path: Path, rows: list[dict]) -> None:
     new = not path.exists()
     columns = list(sim.CURVE_COLUMNS) + [
-        "loss", "fg_dice", "argmax_dice", "pseudo_images", "pseudo_dice", "pseudo_queried"]
+        "loss", "fg_dice", "argmax_dice", "pseudo_images", "pseudo_dice", "pseudo_queried",
+        "final_dice", "final_miou", "final_seconds"]
     with open(path, "a", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=columns, extrasaction="ignore")
         if new:
@@ -185,6 +187,25 @@ def report() -> None:
                 f"{np.mean([v['dice'] for v in values]):.3f}"
             )
         print(f"  {key:34s} " + " ".join(cells))
+    final_rows = []
+    for path in sorted((OUT / "final").glob("*.csv")):
+        with open(path) as stream:
+            final_rows += [row for row in csv.DictReader(stream) if row.get("final_dice")]
+    if final_rows:
+        print(f"final labels trained again from the start for {bar['steps']} steps, as the bar "
+              "(bench_al.py final): Dice of the last round / retrained, per seed:")
+        by_strategy: dict[str, list[dict]] = {}
+        for row in final_rows:
+            by_strategy.setdefault(row["strategy"], []).append(row)
+        for strategy, runs in sorted(by_strategy.items()):
+            runs.sort(key=lambda r: int(r["seed"]))
+            last = [float(r["dice"]) for r in runs]
+            again = [float(r["final_dice"]) for r in runs]
+            print(f"  {strategy:10s} {len(runs)} seeds, "
+                  f"{100 * float(runs[0]['labelled_fraction']):.2f}% labelled: rounds "
+                  f"{np.mean(last):.4f}+-{np.std(last):.4f}, retrained {np.mean(again):.4f}+-"
+                  f"{np.std(again):.4f} ({', '.join(f'{d:.3f}' for d in again)}); "
+                  f"{sum(d >= target for d in again)} of {len(again)} at 95 %")
     strategy_rows = [r for r in rows if r["part"] == "strategies"]
     if strategy_rows:
         sim.plot_curves(OUT / "curves.png", strategy_rows, bar["dice"])
@@ -263,7 +284,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("part",
                         choices=("bar", "strategies", "modes", "pseudo", "labelprop", "glass",
-                                 "report"))
+                                 "final", "report"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=6)
@@ -313,6 +334,16 @@ def main(argv=None) -> int:
             run = replace(config, strategy="oreal", label="multi", pseudo_labels=True, seed=seed)
             _append(out / f"oreal-pseudo-seed{seed}.csv",
                     run_to_end(sim.simulate_run(data, run, None), _log))
+    elif args.part == "final":
+        # the final labels of each run trained again from the start for --bar-steps steps, as
+        # the bar is: one CSV per strategy and seed in results/al/final/ (not pooled)
+        out = OUT / "final"
+        out.mkdir(parents=True, exist_ok=True)
+        for seed in range(args.seeds):
+            for strategy in args.strategies.split(","):
+                run = replace(config, strategy=strategy, seed=seed, final_steps=args.bar_steps)
+                _append(out / f"{strategy}-seed{seed}.csv",
+                        run_to_end(sim.simulate_run(data, run, None), _log))
     elif args.part == "labelprop":
         configs = [replace(config, strategy="oreal", label="multi",
                            pseudo_labels=not args.no_pseudo, pseudo_method="label_prop",

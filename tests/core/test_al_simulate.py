@@ -73,6 +73,33 @@ def test_simulation_raises_dice_over_rounds(prepared, tmp_path):
         assert model_config.arch == "joint"
 
 
+def test_final_labels_trained_again_from_the_initial_weights(prepared, tmp_path, monkeypatch):
+    """``final_steps``: after the last round, the final labels train the initial model again
+    for that many steps; its score goes on the last row, the rounds' scores are unchanged."""
+    calls = []
+    train_regions = sim.train_regions
+
+    def recorded(model, items, region_classes, config, *args, **kwargs):
+        weights = torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+        calls.append((config.steps, weights, int(np.asarray(region_classes).any(axis=1).sum())))
+        return (yield from train_regions(model, items, region_classes, config, *args, **kwargs))
+
+    monkeypatch.setattr(sim, "train_regions", recorded)
+    config = small_config(rounds=2, final_steps=30)
+    rows = run_to_end(sim.simulate_run(prepared, config, tmp_path))
+    assert [steps for steps, _, _ in calls] == [40, 40, 30]
+    # the third training starts from the weights the first one started from, on every label
+    assert torch.equal(calls[2][1], calls[0][1]) and not torch.equal(calls[2][1], calls[1][1])
+    assert calls[2][2] == calls[1][2] == 24
+    assert [r["round"] for r in rows] == [0, 1]
+    assert "final_dice" not in rows[0]
+    assert 0.0 <= rows[-1]["final_dice"] <= 1.0 and 0.0 <= rows[-1]["final_miou"] <= 1.0
+    assert rows[-1]["final_dice"] != rows[-1]["dice"]
+    assert (tmp_path / config.run_name / "final.pt").is_file()
+    with pytest.raises(ValueError, match="final_steps"):
+        small_config(final_steps=-1)
+
+
 def test_dominant_answers_cost_one_click_each(prepared):
     config = small_config(
         label="dominant",
@@ -108,6 +135,12 @@ def test_summary_and_outputs(tmp_path):
     assert entry["final_dice"] == pytest.approx(0.75)
     assert entry["final_dice_std"] == pytest.approx(0.05)
     assert entry["seeds"] == 2
+    assert "retrained_dice" not in entry
+    rows[1]["final_dice"], rows[3]["final_dice"] = 0.8, 0.9  # last rows of seeds 0 and 1
+    entry = sim.summarize(rows)["oreal-multi"]
+    assert entry["retrained_dice"] == pytest.approx(0.85)
+    assert entry["retrained_dice_std"] == pytest.approx(0.05)
+    assert entry["final_dice"] == pytest.approx(0.75)  # the rounds' own score is kept
     sim.write_outputs(tmp_path, rows, {"full_supervision": {"dice": 0.9}})
     with open(tmp_path / "curves.csv") as stream:
         table = list(csv.DictReader(stream))
@@ -180,6 +213,8 @@ def test_cli_writes_curves_summary_picture_and_checkpoints(patches, tmp_path, ca
             "32",
             "--region-px",
             "16",
+            "--final-steps",
+            "2",
         ]
     )
     assert code == 0
@@ -187,9 +222,11 @@ def test_cli_writes_curves_summary_picture_and_checkpoints(patches, tmp_path, ca
         assert (out / name).exists()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["strategies"]) == {"random-multi", "oreal-multi"}
+    assert 0.0 <= summary["strategies"]["oreal-multi"]["retrained_dice"] <= 1.0
     assert (out / "oreal-multi-seed0" / "round_1.pt").exists()
+    assert (out / "oreal-multi-seed0" / "final.pt").exists()
     printed = capsys.readouterr().out
-    assert "AuALC" in printed
+    assert "AuALC" in printed and "trained again from the start: Dice" in printed
 
 
 def test_same_seed_same_first_round_whatever_ran_before(prepared):
