@@ -125,26 +125,32 @@ def test_summary_and_outputs(tmp_path):
             "gini": 0.1,
             "seconds": 1.0,
         }
-        for s, dices in enumerate(([0.5, 0.7], [0.6, 0.8]))
+        for s, dices in enumerate(([0.5, 0.6, 0.7], [0.6, 0.7, 0.8]))
         for r, d in enumerate(dices)
     ]
-    summary = sim.summarize(rows)
+    summary = sim.summarize(rows[::-1])  # rows in any order: each seed's are sorted by round
     entry = summary["oreal-multi"]
-    # AuALC of each seed: the mean of its two points (trapezoid over the budget range)
-    assert entry["auALC"] == pytest.approx((0.6 + 0.7) / 2)
-    assert entry["final_dice"] == pytest.approx(0.75)
+    # AuALC of each seed: trapezoids over the labelled fractions, over their range:
+    # seed 0: 0.01 * (0.55 + 0.65) / 0.02 = 0.6; seed 1: 0.7
+    assert entry["auALC"] == pytest.approx(0.65)
+    assert entry["auALC_std"] == pytest.approx(0.05)
+    assert entry["final_dice"] == pytest.approx(0.75)  # the last rounds: 0.7 and 0.8
     assert entry["final_dice_std"] == pytest.approx(0.05)
+    assert entry["final_labelled_fraction"] == pytest.approx(0.03)
     assert entry["seeds"] == 2
     assert "retrained_dice" not in entry
-    rows[1]["final_dice"], rows[3]["final_dice"] = 0.8, 0.9  # last rows of seeds 0 and 1
+    rows[2]["final_dice"], rows[5]["final_dice"] = 0.8, 0.9  # last rows of seeds 0 and 1
+    rows[1]["final_dice"] = 0.1  # not a last row: not counted
     entry = sim.summarize(rows)["oreal-multi"]
     assert entry["retrained_dice"] == pytest.approx(0.85)
     assert entry["retrained_dice_std"] == pytest.approx(0.05)
     assert entry["final_dice"] == pytest.approx(0.75)  # the rounds' own score is kept
+    rows[5]["final_dice"] = ""  # as read back from a CSV without it
+    assert sim.summarize(rows)["oreal-multi"]["retrained_dice"] == pytest.approx(0.8)
     sim.write_outputs(tmp_path, rows, {"full_supervision": {"dice": 0.9}})
     with open(tmp_path / "curves.csv") as stream:
         table = list(csv.DictReader(stream))
-    assert list(table[0]) == list(sim.CURVE_COLUMNS) and len(table) == 4
+    assert list(table[0]) == list(sim.CURVE_COLUMNS) and len(table) == 6
     assert json.loads((tmp_path / "summary.json").read_text())["full_supervision"]["dice"] == 0.9
     assert (tmp_path / "curves.png").stat().st_size > 1000
 
