@@ -64,6 +64,33 @@ def test_remove_slide_can_delete_its_maps_and_superpixels(project):
     assert not (project.path / "labels.sqlite").exists()
 
 
+def test_remove_slide_deletes_its_round_maps_too(project, tmp_path):
+    from napari_wsl_al.core.al.rounds import round_maps_path
+
+    rounds = [round_maps_path(project, "first", n) for n in (1, 2, 12)]
+    for folder in rounds:
+        (folder / "fg").mkdir(parents=True)
+        (folder.parent / (folder.name + ".lock")).write_bytes(b"")
+    kept = [round_maps_path(project, "second", 1), project.maps_dir / "first.round_x.zarr",
+            project.maps_dir / "firsts.round_0001.zarr"]
+    for folder in kept:
+        folder.mkdir(parents=True)
+    # a slide whose own name looks like a round's store of "first" keeps its maps
+    other = tmp_path / "first.round_0007.tif"
+    other.write_bytes(b"not read")
+    assert project.add_slide(other) == "first.round_0007"
+    own = project.maps_path("first.round_0007")
+    own.mkdir()
+    kept.append(own)
+    assert project.round_maps_paths("first") == rounds
+    removed = project.remove_slide("first", delete_files=True)
+    assert set(removed.deleted) == set(rounds)
+    assert not any(folder.exists() for folder in rounds)
+    assert not any(folder.parent.joinpath(folder.name + ".lock").exists() for folder in rounds)
+    assert all(folder.is_dir() for folder in kept)
+    assert project.round_maps_paths("second") == [round_maps_path(project, "second", 1)]
+
+
 def test_remove_slide_without_computed_files_deletes_nothing(project):
     assert project.remove_slide("second", delete_files=True).deleted == ()
 

@@ -177,8 +177,8 @@ class ProjectWidget(QWidget):
         self.remove_button.clicked.connect(lambda: self.remove_selected_slide())
         self.delete_files_check = QCheckBox("Also delete its maps and superpixels")
         self.delete_files_check.setToolTip(
-            "Also delete what was computed for the slide (maps/, superpixels/); the slide "
-            "file itself is never touched"
+            "Also delete what was computed for the slide (its maps and each round's maps in "
+            "maps/, its superpixels/); the slide file itself is never touched"
         )
         slide_buttons = QGridLayout()
         slide_buttons.addWidget(self.add_file_button, 0, 0)

@@ -11,6 +11,7 @@ Every write of ``project.json`` is atomic (a temporary file in the same folder, 
 from __future__ import annotations
 
 import contextlib
+import glob
 import itertools
 import json
 import re
@@ -572,7 +573,8 @@ class Project:
             The slide's name in the project.
         delete_files : bool
             Also delete what was computed for the slide: its map store (:meth:`maps_path`)
-            with the store's lock file (``maps/<slide>.zarr.lock``), its per-patch classes
+            with the store's lock file (``maps/<slide>.zarr.lock``), the maps of each
+            active-learning round's model (:meth:`round_maps_paths`), its per-patch classes
             (``maps/<slide>.patches.csv``, written for a folder of patches) and its superpixels
             (:meth:`superpixels_path`). The slide file itself is never touched. A run writing
             the slide's maps holds the store's lock: the removal waits for it to end.
@@ -643,18 +645,30 @@ class Project:
             ) from error
         return lock
 
-    def _delete_computed_files(self, name: str) -> list[Path]:
-        """Delete a slide's map store, patches CSV, superpixels and store lock file.
+    def round_maps_paths(self, slide_name: str) -> list[Path]:
+        """``maps/<slide>.round_NNNN.zarr``: the maps of each active-learning round's model on
+        a slide, in round order (none that is another registered slide's own store)."""
+        if not self.maps_dir.is_dir():
+            return []
+        others = {self.maps_path(entry["name"]) for entry in self.slides
+                  if entry["name"] != slide_name}
+        pattern = f"{glob.escape(slide_key(slide_name))}.round_[0-9][0-9][0-9][0-9].zarr"
+        return sorted(path for path in self.maps_dir.glob(pattern) if path not in others)
 
-        Returns what was deleted, but the lock file (part of the store). The caller holds
-        the store's lock.
+    def _delete_computed_files(self, name: str) -> list[Path]:
+        """Delete a slide's map store, its rounds' map stores, patches CSV, superpixels and
+        the stores' lock files.
+
+        Returns what was deleted, but the lock files (part of the stores). The caller holds
+        the slide's store's lock.
         """
         from .infer.patches import patch_table_path
         from .infer.store import lock_path
 
         store = self.maps_path(name)
+        rounds = self.round_maps_paths(name)
         deleted = []
-        for target in (store, patch_table_path(store), self.superpixels_path(name)):
+        for target in (store, *rounds, patch_table_path(store), self.superpixels_path(name)):
             if not (target.exists() or target.is_symlink()):
                 continue
             try:
@@ -672,8 +686,9 @@ class Project:
             deleted.append(target)
         # Unlinked while held: a run waiting for it then locks a new file. Where an open
         # file cannot be unlinked (Windows), filelock removes it on release.
-        with contextlib.suppress(OSError):
-            lock_path(store).unlink()
+        for path in (store, *rounds):
+            with contextlib.suppress(OSError):
+                lock_path(path).unlink()
         return deleted
 
     def set_classes(self, specs: Sequence[ClassSpec]) -> None:
