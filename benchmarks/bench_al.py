@@ -286,6 +286,8 @@ def main(argv=None) -> int:
                         choices=("bar", "strategies", "modes", "pseudo", "labelprop", "glass",
                                  "final", "report"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="final: start at this seed (parallel processes)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--budget", type=int, default=50)
@@ -339,7 +341,7 @@ def main(argv=None) -> int:
         # the bar is: one CSV per strategy and seed in results/al/final/ (not pooled)
         out = OUT / "final"
         out.mkdir(parents=True, exist_ok=True)
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.seeds):
             for strategy in args.strategies.split(","):
                 run = replace(config, strategy=strategy, seed=seed, final_steps=args.bar_steps)
                 _append(out / f"{strategy}-seed{seed}.csv",
