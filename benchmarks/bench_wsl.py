@@ -285,7 +285,9 @@ def print_cv_table(path: Path) -> None:
         cells = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
                  if k in row else "-" for k in ("error", "f1_pos", "f1_neg")]
         minutes = row["wall_seconds"] / 60 / max(1, len(row["folds"]))
-        print(f"{row['recipe']:<46} {row['method']:<18} {len(row['folds']):>5} "
+        seed = row.get("arguments", {}).get("seed", 0)
+        name = row["recipe"] + (f" [folds seed {seed}]" if seed else "")
+        print(f"{name:<46} {row['method']:<18} {len(row['folds']):>5} "
               f"{cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {minutes:>8.1f}")
         if "f1_pos_per_image" in row:  # Max-Min: F1 above with the calibrated foreground
             plain = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
@@ -295,6 +297,28 @@ def print_cv_table(path: Path) -> None:
     if rows and "all_ones_f1_pos" in rows[0]["folds"][0]:
         base = _mean_spread([f["all_ones_f1_pos"] for f in rows[0]["folds"]])
         print(f"All-ones F1+ over the folds: {_percent(base[0]).strip()} %")
+    print_repeated(rows)
+
+
+def print_repeated(rows: list[dict]) -> None:
+    """Recipes measured on several fold partitions (``--seed`` draws the partition): error
+    pooled over every fold of every partition, and each partition's mean."""
+    groups: dict[tuple[str, str], dict[int, dict]] = {}
+    for row in rows:
+        seed = row.get("arguments", {}).get("seed", 0)
+        groups.setdefault((row["recipe"], row["method"]), {})[seed] = row
+    repeated = {key: runs for key, runs in groups.items() if len(runs) > 1}
+    if not repeated:
+        return
+    print("\nRepeated on several fold partitions (--seed): classification error over every "
+          "fold of every partition, then each partition's mean")
+    for (recipe, method), runs in repeated.items():
+        errors = [fold["error"] for run in runs.values() for fold in run["folds"]]
+        mean, spread = _mean_spread(errors)
+        each = ", ".join(f"seed {seed}: {_percent(run['error'][0]).strip()}"
+                         for seed, run in sorted(runs.items()))
+        print(f"  {recipe} | {method}: {len(runs)} partitions, {len(errors)} folds, error "
+              f"{_percent(mean).strip()} +- {_percent(spread).strip()} % ({each})")
 
 
 def main(argv=None) -> int:
