@@ -212,7 +212,9 @@ def test_round_model_gives_seg_map(project):
 def test_cli_suggest_round_export_import(project, tmp_path, capsys):
     assert main(["suggest", str(project.path), "--n", "4", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    assert "synth: 4 suggestions" in printed
+    assert "synth: 4 suggestions (random, no segmentation trained yet" in printed
+    rows = printed.split("rank  region  score\n")[1].splitlines()[:4]
+    assert all(row.split()[-1] == "random" for row in rows), rows  # no meaningless score
     with LabelStore.for_project(project.path) as store:
         picks = [s.region_id for s in store.suggestions("synth")][:2]
     label_some(project, picks, ("malignant",))

@@ -242,6 +242,11 @@ def test_suggest_on_the_real_sample_creates_the_project(
     widget.suggest()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=80000)
     assert "8 suggestions" in widget.status.text(), widget.status.text()
+    # the first suggestions of a new project are random: said so, and no score is shown
+    assert "random: no round trained yet" in widget.status.text()
+    assert "random tissue regions" in widget.status.toolTip()
+    rows = [widget.suggestion_list.item(i).text() for i in range(8)]
+    assert all("random pick" in row and "score" not in row for row in rows), rows
     # The project was created with the default model's classes, and holds the slide.
     project = Project.open(tmp_path / "study.wslal")
     assert project.class_names == ("benign", "malignant")

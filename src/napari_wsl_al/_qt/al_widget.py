@@ -731,9 +731,11 @@ class ActiveLearningWidget(QWidget):
         session = self.session
         for suggestion in [] if session is None else session.suggestions:
             mark = {"pending": "•", "labelled": "✓", "skipped": "–"}[suggestion.status]
+            score = ("random pick" if suggestion.strategy == "random"
+                     else f"score {suggestion.score:.3f}")
             self.suggestion_list.addItem(
                 f"{mark} {suggestion.rank:>3}. region {suggestion.region_id}   "
-                f"score {suggestion.score:.3f}   {suggestion.status}"
+                f"{score}   {suggestion.status}"
             )
         if session is not None and session.position is not None:
             self.suggestion_list.setCurrentRow(session.position)
@@ -861,7 +863,15 @@ class ActiveLearningWidget(QWidget):
         self.project_edit.setText(str(project.path))
         self.project = project
         self._install_session(session)
-        self.status.setText(f"{len(selection.ids)} suggestions ({selection.strategy}) on {slide}")
+        if selection.strategy == "random" and self.strategy_combo.currentText() != "random":
+            self.status.setText(f"{len(selection.ids)} suggestions, random: no round trained yet")
+            self.status.setToolTip(
+                "No round has trained the model's segmentation yet, so the first suggestions "
+                "are random tissue regions; label them, then Train next round")
+        else:
+            self.status.setText(
+                f"{len(selection.ids)} suggestions ({selection.strategy}) on {slide}")
+            self.status.setToolTip("")
 
     @reported
     def train(self) -> None:

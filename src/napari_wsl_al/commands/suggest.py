@@ -57,5 +57,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{slide}: {len(selection.ids)} suggestions ({selection.strategy}, {source})")
         print("  rank  region  score")
         for rank, (region, score) in enumerate(zip(selection.ids, selection.scores), 1):
-            print(f"  {rank:4d}  {int(region):6d}  {float(score):.4f}")
+            shown = "random" if selection.strategy == "random" else f"{float(score):.4f}"
+            print(f"  {rank:4d}  {int(region):6d}  {shown}")
     return 0
