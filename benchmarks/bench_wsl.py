@@ -123,6 +123,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                              "--recipe, since label-free pre-training may have seen the "
                              "validation folds' images")
     recipe.add_argument("--cv-out", default=str(REPOSITORY / "benchmarks" / "results" / "wsl_cv.jsonl"))
+    recipe.add_argument("--reinhard", action="store_true",
+                        help="colour-normalise every image (Reinhard: mean and spread of L*, a*, "
+                             "b* over its tissue matched to the data set's average), for "
+                             "training and evaluation alike: does the CNN learn stain?")
     recipe.add_argument("--table", action="store_true", help="print the recipes measured so far")
     recipe.add_argument("--colour-baseline", action="store_true",
                         help="the same folds classified by colour alone (mean and spread of "
@@ -159,6 +163,8 @@ def _mean_spread(values) -> tuple[float, float]:
 def cross_validate(args) -> int:
     """K-fold cross-validation by patient of one recipe, for each method; appends to --cv-out."""
     dataset = load_glas(args.data)
+    if args.reinhard:
+        use_reinhard(dataset)
     folds = patient_folds(dataset, k=args.cv, seed=args.seed)
     chosen = args.folds if args.folds is not None else list(range(args.cv))
     config = recipe_config(args)
@@ -221,6 +227,43 @@ def cross_validate(args) -> int:
               f"{_percent(row['f1_neg'][0])} +- {_percent(row['f1_neg'][1])}%", flush=True)
     print_cv_table(out)
     return 0
+
+
+def tissue_lab_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """L*a*b* of an RGB image, and the mean and spread of each channel over its tissue (not
+    bright glass: L* < 88; all pixels when nearly none is tissue)."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(image)
+    tissue = lab[..., 0] < 88.0
+    pixels = lab[tissue] if tissue.sum() > 100 else lab.reshape(-1, 3)
+    return lab, pixels.mean(axis=0), pixels.std(axis=0) + 1e-6
+
+
+def use_reinhard(dataset) -> None:
+    """Every image the data sets load from now on is colour-normalised (Reinhard) to the
+    average tissue colour statistics of ``dataset`` (no labels used)."""
+    from skimage.color import lab2rgb
+
+    from napari_wsl_al.core.data import patches
+    from napari_wsl_al.core.io.image_backend import read_image_file
+
+    stats = [tissue_lab_stats(read_image_file(r.image_path))[1:] for r in dataset]
+    target_mean = np.mean([m for m, _ in stats], axis=0)
+    target_sd = np.mean([sd for _, sd in stats], axis=0)
+    original = patches.PatchTorchDataset.load
+
+    def load(self, index):
+        cache = self.__dict__.setdefault("_reinhard", {})
+        if index not in cache:
+            image, mask = original(self, index)
+            lab, mean, sd = tissue_lab_stats(image)
+            lab = (lab - mean) / sd * target_sd + target_mean
+            rgb = np.clip(lab2rgb(lab) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+            cache[index] = (rgb, mask)
+        return cache[index]
+
+    patches.PatchTorchDataset.load = load
 
 
 def colour_features(dataset) -> np.ndarray:
