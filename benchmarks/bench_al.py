@@ -9,6 +9,7 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py pseudo      # oreal multi with stage-2 pseudo labels; 3 seeds
     python benchmarks/bench_al.py labelprop   # seed 0, oreal multi with Label_prop (WACV'21)
     python benchmarks/bench_al.py final       # oreal, random: final labels trained as the bar
+    python benchmarks/bench_al.py ema         # oreal multi, rounds ending on averaged weights
     python benchmarks/bench_al.py labelprop --no-pseudo   # the same run without it
     python benchmarks/bench_al.py glass       # CMU-1, round 0: glass among the first 20 picks
     python benchmarks/bench_al.py report      # reads the CSVs, prints the tables, draws curves.png
@@ -47,7 +48,8 @@ def base_config(args) -> sim.SimulationConfig:
         budget=args.budget,
         mpp=args.mpp,
         superpixels=SuperpixelConfig(region_px=32),
-        train=RegionTrainConfig(steps=args.steps, batch_size=4, crop_size=192, lr=1e-3),
+        train=RegionTrainConfig(steps=args.steps, batch_size=4, crop_size=192, lr=1e-3,
+                                ema=args.ema),
     )
 
 
@@ -284,10 +286,10 @@ def main(argv=None) -> int:
     )
     parser.add_argument("part",
                         choices=("bar", "strategies", "modes", "pseudo", "labelprop", "glass",
-                                 "final", "report"))
+                                 "final", "ema", "report"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
-                        help="final: start at this seed (parallel processes)")
+                        help="final, ema: start at this seed (parallel processes)")
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--budget", type=int, default=50)
@@ -295,6 +297,8 @@ def main(argv=None) -> int:
     parser.add_argument("--bar-steps", type=int, default=1800)
     parser.add_argument("--mpp", type=float, default=1.24)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--ema", type=float, default=0.0,
+                        help="weight averaging in each round's training (the ema part: 0.99)")
     parser.add_argument("--tag", default="", help="suffix of the CSV (parallel processes)")
     parser.add_argument("--k", type=int, default=40, help="labelprop: neighbours (paper: 40)")
     parser.add_argument("--lam", type=float, default=0.1, help="labelprop: lambda (paper: 0.1)")
@@ -335,6 +339,17 @@ def main(argv=None) -> int:
         for seed in range(args.seeds):
             run = replace(config, strategy="oreal", label="multi", pseudo_labels=True, seed=seed)
             _append(out / f"oreal-pseudo-seed{seed}.csv",
+                    run_to_end(sim.simulate_run(data, run, None), _log))
+    elif args.part == "ema":
+        # OREAL whose rounds end on an exponential moving average of the weights: one CSV per
+        # seed in results/al/ema/ (not pooled by the report)
+        out = OUT / "ema"
+        out.mkdir(parents=True, exist_ok=True)
+        decay = args.ema or 0.99
+        run_config = replace(config, train=replace(config.train, ema=decay))
+        for seed in range(args.first_seed, args.seeds):
+            run = replace(run_config, strategy="oreal", label="multi", seed=seed)
+            _append(out / f"oreal-ema{decay:g}-seed{seed}.csv",
                     run_to_end(sim.simulate_run(data, run, None), _log))
     elif args.part == "final":
         # the final labels of each run trained again from the start for --bar-steps steps, as

@@ -380,3 +380,43 @@ def test_scores_of_no_images_are_not_numbers():
     scores = segmentation_scores(model, [], [])
     assert np.isnan(scores["dice"]) and np.isnan(scores["fg_dice"])
     assert np.isnan(scores["argmax_dice"])
+
+
+class _TwoWeights(torch.nn.Module):
+    """The least a round's optimiser needs: parameters and a ``segmentation_trained`` flag."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+        self.register_buffer("segmentation_trained", torch.zeros(()))
+
+
+def test_weight_average_follows_the_ema_recurrence_and_ends_the_training():
+    from napari_wsl_al.core.al.train import _Optimiser
+
+    model = _TwoWeights()
+    optimiser = _Optimiser(model, RegionTrainConfig(lr=0.1, ema=0.5), total=3)
+    expected = model.w.detach().clone()  # the average starts at the initial weights
+    for target in (torch.tensor([3.0, 0.0]), torch.tensor([0.0, 5.0]), torch.tensor([1.0, 1.0])):
+        optimiser.step(((model.w - target) ** 2).sum())
+        expected = 0.5 * expected + 0.5 * model.w.detach()  # by hand: d * avg + (1 - d) * w
+        torch.testing.assert_close(optimiser.average[0], expected)
+    last = model.w.detach().clone()
+    assert not torch.allclose(last, expected)
+    optimiser.finish()
+    torch.testing.assert_close(model.w.detach(), expected)  # the model ends averaged
+
+
+def test_no_weight_average_by_default_and_its_decay_is_checked():
+    from napari_wsl_al.core.al.train import _Optimiser
+
+    model = _TwoWeights()
+    optimiser = _Optimiser(model, RegionTrainConfig(lr=0.1), total=2)
+    optimiser.step((model.w ** 2).sum())
+    after = model.w.detach().clone()
+    optimiser.finish()
+    assert optimiser.average is None and torch.equal(model.w.detach(), after)
+    for decay in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="ema"):
+            _Optimiser(_TwoWeights(), RegionTrainConfig(ema=decay), total=1)
+    assert RegionTrainConfig.from_json(RegionTrainConfig(ema=0.9).to_json()).ema == 0.9

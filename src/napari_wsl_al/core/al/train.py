@@ -79,6 +79,10 @@ class RegionTrainConfig:
     freeze_classifier : bool
         Keep the backbone and classification head fixed (WACV'21: classifier first, then
         frozen); False fine-tunes everything.
+    ema : float
+        When > 0, the model keeps an exponential moving average of its weights over the
+        steps, with this decay (e.g. 0.99), and ends with the averaged weights; 0: the last
+        step's weights.
     loss : RegionLossConfig
         Weights of Eq. 10.
     seed : int
@@ -92,6 +96,7 @@ class RegionTrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     freeze_classifier: bool = False
+    ema: float = 0.0
     loss: RegionLossConfig = field(default_factory=RegionLossConfig)
     seed: int = 0
 
@@ -415,6 +420,12 @@ class _Optimiser:
         )
         self.total = total
         self.history: list[float] = []
+        if not 0.0 <= config.ema < 1.0:
+            raise ValueError(f"ema must be in [0, 1), not {config.ema}")
+        self.decay = config.ema
+        self.average = (
+            [p.detach().clone() for p in model.parameters()] if config.ema > 0 else None
+        )
 
     def step(self, loss: torch.Tensor) -> None:
         """Back-propagate ``loss`` and update; a loss that is not finite stops training."""
@@ -427,8 +438,19 @@ class _Optimiser:
         loss.backward()
         self.optimizer.step()
         self.schedule.step()
+        if self.average is not None:
+            with torch.no_grad():
+                for average, p in zip(self.average, self.model.parameters()):
+                    average.lerp_(p.detach(), 1.0 - self.decay)
         self.model.segmentation_trained.fill_(1.0)
         self.history.append(float(loss.detach()))
+
+    def finish(self) -> None:
+        """Give the model the averaged weights (``ema``); nothing without averaging."""
+        if self.average is not None:
+            with torch.no_grad():
+                for average, p in zip(self.average, self.model.parameters()):
+                    p.copy_(average)
 
     def progress(self, what: str) -> Progress | None:
         """A progress record every ten steps and at the end."""
@@ -582,6 +604,7 @@ def train_regions(
         record = optimiser.progress("training")
         if record is not None:
             yield record
+    optimiser.finish()
     model.eval()
     stage2_pixels = 0
     if config.stage2_steps:
@@ -679,6 +702,7 @@ def train_dense(
         record = optimiser.progress("full supervision")
         if record is not None:
             yield record
+    optimiser.finish()
     model.eval()
     return {
         "loss": float(np.mean(history[-20:])),
