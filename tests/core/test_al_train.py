@@ -420,3 +420,20 @@ def test_no_weight_average_by_default_and_its_decay_is_checked():
         with pytest.raises(ValueError, match="ema"):
             _Optimiser(_TwoWeights(), RegionTrainConfig(ema=decay), total=1)
     assert RegionTrainConfig.from_json(RegionTrainConfig(ema=0.9).to_json()).ema == 0.9
+
+
+def test_round_optimiser_learning_rate_decays_on_a_cosine_to_zero():
+    from napari_wsl_al.core.al.train import _Optimiser
+
+    model = _TwoWeights()
+    optimiser = _Optimiser(model, RegionTrainConfig(lr=0.4, weight_decay=0.0), total=4)
+    rates = []
+    for _ in range(4):
+        rates.append(optimiser.optimizer.param_groups[0]["lr"])
+        optimiser.step((model.w ** 2).sum())
+    rates.append(optimiser.optimizer.param_groups[0]["lr"])
+    # 0.4 * (1 + cos(pi * k / 4)) / 2 for k = 0..4, by hand
+    expected = [0.4, 0.4 * (1 + math.sqrt(0.5)) / 2, 0.2, 0.4 * (1 - math.sqrt(0.5)) / 2, 0.0]
+    assert rates == pytest.approx(expected, abs=1e-9)
+    assert float(model.segmentation_trained) == 1.0  # a step marks the head as trained
+    assert len(optimiser.history) == 4
