@@ -221,6 +221,30 @@ def test_cli_trains_end_to_end_on_a_tiny_glas_folder(tmp_path, capsys):
     # Max-Min's foreground is calibrated on the training images and kept in the checkpoint
     low, high = config.head["fg_range"]
     assert high > low and model.fg_range == (low, high) and extra["fg_range"] == [low, high]
+    assert config.colour_target is None and model.colour_target is None
+
+
+def test_cli_reinhard_trains_a_model_that_keeps_its_colour_target(tmp_path, capsys):
+    from napari_wsl_al.cli import main
+    from napari_wsl_al.core.data.glas import load_glas, split_by_patient
+    from napari_wsl_al.core.data.patches import read_rgb
+    from napari_wsl_al.core.models.checkpoint import load_checkpoint
+    from napari_wsl_al.core.models.colour import colour_target
+
+    data = write_blob_glas(tmp_path / "glas", count=16, size=64)
+    out = tmp_path / "model.pt"
+    code = main([
+        "train-wsl", str(data), "--arch", "cam-avg", "--depth", "18", "--width", "0.0625",
+        "--epochs", "1", "--batch-size", "4", "--crop-size", "64", "--device", "cpu",
+        "--val-fraction", "0.25", "--out", str(out), "--threads", "1", "--quiet", "--reinhard",
+    ])
+    assert code == 0
+    model, config, extra = load_checkpoint(out)
+    # the target of the training part of the split (the validation images left out)
+    split = split_by_patient(load_glas(data), val_fraction=0.25, seed=0)
+    expected = colour_target(read_rgb(record.image_path) for record in split.train)
+    assert config.colour_target == pytest.approx(expected)
+    assert model.colour_target == config.colour_target and "--reinhard" in extra["command"]
 
 
 def test_cli_reports_a_broken_data_folder(tmp_path, capsys):

@@ -321,7 +321,7 @@ def train_from_folder(args: argparse.Namespace) -> Generator[Progress, None, Pat
         )
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
     train_config, model_config = train_command.configs_from_args(
-        args, dataset.classes, data_mpp)
+        args, dataset.classes, data_mpp, split.train)
     model, pretrained, split_train, split_val = train_command.model_and_data(
         args, model_config, split, data_mpp)
     result = yield from train_wsl(

@@ -72,6 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="validate on the four flips of each image")
     training.add_argument("--stain", type=float, default=None,
                           help="H&E stain augmentation strength (default 0.03)")
+    training.add_argument("--reinhard", action="store_true",
+                          help="colour-normalise every image (Reinhard, in L*a*b*) to the "
+                               "training images' average tissue colour; the model keeps the "
+                               "target and normalises every image or tile it is given alike")
     training.add_argument("--no-calibrate-fg", action="store_true",
                           help="Max-Min: keep the per-image foreground normalisation instead of "
                                "calibrating it on the training images")
@@ -194,8 +198,10 @@ def _write_json(path: Path, payload: dict) -> None:
     os.replace(temporary, path)
 
 
-def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None):
-    """The ``(TrainConfig, ModelConfig)`` of a ``train-wsl`` command line."""
+def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None,
+                      train_records=()):
+    """The ``(TrainConfig, ModelConfig)`` of a ``train-wsl`` command line; with
+    ``--reinhard``, the colour target is that of ``train_records``' images."""
     from ..core.data.patches import AugmentConfig
     from ..core.models.factory import ModelConfig
     from ..core.wsl.train import TrainConfig
@@ -209,10 +215,16 @@ def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None)
         ema_decay=args.ema, select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
         **({} if args.stain is None else {"augment": AugmentConfig(hed=args.stain)}),
     )
+    colour = None
+    if getattr(args, "reinhard", False):
+        from ..core.data.patches import read_rgb
+        from ..core.models.colour import colour_target
+
+        colour = colour_target(read_rgb(record.image_path) for record in train_records)
     model_config = ModelConfig(
         arch=args.arch, classes=classes, depth=args.depth, width=args.width,
         dropout=args.dropout, output_stride=args.output_stride,
-        mpp=args.target_mpp or data_mpp, head=_parse_head(args.head),
+        mpp=args.target_mpp or data_mpp, head=_parse_head(args.head), colour_target=colour,
     )
     return train_config, model_config
 
@@ -279,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
     if args.target_mpp and not data_mpp:
         raise SystemExit(f"{NAME}: --target-mpp needs the resolution of the images (--mpp)")
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
-    train_config, model_config = configs_from_args(args, dataset.classes, data_mpp)
+    train_config, model_config = configs_from_args(args, dataset.classes, data_mpp,
+                                                   split.train)
     if args.threads:
         torch.set_num_threads(args.threads)
     model, pretrained, split_train, split_val = model_and_data(args, model_config, split,

@@ -129,6 +129,7 @@ def joint_config_from(config: ModelConfig, seg_classes: Sequence[str]) -> ModelC
         mpp=config.mpp,
         mean=config.mean,
         std=config.std,
+        colour_target=config.colour_target,
     )
 
 

@@ -202,6 +202,10 @@ class PatchTorchDataset(torch.utils.data.Dataset):
         Base seed of the random augmentation.
     cache : bool
         Keep decoded (and rescaled) images in memory.
+    colour_target : tuple of 6 float, optional
+        Colour-normalise each whole image to this target (the model's ``colour_target``,
+        :func:`~napari_wsl_al.core.models.colour.normalise_image`) after rescaling, before
+        any crop.
     """
 
     def __init__(
@@ -217,6 +221,7 @@ class PatchTorchDataset(torch.utils.data.Dataset):
         pad_multiple: int = 32,
         seed: int = 0,
         cache: bool = True,
+        colour_target: Sequence[float] | None = None,
     ):
         if train and crop_size is None:
             raise ValueError("training needs a crop_size")
@@ -235,6 +240,7 @@ class PatchTorchDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.cache = cache
+        self.colour_target = None if colour_target is None else tuple(colour_target)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
@@ -245,7 +251,8 @@ class PatchTorchDataset(torch.utils.data.Dataset):
         self.epoch = int(epoch)
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The ``(H, W, 3)`` uint8 image and ``(H, W)`` int8 mask of a record, rescaled."""
+        """The ``(H, W, 3)`` uint8 image and ``(H, W)`` int8 mask of a record, rescaled (and
+        colour-normalised with a ``colour_target``)."""
         if index in self._cache:
             return self._cache[index]
         record = self.records[index]
@@ -270,6 +277,10 @@ class PatchTorchDataset(torch.utils.data.Dataset):
             mask = np.asarray(
                 Image.fromarray(mask.astype(np.uint8)).resize(size, Image.NEAREST)
             ).astype(np.int8)  # 255 -> -1 again
+        if self.colour_target is not None:
+            from ..models.colour import normalise_image
+
+            image = normalise_image(image, self.colour_target)
         if self.cache:
             self._cache[index] = (image, mask)
         return image, mask

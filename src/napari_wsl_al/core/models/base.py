@@ -41,6 +41,8 @@ class WslModel(nn.Module):
     mpp : float or None
         Microns per pixel of the images the model was trained on; inference reads slides
         at this resolution.
+    colour_target : tuple of 6 float or None
+        Colour normalisation applied by :meth:`normalize` (``ModelConfig.colour_target``).
     """
 
     classes: tuple[str, ...] = ()
@@ -48,13 +50,19 @@ class WslModel(nn.Module):
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     mpp: float | None = None
+    colour_target: tuple[float, ...] | None = None
 
     def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3)`` or ``(B, 3, H, W)`` uint8 images to normalised float ``(B, 3, H, W)``."""
+        """``(B, H, W, 3)`` or ``(B, 3, H, W)`` uint8 images to normalised float ``(B, 3, H, W)``
+        (each image colour-normalised first when the model has a ``colour_target``)."""
         x = images_uint8
         if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
             x = x.permute(0, 3, 1, 2)
         x = x.to(torch.float32, copy=True)  # the in-place steps below leave the input alone
+        if self.colour_target is not None:  # each image's tissue to the model's colours
+            from .colour import reinhard
+
+            x = reinhard(x, self.colour_target)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         # (x / 255 - mean) / std, in two in-place passes instead of four allocations.

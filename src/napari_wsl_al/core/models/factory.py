@@ -6,6 +6,8 @@ import copy
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+import numpy as np
+
 from .backbones import resnet
 from .base import IMAGENET_MEAN, IMAGENET_STD, WslModel
 from .cam_models import CamModel
@@ -100,6 +102,10 @@ class ModelConfig:
         Input normalisation.
     head : dict
         Overrides of :data:`DEFAULT_HEAD_PARAMS` for ``arch``; unknown names are refused.
+    colour_target : tuple of 6 float or None
+        Colour normalisation (:mod:`~napari_wsl_al.core.models.colour`): every image's tissue
+        is given these L*, a*, b* means and standard deviations before the model sees it;
+        None: images as they are.
     """
 
     arch: str = "maxmin"
@@ -113,6 +119,7 @@ class ModelConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     head: dict[str, Any] = field(default_factory=dict, hash=False)
+    colour_target: tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -122,6 +129,13 @@ class ModelConfig:
         object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
         object.__setattr__(self, "std", tuple(float(v) for v in self.std))
         object.__setattr__(self, "head", dict(self.head or {}))
+        if self.colour_target is not None:
+            target = tuple(float(v) for v in self.colour_target)
+            if len(target) != 6 or not all(np.isfinite(target)) or min(target[3:]) <= 0:
+                raise ValueError(
+                    "colour_target needs six finite numbers: the L*, a*, b* means, then their "
+                    f"standard deviations (> 0), not {self.colour_target}")
+            object.__setattr__(self, "colour_target", target)
         if len(self.classes) < 1 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct names, got {self.classes}")
         if len(self.mean) != 3 or len(self.std) != 3:
@@ -142,6 +156,10 @@ class ModelConfig:
         data = asdict(self)
         for key in ("classes", "seg_classes", "mean", "std"):
             data[key] = list(data[key])
+        if self.colour_target is None:
+            del data["colour_target"]  # so that older versions still read such configurations
+        else:
+            data["colour_target"] = list(self.colour_target)
         data["head"] = dict(self.head)
         return data
 
@@ -193,4 +211,5 @@ def build_model(config: ModelConfig) -> WslModel:
     else:
         model = JointModel(backbone, config.classes, config.seg_classes, **params, **common)
     model.config = config
+    model.colour_target = config.colour_target
     return model

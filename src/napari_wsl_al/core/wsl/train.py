@@ -249,6 +249,7 @@ def make_torch_dataset(
         target_mpp=config.target_mpp,
         pad_multiple=int(getattr(model, "output_stride", 32) or 32),
         seed=config.seed,
+        colour_target=getattr(model, "colour_target", None),
     )
 
 

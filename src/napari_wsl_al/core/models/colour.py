@@ -1,0 +1,114 @@
+"""Colour normalisation of H&E images (Reinhard et al. 2001, in CIE L*a*b*).
+
+Each image's tissue (pixels darker than glass, L* < :data:`TISSUE_MAX_L`) is given the mean
+and spread of L*, a* and b* of a target, the average of the training images: the stain of a
+lab, a scanner or a patient stops being a cue the model can learn. A model trained this way
+carries its target (``ModelConfig.colour_target``) and normalises every image it is given the
+same way (:meth:`~napari_wsl_al.core.models.base.WslModel.normalize`).
+
+The conversions are sRGB (D65) to CIE L*a*b* and back, as ``skimage.color`` computes them,
+in torch, so that training, inference and active learning share one implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+
+#: Pixels with L* at or above this are glass (or background), not tissue.
+TISSUE_MAX_L = 88.0
+
+#: Below this many tissue pixels, an image's statistics are taken over all its pixels.
+MIN_TISSUE_PIXELS = 100
+
+#: sRGB (linear) to XYZ, D65, and the D65 white point (those of ``skimage.color``).
+_RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
+                            [0.212671, 0.715160, 0.072169],
+                            [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
+_WHITE = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
+_EPSILON = 0.008856  # (6/29)^3
+_KAPPA = 7.787  # (29/6)^2 / 3
+
+
+def _working(x: torch.Tensor) -> torch.Tensor:
+    """float32 stays float32 (tiles during inference); anything else becomes float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.to(torch.float64)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` sRGB in ``[0, 1]`` to L*a*b* (L* in ``[0, 100]``), in the input's
+    float precision."""
+    x = _working(rgb)
+    linear = torch.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+    xyz = torch.einsum("ij,bjhw->bihw", _RGB_TO_XYZ.to(x.device, x.dtype), linear)
+    xyz = xyz / _WHITE.to(x.device, x.dtype).view(1, 3, 1, 1)
+    f = torch.where(xyz > _EPSILON, xyz.clamp(min=0) ** (1.0 / 3.0), _KAPPA * xyz + 16.0 / 116.0)
+    lightness = 116.0 * f[:, 1] - 16.0
+    a = 500.0 * (f[:, 0] - f[:, 1])
+    b = 200.0 * (f[:, 1] - f[:, 2])
+    return torch.stack([lightness, a, b], dim=1)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`rgb_to_lab`, clipped to ``[0, 1]``."""
+    lab = _working(lab)
+    fy = (lab[:, 0] + 16.0) / 116.0
+    fx = lab[:, 1] / 500.0 + fy
+    fz = fy - lab[:, 2] / 200.0
+    f = torch.stack([fx, fy, fz], dim=1)
+    xyz = torch.where(f**3 > _EPSILON, f**3, (f - 16.0 / 116.0) / _KAPPA)
+    xyz = xyz.clamp(min=0) * _WHITE.to(lab.device, lab.dtype).view(1, 3, 1, 1)
+    inverse = torch.linalg.inv(_RGB_TO_XYZ).to(lab.device, lab.dtype)
+    linear = torch.einsum("ij,bjhw->bihw", inverse, xyz)
+    rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0) ** (1.0 / 2.4) - 0.055,
+                      12.92 * linear)
+    return rgb.clamp(0.0, 1.0)
+
+
+def tissue_stats(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and standard deviation ``(B, 3)`` of L*, a*, b* over each image's tissue (all its
+    pixels when it has fewer than :data:`MIN_TISSUE_PIXELS` tissue pixels)."""
+    tissue = lab[:, :1] < TISSUE_MAX_L  # (B, 1, H, W)
+    few = tissue.flatten(1).sum(dim=1) < MIN_TISSUE_PIXELS
+    tissue = tissue | few.view(-1, 1, 1, 1)
+    weight = tissue.to(lab.dtype)
+    count = weight.flatten(1).sum(dim=1).clamp(min=1).view(-1, 1)
+    mean = (lab * weight).flatten(2).sum(dim=2) / count
+    spread = (((lab - mean.view(-1, 3, 1, 1)) ** 2) * weight).flatten(2).sum(dim=2) / count
+    return mean, spread.sqrt()
+
+
+def reinhard(images: torch.Tensor, target: Sequence[float]) -> torch.Tensor:
+    """``(B, 3, H, W)`` RGB in ``[0, 255]`` with each image's tissue colour statistics matched
+    to ``target`` (L*, a*, b* means, then their standard deviations); ``[0, 255]``, the dtype
+    of ``images`` (float)."""
+    lab = rgb_to_lab(_working(images) / 255.0)
+    target_t = torch.as_tensor(tuple(target), dtype=lab.dtype, device=images.device)
+    mean, spread = tissue_stats(lab)
+    scale = target_t[3:].view(1, 3) / spread.clamp(min=1e-6)
+    lab = (lab - mean.view(-1, 3, 1, 1)) * scale.view(-1, 3, 1, 1) + target_t[:3].view(1, 3, 1, 1)
+    return (lab_to_rgb(lab) * 255.0).to(images.dtype)
+
+
+def normalise_image(image: np.ndarray, target: Sequence[float]) -> np.ndarray:
+    """One ``(H, W, 3)`` uint8 image through :func:`reinhard`, uint8 again (rounded)."""
+    x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
+    out = reinhard(x, target)[0].permute(1, 2, 0).numpy()
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def colour_target(images: Iterable[np.ndarray]) -> tuple[float, ...]:
+    """The target of a set of ``(H, W, 3)`` uint8 images: the average of their tissue means
+    and of their tissue standard deviations of L*, a*, b* (six numbers)."""
+    means, spreads = [], []
+    for image in images:
+        x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
+        mean, spread = tissue_stats(rgb_to_lab(x / 255.0))
+        means.append(mean[0])
+        spreads.append(spread[0])
+    if not means:
+        raise ValueError("a colour target needs at least one image")
+    return tuple(float(v) for v in torch.cat([torch.stack(means).mean(0),
+                                              torch.stack(spreads).mean(0)]))

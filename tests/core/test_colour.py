@@ -1,0 +1,193 @@
+"""Colour normalisation (Reinhard in L*a*b*): conversions against scikit-image and by hand,
+tissue statistics, the target, and models, data sets and train-wsl that carry it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from skimage.color import lab2rgb, rgb2lab
+
+from napari_wsl_al.core.models.colour import (
+    colour_target,
+    lab_to_rgb,
+    normalise_image,
+    reinhard,
+    rgb_to_lab,
+    tissue_stats,
+)
+from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+
+def as_batch(image: np.ndarray, dtype=torch.float64) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].to(dtype)
+
+
+def stats_of(image: np.ndarray):
+    mean, spread = tissue_stats(rgb_to_lab(as_batch(image) / 255.0))
+    return mean[0].numpy(), spread[0].numpy()
+
+
+def test_lab_conversions_match_scikit_image_and_known_values():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    lab = rgb_to_lab(as_batch(image) / 255.0)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(lab, rgb2lab(image), atol=1e-9)
+    lab32 = rgb_to_lab(as_batch(image, torch.float32) / 255.0)
+    assert lab32.dtype == torch.float32
+    np.testing.assert_allclose(lab32[0].permute(1, 2, 0).numpy(), rgb2lab(image), atol=2e-3)
+    back = lab_to_rgb(torch.from_numpy(rgb2lab(image)).permute(2, 0, 1)[None])
+    np.testing.assert_allclose(back[0].permute(1, 2, 0).numpy(), lab2rgb(rgb2lab(image)),
+                               atol=1e-9)
+    np.testing.assert_allclose(back[0].permute(1, 2, 0).numpy() * 255, image, atol=1e-6)
+    # by hand: white is L* 100, black 0, sRGB red (53.24, 80.09, 67.20) (CIE, D65)
+    colours = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]],
+                           dtype=torch.float64).T.reshape(1, 3, 1, 3)
+    lab = rgb_to_lab(colours)[0, :, 0].T.numpy()
+    np.testing.assert_allclose(lab[0], [100.0, 0.0, 0.0], atol=0.01)
+    np.testing.assert_allclose(lab[1], [0.0, 0.0, 0.0], atol=1e-9)
+    np.testing.assert_allclose(lab[2], [53.24, 80.09, 67.20], atol=0.02)
+    # out-of-gamut L*a*b* comes back clipped to [0, 1]
+    wild = torch.tensor([50.0, 150.0, -150.0], dtype=torch.float64).view(1, 3, 1, 1)
+    assert 0.0 <= float(lab_to_rgb(wild).min()) and float(lab_to_rgb(wild).max()) <= 1.0
+
+
+def test_tissue_statistics_leave_glass_out():
+    image = np.full((20, 20, 3), 250, np.uint8)  # glass: L* about 98
+    image[:, :10] = (150, 80, 160)  # tissue on the left half
+    mean, spread = stats_of(image)
+    tissue = rgb2lab(np.full((1, 1, 3), (150, 80, 160), np.uint8))[0, 0]
+    np.testing.assert_allclose(mean, tissue, atol=1e-6)
+    np.testing.assert_allclose(spread, 0.0, atol=1e-4)
+    # fewer than 100 tissue pixels: statistics over every pixel
+    small = np.full((20, 20, 3), 250, np.uint8)
+    small[:5, :5] = (150, 80, 160)  # 25 pixels
+    mean, _ = stats_of(small)
+    every = rgb2lab(small).reshape(-1, 3).mean(axis=0)
+    np.testing.assert_allclose(mean, every, atol=1e-6)
+
+
+def tissue_like(seed: int, tint) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    base = np.asarray(tint, np.float64)
+    image = base + rng.normal(0, 12, (48, 48, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def test_reinhard_gives_the_tissue_the_target_statistics():
+    source = tissue_like(1, (170, 90, 170))
+    other = tissue_like(2, (120, 70, 150))
+    target = tuple(np.concatenate(stats_of(other)))
+    out = reinhard(as_batch(source), target)
+    assert out.shape == (1, 3, 48, 48) and out.dtype == torch.float64
+    mean, spread = tissue_stats(rgb_to_lab(out / 255.0))
+    np.testing.assert_allclose(mean[0].numpy(), target[:3], atol=0.05)
+    np.testing.assert_allclose(spread[0].numpy(), target[3:], atol=0.05)
+    # each image of a batch gets its own statistics
+    both = reinhard(torch.cat([as_batch(source), as_batch(other)]), target)
+    torch.testing.assert_close(both[:1], out)
+    np.testing.assert_allclose(both[1].permute(1, 2, 0).numpy(), other, atol=0.05)
+    image = normalise_image(source, target)
+    assert image.dtype == np.uint8 and image.shape == source.shape
+    np.testing.assert_allclose(image, out[0].permute(1, 2, 0).numpy(), atol=0.5 + 1e-9)
+
+
+def test_colour_target_averages_the_images_statistics():
+    a, b = tissue_like(3, (170, 90, 170)), tissue_like(4, (120, 70, 150))
+    (mean_a, sd_a), (mean_b, sd_b) = stats_of(a), stats_of(b)
+    expected = np.concatenate([(mean_a + mean_b) / 2, (sd_a + sd_b) / 2])
+    np.testing.assert_allclose(colour_target([a, b]), expected, atol=1e-9)
+    with pytest.raises(ValueError, match="at least one image"):
+        colour_target([])
+
+
+def test_models_carry_and_apply_their_colour_target(tmp_path):
+    from napari_wsl_al.core.models.checkpoint import load_checkpoint, save_checkpoint
+
+    target = (55.0, 25.0, -12.0, 14.0, 9.0, 7.0)
+    config = ModelConfig(arch="cam-avg", width=0.0625, classes=("a", "b"), colour_target=target)
+    assert config.to_dict()["colour_target"] == list(target)
+    assert "colour_target" not in ModelConfig(arch="cam-avg").to_dict()  # older files alike
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    for bad in ((1.0, 2.0), (55.0, 25.0, -12.0, 14.0, 0.0, 7.0), (np.nan,) * 6):
+        with pytest.raises(ValueError, match="colour_target"):
+            ModelConfig(colour_target=bad)
+    model = build_model(config)
+    assert model.colour_target == target
+    images = torch.from_numpy(np.stack([tissue_like(5, (170, 90, 170))] * 2)).permute(0, 3, 1, 2)
+    by_hand = reinhard(images.to(torch.float32), target) / 255.0
+    mean = torch.tensor(model.mean).view(1, 3, 1, 1)
+    std = torch.tensor(model.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(model.normalize(images), (by_hand - mean) / std, atol=1e-4,
+                               rtol=1e-4)
+    plain = build_model(ModelConfig(arch="cam-avg", width=0.0625, classes=("a", "b")))
+    assert plain.colour_target is None
+    assert not torch.allclose(plain.normalize(images), model.normalize(images), atol=1e-2)
+    save_checkpoint(tmp_path / "m.pt", model, config)
+    loaded, loaded_config, _ = load_checkpoint(tmp_path / "m.pt")
+    assert loaded_config.colour_target == target and loaded.colour_target == target
+    torch.testing.assert_close(loaded.normalize(images), model.normalize(images))
+
+
+def test_joint_models_of_active_learning_keep_the_target():
+    from napari_wsl_al.core.al.train import joint_config_from
+
+    target = (55.0, 25.0, -12.0, 14.0, 9.0, 7.0)
+    config = ModelConfig(arch="maxmin", width=0.0625, classes=("a", "b"), colour_target=target)
+    joint = joint_config_from(config, ("background", "a", "b"))
+    assert joint.colour_target == target and build_model(joint).colour_target == target
+
+
+def test_training_images_are_normalised_whole_before_cropping(tmp_path):
+    from PIL import Image
+
+    from napari_wsl_al.core.data.glas import PatchRecord
+    from napari_wsl_al.core.data.patches import PatchTorchDataset
+
+    image = tissue_like(6, (170, 90, 170))
+    Image.fromarray(image).save(tmp_path / "a.png")
+    record = PatchRecord(name="a", image_path=tmp_path / "a.png", mask_path=None, label=0,
+                         class_name="benign", patient_id="1")
+    target = (55.0, 25.0, -12.0, 14.0, 9.0, 7.0)
+    data = PatchTorchDataset([record], (0.5,) * 3, (0.25,) * 3, crop_size=None,
+                             colour_target=target)
+    loaded, _ = data.load(0)
+    np.testing.assert_array_equal(loaded, normalise_image(image, target))
+    plain, _ = PatchTorchDataset([record], (0.5,) * 3, (0.25,) * 3, crop_size=None).load(0)
+    np.testing.assert_array_equal(plain, image)
+
+
+def test_inference_on_patches_normalises_each_patch_as_the_model_does(tmp_path, shared_data):
+    """A colour-target model's patch classes from ``infer`` equal the model on the whole,
+    normalised image (one normalisation path: the model's own)."""
+    import shutil
+
+    from napari_wsl_al.core.data.patches import pad_to_multiple
+    from napari_wsl_al.core.infer import InferenceConfig, MapStore, infer_slide
+    from napari_wsl_al.core.io.image_backend import PatchFolderReader
+    from napari_wsl_al.core.progress import run_to_end
+
+    folder = tmp_path / "glas"
+    folder.mkdir()
+    for name in ("train_1", "train_12"):
+        shutil.copy(shared_data / "glas_train" / "images" / f"{name}.png", folder)
+    torch.manual_seed(0)
+    target = (55.0, 25.0, -12.0, 14.0, 9.0, 7.0)
+    model = build_model(ModelConfig(arch="cam-avg", width=0.0625, classes=("benign", "malignant"),
+                                    mpp=0.62, colour_target=target)).eval()
+    reader = PatchFolderReader(folder)
+    result = run_to_end(infer_slide(reader, model, InferenceConfig(
+        device="cpu", readers=1, maps=("probs",)), MapStore(tmp_path / "maps.zarr")))
+    plain = build_model(ModelConfig(arch="cam-avg", width=0.0625, classes=("benign", "malignant"),
+                                    mpp=0.62))
+    plain.load_state_dict(model.state_dict())
+    plain.eval()
+    for index in range(len(reader.patch_names)):
+        image = reader.read_patch(index)
+        padded, _ = pad_to_multiple(image, np.zeros(image.shape[:2], np.uint8), 32)
+        with torch.inference_mode():
+            logits = model(model.normalize(torch.from_numpy(padded)[None]))["logits"][0]
+            without = plain(plain.normalize(torch.from_numpy(padded)[None]))["logits"][0]
+        expected = torch.softmax(logits, 0).numpy()
+        np.testing.assert_allclose(result.patches[index].probabilities, expected, atol=2e-4)
+        assert not np.allclose(torch.softmax(without, 0).numpy(), expected, atol=1e-4)
