@@ -47,8 +47,9 @@ from napari_wsl_al.core.data.glas import (
     patient_folds,
     split_by_patient,
 )
-from napari_wsl_al.core.data.patches import AugmentConfig
+from napari_wsl_al.core.data.patches import AugmentConfig, read_rgb
 from napari_wsl_al.core.models.backbones import load_backbone_weights
+from napari_wsl_al.core.models.colour import colour_target
 from napari_wsl_al.core.models.factory import ModelConfig, build_model
 from napari_wsl_al.core.models.maxmin import calibrate_foreground
 from napari_wsl_al.core.progress import run_to_end
@@ -124,9 +125,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                              "validation folds' images")
     recipe.add_argument("--cv-out", default=str(REPOSITORY / "benchmarks" / "results" / "wsl_cv.jsonl"))
     recipe.add_argument("--reinhard", action="store_true",
-                        help="colour-normalise every image (Reinhard: mean and spread of L*, a*, "
-                             "b* over its tissue matched to the data set's average), for "
-                             "training and evaluation alike: does the CNN learn stain?")
+                        help="colour-normalised models, as train-wsl --reinhard: every image's "
+                             "tissue given the mean and spread of L*, a*, b* of the fold's "
+                             "training images")
     recipe.add_argument("--table", action="store_true", help="print the recipes measured so far")
     recipe.add_argument("--colour-baseline", action="store_true",
                         help="the same folds classified by colour alone (mean and spread of "
@@ -163,8 +164,6 @@ def _mean_spread(values) -> tuple[float, float]:
 def cross_validate(args) -> int:
     """K-fold cross-validation by patient of one recipe, for each method; appends to --cv-out."""
     dataset = load_glas(args.data)
-    if args.reinhard:
-        use_reinhard(dataset)
     folds = patient_folds(dataset, k=args.cv, seed=args.seed)
     chosen = args.folds if args.folds is not None else list(range(args.cv))
     config = recipe_config(args)
@@ -182,9 +181,12 @@ def cross_validate(args) -> int:
                 inner = split_by_patient(fold.train, val_fraction=0.2, seed=args.seed)
                 train_part = inner.train
             seed_everything(args.seed)
+            colour = None
+            if args.reinhard:  # the target of this fold's training images, as train-wsl
+                colour = colour_target(read_rgb(record.image_path) for record in train_part)
             model = build_model(ModelConfig(
                 arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
-                mpp=args.target_mpp or dataset.mpp, head=head,
+                mpp=args.target_mpp or dataset.mpp, head=head, colour_target=colour,
             ))
             if args.pretrained:
                 load_backbone_weights(model.backbone, args.pretrained)
@@ -227,43 +229,6 @@ def cross_validate(args) -> int:
               f"{_percent(row['f1_neg'][0])} +- {_percent(row['f1_neg'][1])}%", flush=True)
     print_cv_table(out)
     return 0
-
-
-def tissue_lab_stats(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """L*a*b* of an RGB image, and the mean and spread of each channel over its tissue (not
-    bright glass: L* < 88; all pixels when nearly none is tissue)."""
-    from skimage.color import rgb2lab
-
-    lab = rgb2lab(image)
-    tissue = lab[..., 0] < 88.0
-    pixels = lab[tissue] if tissue.sum() > 100 else lab.reshape(-1, 3)
-    return lab, pixels.mean(axis=0), pixels.std(axis=0) + 1e-6
-
-
-def use_reinhard(dataset) -> None:
-    """Every image the data sets load from now on is colour-normalised (Reinhard) to the
-    average tissue colour statistics of ``dataset`` (no labels used)."""
-    from skimage.color import lab2rgb
-
-    from napari_wsl_al.core.data import patches
-    from napari_wsl_al.core.io.image_backend import read_image_file
-
-    stats = [tissue_lab_stats(read_image_file(r.image_path))[1:] for r in dataset]
-    target_mean = np.mean([m for m, _ in stats], axis=0)
-    target_sd = np.mean([sd for _, sd in stats], axis=0)
-    original = patches.PatchTorchDataset.load
-
-    def load(self, index):
-        cache = self.__dict__.setdefault("_reinhard", {})
-        if index not in cache:
-            image, mask = original(self, index)
-            lab, mean, sd = tissue_lab_stats(image)
-            lab = (lab - mean) / sd * target_sd + target_mean
-            rgb = np.clip(lab2rgb(lab) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-            cache[index] = (rgb, mask)
-        return cache[index]
-
-    patches.PatchTorchDataset.load = load
 
 
 def colour_features(dataset) -> np.ndarray:
