@@ -80,6 +80,7 @@ def test_train_from_the_dock_and_use_the_new_model(make_napari_viewer, qtbot, pa
     widget.model_changed.connect(changed.append)
     out = tmp_path / "models" / "tiny.pt"
     fill_training(widget, patches, out)
+    widget.reinhard_check.setChecked(True)  # colour normalisation (train-wsl --reinhard)
     widget.train()
     assert widget.worker is not None and not widget.train_button.isEnabled()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120000)
@@ -98,6 +99,8 @@ def test_train_from_the_dock_and_use_the_new_model(make_napari_viewer, qtbot, pa
     low, high = trained_config.head["fg_range"]  # the foreground calibrated, as train-wsl does
     assert high > low and trained.fg_range == (low, high)
     assert trained_extra["fg_range"] == [low, high]
+    assert "--reinhard" in info.details and "Colour-normalises every image" in info.summary
+    assert len(trained_config.colour_target) == 6 and trained.colour_target is not None
     assert widget.file_radio.isChecked() and widget.file_edit.text() == str(out)
     assert "Done in" in widget.progress_label.text()
     assert "validation error" in widget.progress_label.text()

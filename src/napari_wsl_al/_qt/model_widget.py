@@ -23,6 +23,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import (
     QButtonGroup,
+    QCheckBox,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -155,6 +156,8 @@ def checkpoint_summary(config: ModelConfig, extra: dict) -> tuple[str, str]:
         sentences.append(text + f" ({validation.get('n_images')} images).")
     if not sentences:
         sentences.append("No training record in the checkpoint.")
+    if config.colour_target is not None:
+        sentences.append("Colour-normalises every image (Reinhard).")
     return " ".join(sentences), str(card.get("command") or "")
 
 
@@ -470,6 +473,11 @@ class ModelWidget(QWidget):
         self.crop_spin.setValue(defaults.get_default("crop_size"))
         self.crop_spin.setSuffix(" px")
         self.crop_spin.setToolTip("Side of the random square crops the model is trained on")
+        self.reinhard_check = QCheckBox("Colour-normalise the images (Reinhard)")
+        self.reinhard_check.setToolTip(
+            "Give every image's tissue the average colour of the training images (mean and "
+            "spread of L*, a*, b*), in training and whenever the model is used: the stain of "
+            "a lab or a patient stops being a cue (train-wsl --reinhard)")
         self.output_edit = QLineEdit()
         self.output_edit.setToolTip("Where the trained checkpoint is written (.pt)")
         self.output_edit.textEdited.connect(lambda _text: self._output_was_edited())
@@ -499,6 +507,7 @@ class ModelWidget(QWidget):
         train_form.addRow("Epochs", self.epochs_spin)
         train_form.addRow("Learning rate", self.lr_spin)
         train_form.addRow("Crop size", self.crop_spin)
+        train_form.addRow("", self.reinhard_check)
         train_form.addRow("Output", _row(self.output_edit, _browse_button(
             "Choose where the checkpoint is written", self.browse_output)))
         train_form.addRow("More options", self.options_edit)
@@ -722,7 +731,8 @@ class ModelWidget(QWidget):
             args = train_options(
                 Path(folder).expanduser(), self.arch_combo.currentText(), self.epochs_spin.value(),
                 self.lr_spin.value(), self.crop_spin.value(), Path(out).expanduser(),
-                self.options_edit.text(),
+                self.options_edit.text() + (" --reinhard" if self.reinhard_check.isChecked()
+                                            else ""),
             )
         except ValueError as error:
             raise WslAlError(
