@@ -59,7 +59,19 @@ def test_tissue_statistics_leave_glass_out():
     tissue = rgb2lab(np.full((1, 1, 3), (150, 80, 160), np.uint8))[0, 0]
     np.testing.assert_allclose(mean, tissue, atol=1e-6)
     np.testing.assert_allclose(spread, 0.0, atol=1e-4)
-    # fewer than 100 tissue pixels: statistics over every pixel
+    # the spread is the standard deviation over the tissue pixels (numpy on scikit-image's L*a*b*)
+    rng = np.random.default_rng(7)
+    mixed = np.full((20, 20, 3), 250, np.uint8)
+    mixed[:, :10] = np.clip(rng.normal((150, 80, 160), 20, (20, 10, 3)), 0, 255).astype(np.uint8)
+    lab = rgb2lab(mixed)
+    tissue_pixels = lab[lab[..., 0] < 88.0]
+    mean, spread = stats_of(mixed)
+    np.testing.assert_allclose(mean, tissue_pixels.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(spread, tissue_pixels.std(axis=0), atol=1e-6)
+    # exactly 100 tissue pixels are enough; fewer: statistics over every pixel
+    hundred = np.full((20, 20, 3), 250, np.uint8)
+    hundred[:10, :10] = (150, 80, 160)
+    np.testing.assert_allclose(stats_of(hundred)[0], tissue, atol=1e-6)
     small = np.full((20, 20, 3), 250, np.uint8)
     small[:5, :5] = (150, 80, 160)  # 25 pixels
     mean, _ = stats_of(small)
