@@ -84,6 +84,17 @@ def test_the_default_map_stride_is_the_output_stride_up_to_16():
     assert map_stride_for(model, config.replace(map_stride=32)) == 32
 
 
+@pytest.mark.parametrize("mpp, expected", [(None, 16), (0.5, 16), (0.62, 16), (0.63, 8),
+                                           (1.24, 8), (1.26, 4), (2.48, 4), (6.0, 1),
+                                           (20.0, 1)])
+def test_default_map_pixels_are_at_most_10_microns(mpp, expected):
+    # 16 x 0.62 = 9.92 um; 16 x 0.63 = 10.08 > 10: 8; 8 x 1.26 = 10.08: 4; 2 x 6 = 12: 1
+    model = FullResolutionFg()
+    model.output_stride, model.mpp = 32, mpp
+    assert map_stride_for(model, InferenceConfig()) == expected
+    assert map_stride_for(model, InferenceConfig(map_stride=32)) == 32  # asked for: as asked
+
+
 def test_map_stride_checks(tmp_path):
     for bad in (0, -8, 1.5, True, "8"):
         with pytest.raises((ValueError, TypeError)):

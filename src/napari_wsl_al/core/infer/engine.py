@@ -57,6 +57,10 @@ _OOM_ERRORS = tuple(
 #: Map pixel side (target pixels) used by default when the model's output stride is coarser.
 FINEST_DEFAULT_MAP_STRIDE = 16
 
+#: Largest default map pixel, in microns at the model's resolution: at least 5 map pixels
+#: across a 50 µm gland, whatever resolution the model reads slides at.
+LARGEST_DEFAULT_MAP_PIXEL_UM = 10.0
+
 #: Batches of outputs that may wait for the writer thread before the model waits for it: enough
 #: to ride out a blend or a pyramid update ...
 WRITE_QUEUE_BATCHES = 8
@@ -85,7 +89,9 @@ class InferenceConfig:
         and of the map stride).
     map_stride : int or None
         Side of a map pixel, in target pixels; None: the model's output stride, or
-        :data:`FINEST_DEFAULT_MAP_STRIDE` when that is finer. The model's outputs are brought
+        :data:`FINEST_DEFAULT_MAP_STRIDE` when that is finer, halved until a map pixel is at
+        most :data:`LARGEST_DEFAULT_MAP_PIXEL_UM` at the model's resolution (a model reading
+        slides at 2.48 µm/px gets 4-pixel map pixels, 9.9 µm). The model's outputs are brought
         to this grid by area means when it is coarser than them and by bilinear interpolation
         when finer. For a stride-32 model the default is 16: Max-Min's foreground (made at the
         input resolution) and a joint model's segmentation keep twice the detail per side that
@@ -724,7 +730,12 @@ def map_stride_for(model: WslModel, config: InferenceConfig) -> int:
     """Side of a map pixel in target pixels (see ``InferenceConfig.map_stride``)."""
     if config.map_stride is not None:
         return int(config.map_stride)
-    return min(int(model.output_stride), FINEST_DEFAULT_MAP_STRIDE)
+    stride = min(int(model.output_stride), FINEST_DEFAULT_MAP_STRIDE)
+    mpp = getattr(model, "mpp", None)
+    if mpp:  # halving keeps the stride a divisor of the output stride, hence of tile sizes
+        while stride > 1 and stride * float(mpp) > LARGEST_DEFAULT_MAP_PIXEL_UM:
+            stride //= 2
+    return stride
 
 
 def _geometry(reader: SlideReader, grid: TileGrid, stride: int):
