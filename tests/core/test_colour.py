@@ -203,3 +203,48 @@ def test_inference_on_patches_normalises_each_patch_as_the_model_does(tmp_path, 
         expected = torch.softmax(logits, 0).numpy()
         np.testing.assert_allclose(result.patches[index].probabilities, expected, atol=2e-4)
         assert not np.allclose(torch.softmax(without, 0).numpy(), expected, atol=1e-4)
+
+
+def test_a_slide_is_normalised_from_its_own_statistics_tile_after_tile(tmp_path, monkeypatch):
+    """On a slide, every tile is moved from the slide's tissue statistics (a sample of its
+    tiles, pooled), not from its own: two tiles of different colour keep their difference."""
+    from napari_wsl_al.core.infer import InferenceConfig, MapStore, infer_slide
+    from napari_wsl_al.core.io.memory_backend import ArrayReader
+    from napari_wsl_al.core.models.base import WslModel
+    from napari_wsl_al.core.models.colour import pooled_tissue_stats
+    from napari_wsl_al.core.progress import run_to_end
+
+    image = np.concatenate([tissue_like(8, (170, 90, 170)).repeat(4, 0).repeat(2, 1),
+                            tissue_like(9, (110, 60, 140)).repeat(4, 0).repeat(2, 1)], axis=1)
+    reader = ArrayReader(image, mpp=0.5, name="two-tints")  # 192 x 192, two halves
+    target = (55.0, 25.0, -12.0, 14.0, 9.0, 7.0)
+    model = build_model(ModelConfig(arch="cam-avg", width=0.0625, classes=("a", "b"),
+                                    mpp=0.5, colour_target=target)).eval()
+    seen = []
+    normalize = WslModel.normalize
+
+    def recorded(self, images, colour_source=None):
+        seen.append(None if colour_source is None else tuple(colour_source))
+        return normalize(self, images, colour_source)
+
+    monkeypatch.setattr(WslModel, "normalize", recorded)
+    config = InferenceConfig(device="cpu", readers=1, tile_size=64, overlap=0, maps=("cam",),
+                             tissue_threshold=0.0)
+    store = MapStore(tmp_path / "maps.zarr")
+    run_to_end(infer_slide(reader, model, config, store))
+    source = store.read_info()["spec"]["colour_source"]
+    tiles = [image[y : y + 64, x : x + 64] for y in range(0, 192, 64) for x in range(0, 192, 64)]
+    np.testing.assert_allclose(source, pooled_tissue_stats(tiles), rtol=1e-9)  # all 9 tiles
+    assert seen and all(s == tuple(source) for s in seen)
+    # the pooled statistics by hand: numpy over every tissue pixel of the slide
+    lab = rgb2lab(image).reshape(-1, 3)
+    tissue = lab[lab[:, 0] < 88.0]
+    np.testing.assert_allclose(source[:3], tissue.mean(axis=0), atol=1e-6)
+    np.testing.assert_allclose(source[3:], tissue.std(axis=0), atol=1e-5)
+    # the same source for a batch: one affine move in L*a*b*, the halves stay apart
+    halves = torch.from_numpy(np.stack([tiles[0], tiles[2]])).permute(0, 3, 1, 2).double()
+    moved = rgb_to_lab(reinhard(halves, target, source) / 255.0)
+    own = rgb_to_lab(reinhard(halves, target) / 255.0)
+    gap_moved = (moved[0].mean((1, 2)) - moved[1].mean((1, 2))).abs().sum()
+    gap_own = (own[0].mean((1, 2)) - own[1].mean((1, 2))).abs().sum()
+    assert float(gap_own) < 0.5 < float(gap_moved)

@@ -504,11 +504,13 @@ class _TileReader:
     """
 
     def __init__(self, reader: SlideReader, grid: TileGrid, model: WslModel, pin: bool,
-                 saturation_threshold: float | None = None, map_size: int = 1):
+                 saturation_threshold: float | None = None, map_size: int = 1,
+                 colour_source=None):
         self.reader = reader
         self.grid = grid
         self.model = model
         self.pin = pin
+        self.colour_source = colour_source
         self.saturation_threshold = saturation_threshold
         self.map_size = map_size
         self._tissue_table = (None if saturation_threshold is None
@@ -550,7 +552,8 @@ class _TileReader:
                                                              torch.Tensor | None]:
         """The batch from its tiles: normalised images (pinned for CUDA), tissue fractions."""
         with torch.inference_mode():
-            images = self.model.normalize(torch.from_numpy(np.stack(pixels)))
+            images = self.model.normalize(torch.from_numpy(np.stack(pixels)),
+                                          colour_source=self.colour_source)
             if self.pin:
                 images = images.pin_memory()
             fractions = None if self.saturation_threshold is None else torch.cat(tissue)
@@ -684,18 +687,12 @@ def _stored_fg_range(output: MapStore, spec: dict[str, Any]) -> list[float] | No
     return kept if kept is not None and stored == spec else None
 
 
-def _slide_fg_range(reader: SlideReader, model: WslModel, config: InferenceConfig,
-                    device: torch.device, grid: TileGrid, region, tissue, mpp, level,
-                    overlap: int) -> list[float]:
-    """``[low, high]``: medians over a sample of tissue tiles of each tile's smallest and
-    largest continuous mask value (``raw_mask``), the statistic of
-    :func:`~napari_wsl_al.core.models.maxmin.calibrate_foreground`.
-
-    The sample is up to :data:`FG_RANGE_SAMPLE_TILES` tiles spread evenly, in raster order,
-    over the whole slide's tiles holding at least :data:`FG_RANGE_TISSUE_FRACTION` tissue
-    (whatever the region asked for, so that every region of a slide gets the same range);
-    the tiles of the run when no tile holds that much.
-    """
+def _sample_tiles(reader: SlideReader, config: InferenceConfig, grid: TileGrid, region,
+                  tissue, mpp, level, overlap: int) -> tuple[TileGrid, np.ndarray]:
+    """Up to :data:`FG_RANGE_SAMPLE_TILES` tiles spread evenly, in raster order, over the
+    whole slide's tiles holding at least :data:`FG_RANGE_TISSUE_FRACTION` tissue (whatever the
+    region asked for, so that every region of a slide gets the same statistics); the tiles of
+    the run when no tile holds that much. Returns their grid and ``(row, col)`` pairs."""
     from .errors import NoTissueError
 
     sample_grid = grid
@@ -707,8 +704,39 @@ def _slide_fg_range(reader: SlideReader, model: WslModel, config: InferenceConfi
             sample_grid = grid
     count = min(FG_RANGE_SAMPLE_TILES, len(sample_grid))
     picks = np.unique(np.linspace(0, len(sample_grid) - 1, count).round().astype(np.int64))
-    tiles = sample_grid.tiles[picks]
+    return sample_grid, sample_grid.tiles[picks]
+
+
+def _slide_colour_source(reader: SlideReader, model: WslModel, config: InferenceConfig,
+                         grid: TileGrid, region, tissue, mpp, level,
+                         overlap: int) -> list[float] | None:
+    """The slide's tissue colour statistics (six numbers, as a colour target) over the
+    sample of :func:`_sample_tiles` read at the model's resolution; None without tissue."""
+    from ..models.colour import pooled_tissue_stats
+
+    sample_grid, tiles = _sample_tiles(reader, config, grid, region, tissue, mpp, level,
+                                       overlap)
     tile_reader = _TileReader(reader, sample_grid, model, pin=False)
+    stats = pooled_tissue_stats(tile_reader.read_tile(int(row), int(col)) for row, col in tiles)
+    return None if stats is None else list(stats)
+
+
+def _slide_fg_range(reader: SlideReader, model: WslModel, config: InferenceConfig,
+                    device: torch.device, grid: TileGrid, region, tissue, mpp, level,
+                    overlap: int, colour_source=None) -> list[float]:
+    """``[low, high]``: medians over a sample of tissue tiles of each tile's smallest and
+    largest continuous mask value (``raw_mask``), the statistic of
+    :func:`~napari_wsl_al.core.models.maxmin.calibrate_foreground`.
+
+    The sample is up to :data:`FG_RANGE_SAMPLE_TILES` tiles spread evenly, in raster order,
+    over the whole slide's tiles holding at least :data:`FG_RANGE_TISSUE_FRACTION` tissue
+    (whatever the region asked for, so that every region of a slide gets the same range);
+    the tiles of the run when no tile holds that much.
+    """
+    sample_grid, tiles = _sample_tiles(reader, config, grid, region, tissue, mpp, level,
+                                       overlap)
+    tile_reader = _TileReader(reader, sample_grid, model, pin=False,
+                              colour_source=colour_source)
     lows: list[float] = []
     highs: list[float] = []
     with torch.inference_mode():
@@ -943,11 +971,17 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
         "slide": {"name": reader.name, "path": None if reader.path is None else str(reader.path),
                   "mpp": None if reader.mpp is None else list(reader.mpp)},
     }
+    if getattr(model, "colour_target", None) is not None:
+        # One set of colour statistics for the whole slide (every tile is moved from them to
+        # the model's target), kept with the maps, like the foreground range below.
+        spec["colour_source"] = _slide_colour_source(reader, model, config, grid, region,
+                                                     tissue, mpp, level, overlap)
     if needs_slide_fg_range(model):
         # One foreground range for the whole slide, kept with the maps (a resumed run and a
         # run over another region of the slide use the same one).
         spec["fg_range"] = _stored_fg_range(output, spec) or _slide_fg_range(
-            reader, model, config, device, grid, region, tissue, mpp, level, overlap)
+            reader, model, config, device, grid, region, tissue, mpp, level, overlap,
+            colour_source=spec.get("colour_source"))
     total = len(grid)
     if output.is_complete(spec, grid.tiles):
         # Finished maps reopen without running the model at all.
@@ -977,7 +1011,8 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
 
     batches = [todo[i : i + config.batch_size] for i in range(0, len(todo), config.batch_size)]
     tile_reader = _TileReader(reader, grid, model, pin=device.type == "cuda",
-                              saturation_threshold=saturation_threshold, map_size=map_size)
+                              saturation_threshold=saturation_threshold, map_size=map_size,
+                              colour_source=spec.get("colour_source"))
     own_fg_range = getattr(model, "fg_range", None)
     if spec.get("fg_range") is not None:
         model.fg_range = tuple(spec["fg_range"])

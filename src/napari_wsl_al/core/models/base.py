@@ -52,9 +52,10 @@ class WslModel(nn.Module):
     mpp: float | None = None
     colour_target: tuple[float, ...] | None = None
 
-    def normalize(self, images_uint8: torch.Tensor) -> torch.Tensor:
+    def normalize(self, images_uint8: torch.Tensor, colour_source=None) -> torch.Tensor:
         """``(B, H, W, 3)`` or ``(B, 3, H, W)`` uint8 images to normalised float ``(B, 3, H, W)``
-        (each image colour-normalised first when the model has a ``colour_target``)."""
+        (colour-normalised first when the model has a ``colour_target``: each image from its
+        own statistics, or all from ``colour_source``, six numbers, e.g. its slide's)."""
         x = images_uint8
         if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
             x = x.permute(0, 3, 1, 2)
@@ -62,7 +63,7 @@ class WslModel(nn.Module):
         if self.colour_target is not None:  # each image's tissue to the model's colours
             from .colour import reinhard
 
-            x = reinhard(x, self.colour_target)
+            x = reinhard(x, self.colour_target, colour_source)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         # (x / 255 - mean) / std, in two in-place passes instead of four allocations.

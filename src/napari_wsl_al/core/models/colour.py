@@ -80,13 +80,20 @@ def tissue_stats(lab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, spread.sqrt()
 
 
-def reinhard(images: torch.Tensor, target: Sequence[float]) -> torch.Tensor:
+def reinhard(images: torch.Tensor, target: Sequence[float],
+             source: Sequence[float] | None = None) -> torch.Tensor:
     """``(B, 3, H, W)`` RGB in ``[0, 255]`` with each image's tissue colour statistics matched
     to ``target`` (L*, a*, b* means, then their standard deviations); ``[0, 255]``, the dtype
-    of ``images`` (float)."""
+    of ``images`` (float). With ``source`` (six numbers, as ``target``), every image is moved
+    from those statistics instead of its own: the tiles of one slide, from the slide's."""
     lab = rgb_to_lab(_working(images) / 255.0)
     target_t = torch.as_tensor(tuple(target), dtype=lab.dtype, device=images.device)
-    mean, spread = tissue_stats(lab)
+    if source is None:
+        mean, spread = tissue_stats(lab)
+    else:
+        source_t = torch.as_tensor(tuple(source), dtype=lab.dtype, device=images.device)
+        mean = source_t[:3].view(1, 3).expand(lab.shape[0], 3)
+        spread = source_t[3:].view(1, 3).expand(lab.shape[0], 3)
     scale = target_t[3:].view(1, 3) / spread.clamp(min=1e-6)
     lab = (lab - mean.view(-1, 3, 1, 1)) * scale.view(-1, 3, 1, 1) + target_t[:3].view(1, 3, 1, 1)
     return (lab_to_rgb(lab) * 255.0).to(images.dtype)
@@ -97,6 +104,25 @@ def normalise_image(image: np.ndarray, target: Sequence[float]) -> np.ndarray:
     x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
     out = reinhard(x, target)[0].permute(1, 2, 0).numpy()
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def pooled_tissue_stats(images: Iterable[np.ndarray]) -> tuple[float, ...] | None:
+    """Mean and standard deviation of L*, a*, b* over the tissue pixels of all the ``(H, W,
+    3)`` uint8 images together (six numbers, as a target): a slide's statistics from a sample
+    of its tiles. None when none of them holds a tissue pixel."""
+    count, total, squares = 0, np.zeros(3), np.zeros(3)
+    for image in images:
+        x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
+        lab = rgb_to_lab(x / 255.0)[0].reshape(3, -1)
+        pixels = lab[:, lab[0] < TISSUE_MAX_L].numpy()
+        count += pixels.shape[1]
+        total += pixels.sum(axis=1)
+        squares += (pixels**2).sum(axis=1)
+    if count == 0:
+        return None
+    mean = total / count
+    spread = np.sqrt(np.maximum(squares / count - mean**2, 0.0)) + 1e-6
+    return tuple(float(v) for v in np.concatenate([mean, spread]))
 
 
 def colour_target(images: Iterable[np.ndarray]) -> tuple[float, ...]:
