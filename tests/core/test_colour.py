@@ -248,3 +248,16 @@ def test_a_slide_is_normalised_from_its_own_statistics_tile_after_tile(tmp_path,
     gap_moved = (moved[0].mean((1, 2)) - moved[1].mean((1, 2))).abs().sum()
     gap_own = (own[0].mean((1, 2)) - own[1].mean((1, 2))).abs().sum()
     assert float(gap_own) < 0.5 < float(gap_moved)
+
+
+def test_pooled_statistics_leave_glass_out_and_need_tissue():
+    from napari_wsl_al.core.models.colour import pooled_tissue_stats
+
+    glass = np.full((10, 10, 3), 250, np.uint8)
+    half = glass.copy()
+    half[:, :5] = (150, 80, 160)
+    stats = pooled_tissue_stats([half, glass])  # 50 tissue pixels of one colour, 150 of glass
+    tissue = rgb2lab(np.full((1, 1, 3), (150, 80, 160), np.uint8))[0, 0]
+    np.testing.assert_allclose(stats[:3], tissue, atol=1e-6)
+    np.testing.assert_allclose(stats[3:], 0.0, atol=1e-4)
+    assert pooled_tissue_stats([glass, glass]) is None and pooled_tissue_stats([]) is None
