@@ -236,6 +236,15 @@ def test_a_slide_is_normalised_from_its_own_statistics_tile_after_tile(tmp_path,
     tiles = [image[y : y + 64, x : x + 64] for y in range(0, 192, 64) for x in range(0, 192, 64)]
     np.testing.assert_allclose(source, pooled_tissue_stats(tiles), rtol=1e-9)  # all 9 tiles
     assert seen and all(s == tuple(source) for s in seen)
+    # the finished maps reused: the statistics come from the store, no tile is sampled again
+    from napari_wsl_al.core.infer import engine
+
+    sampled = []
+    monkeypatch.setattr(engine, "_slide_colour_source",
+                        lambda *args, **kwargs: sampled.append(1) or [0.0] * 6)
+    again = run_to_end(infer_slide(reader, model, config, store))
+    assert sampled == [] and again.tiles_computed == 0
+    assert store.read_info()["spec"]["colour_source"] == source
     # the pooled statistics by hand: numpy over every tissue pixel of the slide
     lab = rgb2lab(image).reshape(-1, 3)
     tissue = lab[lab[:, 0] < 88.0]

@@ -670,9 +670,9 @@ class InferenceWidget(QWidget):
         if outline is None:
             return None
         layer = None
-        specs = self.session.layer_specs() if make_layer else []
-        if specs:
-            layer = make_outline_layer(outline, spec_key(specs[0])[0], self.outline_layer_name())
+        if make_layer:  # the store key of the run's layers (MapLayerSpec's wslal_store)
+            layer = make_outline_layer(outline, str(self.session.store.path),
+                                       self.outline_layer_name())
         return PreparedOutline(outline, layer)
 
     def _prepare_layers(self, specs: list[MapLayerSpec], existing: set,

@@ -679,11 +679,20 @@ def needs_slide_fg_range(model: WslModel) -> bool:
     return callable(getattr(model, "raw_mask", None)) and getattr(model, "fg_range", 0) is None
 
 
-def _stored_fg_range(output: MapStore, spec: dict[str, Any]) -> list[float] | None:
-    """The range kept in the store when everything else of its spec matches ``spec``."""
+#: Spec entries computed from the slide itself (a sample of its tiles), in the order they are
+#: added: a store keeps them, so a resumed or reused run does not read the sample again.
+SLIDE_SPEC_VALUES = ("colour_source", "fg_range")
+
+
+def _stored_slide_value(output: MapStore, spec: dict[str, Any], key: str):
+    """The slide value ``key`` kept in the store when the rest of its spec, up to ``key``,
+    matches ``spec``; None otherwise."""
     info = output.read_info()
     stored = dict((info or {}).get("spec") or {})
-    kept = stored.pop("fg_range", None)
+    kept = stored.pop(key, None)
+    later = SLIDE_SPEC_VALUES[SLIDE_SPEC_VALUES.index(key) + 1:]
+    for name in later:
+        stored.pop(name, None)
     return kept if kept is not None and stored == spec else None
 
 
@@ -974,12 +983,14 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
     if getattr(model, "colour_target", None) is not None:
         # One set of colour statistics for the whole slide (every tile is moved from them to
         # the model's target), kept with the maps, like the foreground range below.
-        spec["colour_source"] = _slide_colour_source(reader, model, config, grid, region,
-                                                     tissue, mpp, level, overlap)
+        spec["colour_source"] = (
+            _stored_slide_value(output, spec, "colour_source")
+            or _slide_colour_source(reader, model, config, grid, region, tissue, mpp, level,
+                                    overlap))
     if needs_slide_fg_range(model):
         # One foreground range for the whole slide, kept with the maps (a resumed run and a
         # run over another region of the slide use the same one).
-        spec["fg_range"] = _stored_fg_range(output, spec) or _slide_fg_range(
+        spec["fg_range"] = _stored_slide_value(output, spec, "fg_range") or _slide_fg_range(
             reader, model, config, device, grid, region, tissue, mpp, level, overlap,
             colour_source=spec.get("colour_source"))
     total = len(grid)

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .colour import reinhard
+
 #: ImageNet statistics: the default input normalisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -61,8 +63,6 @@ class WslModel(nn.Module):
             x = x.permute(0, 3, 1, 2)
         x = x.to(torch.float32, copy=True)  # the in-place steps below leave the input alone
         if self.colour_target is not None:  # each image's tissue to the model's colours
-            from .colour import reinhard
-
             x = reinhard(x, self.colour_target, colour_source)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)

@@ -27,9 +27,15 @@ MIN_TISSUE_PIXELS = 100
 _RGB_TO_XYZ = torch.tensor([[0.412453, 0.357580, 0.180423],
                             [0.212671, 0.715160, 0.072169],
                             [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
+_XYZ_TO_RGB = torch.linalg.inv(_RGB_TO_XYZ)
 _WHITE = torch.tensor([0.95047, 1.0, 1.08883], dtype=torch.float64)
 _EPSILON = 0.008856  # (6/29)^3
 _KAPPA = 7.787  # (29/6)^2 / 3
+
+
+def _batch_of(image: np.ndarray) -> torch.Tensor:
+    """An ``(H, W, 3)`` image as a ``(1, 3, H, W)`` float64 tensor of 0-255 values (a copy)."""
+    return torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
 
 
 def _working(x: torch.Tensor) -> torch.Tensor:
@@ -60,8 +66,7 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     f = torch.stack([fx, fy, fz], dim=1)
     xyz = torch.where(f**3 > _EPSILON, f**3, (f - 16.0 / 116.0) / _KAPPA)
     xyz = xyz.clamp(min=0) * _WHITE.to(lab.device, lab.dtype).view(1, 3, 1, 1)
-    inverse = torch.linalg.inv(_RGB_TO_XYZ).to(lab.device, lab.dtype)
-    linear = torch.einsum("ij,bjhw->bihw", inverse, xyz)
+    linear = torch.einsum("ij,bjhw->bihw", _XYZ_TO_RGB.to(lab.device, lab.dtype), xyz)
     rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0) ** (1.0 / 2.4) - 0.055,
                       12.92 * linear)
     return rgb.clamp(0.0, 1.0)
@@ -101,8 +106,7 @@ def reinhard(images: torch.Tensor, target: Sequence[float],
 
 def normalise_image(image: np.ndarray, target: Sequence[float]) -> np.ndarray:
     """One ``(H, W, 3)`` uint8 image through :func:`reinhard`, uint8 again (rounded)."""
-    x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
-    out = reinhard(x, target)[0].permute(1, 2, 0).numpy()
+    out = reinhard(_batch_of(image), target)[0].permute(1, 2, 0).numpy()
     return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
@@ -112,8 +116,7 @@ def pooled_tissue_stats(images: Iterable[np.ndarray]) -> tuple[float, ...] | Non
     of its tiles. None when none of them holds a tissue pixel."""
     count, total, squares = 0, np.zeros(3), np.zeros(3)
     for image in images:
-        x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
-        lab = rgb_to_lab(x / 255.0)[0].reshape(3, -1)
+        lab = rgb_to_lab(_batch_of(image) / 255.0)[0].reshape(3, -1)
         pixels = lab[:, lab[0] < TISSUE_MAX_L].numpy()
         count += pixels.shape[1]
         total += pixels.sum(axis=1)
@@ -130,8 +133,7 @@ def colour_target(images: Iterable[np.ndarray]) -> tuple[float, ...]:
     and of their tissue standard deviations of L*, a*, b* (six numbers)."""
     means, spreads = [], []
     for image in images:
-        x = torch.from_numpy(np.array(image, dtype=np.float64)).permute(2, 0, 1)[None]
-        mean, spread = tissue_stats(rgb_to_lab(x / 255.0))
+        mean, spread = tissue_stats(rgb_to_lab(_batch_of(image) / 255.0))
         means.append(mean[0])
         spreads.append(spread[0])
     if not means:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
-
-import numpy as np
 
 from .backbones import resnet
 from .base import IMAGENET_MEAN, IMAGENET_STD, WslModel
@@ -131,7 +130,7 @@ class ModelConfig:
         object.__setattr__(self, "head", dict(self.head or {}))
         if self.colour_target is not None:
             target = tuple(float(v) for v in self.colour_target)
-            if len(target) != 6 or not all(np.isfinite(target)) or min(target[3:]) <= 0:
+            if len(target) != 6 or not all(map(math.isfinite, target)) or min(target[3:]) <= 0:
                 raise ValueError(
                     "colour_target needs six finite numbers: the L*, a*, b* means, then their "
                     f"standard deviations (> 0), not {self.colour_target}")
