@@ -8,7 +8,7 @@ Usage::
 
     python store_safety_driver.py STORE [--kill-after-batches N] [--kill-in-final-pyramid K]
                                   [--pyramid-interval S] [--ready FILE] [--go FILE]
-                                  [--batch-seconds S] [--lock-timeout S]
+                                  [--batch-seconds S] [--lock-timeout S] [--colour]
 
 Prints one JSON line ``{"computed": ..., "total": ...}`` when the run ends, or the error
 message on stderr and exit status 1 when the library raises one of its typed errors.
@@ -64,6 +64,17 @@ class PatternModel(WslModel):
         return {"logits": cams.mean(dim=(2, 3)), "cams": cams, "fg": fg}
 
 
+#: The colour target of the ``--colour`` runs (L*, a*, b* means, then spreads).
+COLOUR_TARGET = (55.0, 25.0, -12.0, 14.0, 9.0, 7.0)
+
+
+def colour_model() -> PatternModel:
+    """The pattern model, colour-normalising every tile from the slide's statistics."""
+    model = PatternModel()
+    model.colour_target = COLOUR_TARGET
+    return model
+
+
 def slide_reader() -> ArrayReader:
     """The synthetic slide, the same in every process."""
     return ArrayReader(gradient_image(*SLIDE_SHAPE, seed=3), mpp=0.5, name="synthetic")
@@ -113,6 +124,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-seconds", type=float, default=0.0,
                         help="sleep after every batch (a slower run)")
     parser.add_argument("--lock-timeout", type=float)
+    parser.add_argument("--colour", action="store_true", help="the colour-normalising model")
     args = parser.parse_args(argv)
 
     from napari_wsl_al.core.errors import WslAlError
@@ -122,7 +134,7 @@ def main(argv=None) -> int:
     if args.kill_in_final_pyramid is not None:
         _install_final_pyramid_kill(args.kill_in_final_pyramid)
     reader = slide_reader()
-    model = PatternModel()
+    model = colour_model() if args.colour else PatternModel()
     store = MapStore(args.store)
     if args.lock_timeout is not None:
         store.lock_timeout = args.lock_timeout

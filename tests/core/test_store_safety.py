@@ -13,7 +13,7 @@ import pytest
 import tifffile
 from filelock import FileLock, Timeout
 from infer_models import gradient_image, gradient_slide_project
-from store_safety_driver import CONFIG, PatternModel, slide_reader
+from store_safety_driver import CONFIG, PatternModel, colour_model, slide_reader
 
 from napari_wsl_al.core.infer import store as store_module
 from napari_wsl_al.core.infer.engine import infer_slide
@@ -69,6 +69,31 @@ def clean(tmp_path_factory):
                               "uncertainty/margin", "uncertainty/ovr_entropy",
                               "uncertainty/ovr_entropy_max"]
     return levels
+
+
+def test_a_colour_normalising_run_killed_midway_resumes_to_the_maps_of_a_clean_run(tmp_path):
+    """The slide's colour statistics are kept in the store's spec: a run killed midway
+    resumes with them (it does not sample the slide again) to the maps of a clean run."""
+    clean_path = tmp_path / "clean.zarr"
+    clean = run_to_end(infer_slide(slide_reader(), colour_model(), CONFIG, MapStore(clean_path)))
+    assert clean.tiles_computed == TOTAL_TILES
+    source = MapStore(clean_path).read_info()["spec"]["colour_source"]
+    assert source is not None and len(source) == 6
+    path = tmp_path / "m.zarr"
+    killed = run_driver(path, "--kill-after-batches", 17, "--colour")
+    assert killed.returncode == -9, killed.stderr
+    done = int(MapStore(path).done_bitmap().sum())
+    assert 0 < done < TOTAL_TILES
+    assert MapStore(path).read_info()["spec"]["colour_source"] == source
+    resumed = run_to_end(infer_slide(slide_reader(), colour_model(), CONFIG, MapStore(path)))
+    assert resumed.tiles_computed == TOTAL_TILES - done
+    assert_same_maps(every_level(path), every_level(clean_path))
+    # and the colour normalisation changed the maps: not those of the plain model
+    plain = run_to_end(infer_slide(slide_reader(), PatternModel(), CONFIG,
+                                   MapStore(tmp_path / "plain.zarr")))
+    assert plain.tiles_computed == TOTAL_TILES
+    fg, plain_fg = every_level(path)["fg"][0], every_level(tmp_path / "plain.zarr")["fg"][0]
+    assert np.abs(fg - plain_fg).max() > 0.01
 
 
 # ---------------------------------------------------------------------- kill -9, then resume
