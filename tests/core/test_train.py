@@ -247,6 +247,47 @@ def test_cli_reinhard_trains_a_model_that_keeps_its_colour_target(tmp_path, caps
     assert model.colour_target == config.colour_target and "--reinhard" in extra["command"]
 
 
+def test_cli_val_fraction_zero_trains_on_every_image_to_the_last_epoch(tmp_path, capsys):
+    from napari_wsl_al.cli import main
+    from napari_wsl_al.core.data.glas import load_glas
+    from napari_wsl_al.core.data.patches import read_rgb
+    from napari_wsl_al.core.models.checkpoint import load_checkpoint
+    from napari_wsl_al.core.models.colour import colour_target
+
+    data = write_blob_glas(tmp_path / "glas", count=12, size=64)
+    out = tmp_path / "model.pt"
+    arguments = [
+        "train-wsl", str(data), "--arch", "wildcat", "--depth", "18", "--width", "0.0625",
+        "--epochs", "2", "--batch-size", "4", "--crop-size", "64", "--device", "cpu",
+        "--val-fraction", "0", "--out", str(out), "--threads", "1", "--quiet", "--reinhard",
+    ]
+    with pytest.raises(SystemExit, match="--select last"):
+        main(arguments)
+    assert not out.exists()
+    assert main([*arguments, "--select", "last"]) == 0
+    assert "every image trains the model" in capsys.readouterr().err
+    model, config, extra = load_checkpoint(out)
+    assert extra["split"]["grouped_by"] == "none" and extra["split"]["val_images"] == []
+    assert len(extra["split"]["train_images"]) == 12 and extra["val_metrics"] == {}
+    assert extra["best_epoch"] == 1 and extra["epochs_run"] == 2
+    assert not any(key.startswith("val_") for row in extra["history"] for key in row)
+    # the colour target of all twelve images
+    expected = colour_target(read_rgb(record.image_path) for record in load_glas(data))
+    assert config.colour_target == pytest.approx(expected)
+
+
+def test_split_by_patient_with_no_validation_fraction_keeps_every_image(tmp_path):
+    from napari_wsl_al.core.data.glas import load_glas, split_by_patient
+
+    dataset = load_glas(write_blob_glas(tmp_path / "glas", count=6, size=32))
+    split = split_by_patient(dataset, val_fraction=0.0, seed=3)
+    assert split.train == dataset and len(split.val) == 0 and split.val.classes == dataset.classes
+    assert split.grouped_by == "none" and split.val_groups == () and split.seed == 3
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match=r"\[0, 1\)"):
+            split_by_patient(dataset, val_fraction=bad)
+
+
 def test_cli_reports_a_broken_data_folder(tmp_path, capsys):
     from napari_wsl_al.cli import main
 

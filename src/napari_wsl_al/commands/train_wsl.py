@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     data = parser.add_argument_group("data")
     data.add_argument("--val-fraction", type=float, default=0.2,
-                      help="fraction held out for validation, split by patient when known")
+                      help="fraction held out for validation, split by patient when known; "
+                           "0 trains on every image (with --select last)")
     data.add_argument("--mpp", type=float, default=None,
                       help="microns per pixel of the images (default: 0.62 for the GlaS layout)")
     data.add_argument("--target-mpp", type=float, default=None,
@@ -290,6 +291,9 @@ def run(args: argparse.Namespace) -> int:
     data_mpp = args.mpp if args.mpp is not None else (GLAS_MPP if layout == "glas" else None)
     if args.target_mpp and not data_mpp:
         raise SystemExit(f"{NAME}: --target-mpp needs the resolution of the images (--mpp)")
+    if args.val_fraction == 0 and args.select != "last":
+        raise SystemExit(f"{NAME}: --val-fraction 0 leaves no images to choose an epoch on: "
+                         "add --select last")
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
     train_config, model_config = configs_from_args(args, dataset.classes, data_mpp,
                                                    split.train)
@@ -302,12 +306,13 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     log_csv = Path(args.log) if args.log else out.with_suffix(".csv")
     log_json = log_csv.with_suffix(".json")
-    print(
-        f"{NAME}: {len(dataset)} images {dataset.class_counts()} from {args.data}; "
-        f"validation: {len(split.val)} images ({split.grouped_by} split, "
-        f"{', '.join(split.val_groups) if split.grouped_by == 'patient' else 'by image'})",
-        file=sys.stderr,
-    )
+    if split.grouped_by == "none":
+        held_out = "none: every image trains the model"
+    else:
+        held_out = (f"{len(split.val)} images ({split.grouped_by} split, "
+                    f"{', '.join(split.val_groups) if split.grouped_by == 'patient' else 'by image'})")
+    print(f"{NAME}: {len(dataset)} images {dataset.class_counts()} from {args.data}; "
+          f"validation: {held_out}", file=sys.stderr)
     history_so_far: list[dict] = []
     bar = tqdm(total=args.epochs, desc=args.arch, unit="epoch", disable=args.quiet, file=sys.stderr)
 

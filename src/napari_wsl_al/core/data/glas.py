@@ -117,7 +117,8 @@ class DatasetSplit:
         The two parts.
     grouped_by : str
         ``"patient"`` when no patient is in both parts, ``"image"`` when images were split
-        individually (the data set has no patient ids).
+        individually (the data set has no patient ids), ``"none"`` when every image is in
+        the training part.
     val_groups : tuple of str
         Patient ids (or image names, when grouped by image) in the validation part.
     seed : int
@@ -416,7 +417,8 @@ def split_by_patient(
     dataset : PatchDataset
         The data set.
     val_fraction : float
-        Target fraction of images in the validation part, in ``(0, 1)``.
+        Target fraction of images in the validation part, in ``[0, 1)``; 0 puts every image
+        in the training part (``grouped_by`` is then ``"none"``).
     seed : int
         Seed of the random order.
 
@@ -424,8 +426,11 @@ def split_by_patient(
     -------
     DatasetSplit
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_fraction == 0.0:
+        return DatasetSplit(train=dataset, val=dataset.subset([]), grouped_by="none",
+                            val_groups=(), seed=seed)
     if len(dataset) < 2:
         raise DatasetError(
             f"{len(dataset)} image(s): too few to split", dataset.root, hint="add images"
