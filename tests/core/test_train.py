@@ -266,7 +266,7 @@ def test_cli_val_fraction_zero_trains_on_every_image_to_the_last_epoch(tmp_path,
     assert not out.exists()
     assert main([*arguments, "--select", "last"]) == 0
     assert "every image trains the model" in capsys.readouterr().err
-    model, config, extra = load_checkpoint(out)
+    _, config, extra = load_checkpoint(out)
     assert extra["split"]["grouped_by"] == "none" and extra["split"]["val_images"] == []
     assert len(extra["split"]["train_images"]) == 12 and extra["val_metrics"] == {}
     assert extra["best_epoch"] == 1 and extra["epochs_run"] == 2
