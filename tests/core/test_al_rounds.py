@@ -351,3 +351,35 @@ def test_label_prop_on_a_patch_folder_stores_pseudo_labels_and_protects_them(pat
     assert "protected" not in everything.params
     with pytest.raises(ValueError, match="label_prop_k"):
         replace(settings, label_prop_k=0)
+
+
+def test_working_resolution_setting_is_checked_and_kept():
+    assert rounds.ALSettings().mpp == rounds.WORKING_MPP == 1.24
+    assert rounds.ALSettings.from_json({}).mpp == 1.24  # settings saved before the option
+    assert rounds.ALSettings.from_json(rounds.ALSettings(mpp=None).to_json()).mpp is None
+    assert rounds.ALSettings.from_json(rounds.ALSettings(mpp=0.5).to_json()).mpp == 0.5
+    for bad in (0, -1.24, "1.24"):
+        with pytest.raises(ValueError, match="mpp"):
+            rounds.ALSettings(mpp=bad)
+
+
+def test_a_new_project_works_at_the_setting_and_one_with_superpixels_at_theirs(tmp_path, slide,
+                                                                              project):
+    from napari_wsl_al.core.models.checkpoint import load_default_model
+
+    # superpixels stored at 0.62 µm/px: the project keeps working at their resolution
+    assert rounds.stored_working_mpp(project) == pytest.approx(0.62)
+    model, number = rounds.current_model(project, SETTINGS)
+    assert number is None and model.mpp == pytest.approx(0.62)
+    fresh = Project.create(tmp_path / "fresh", classes=["benign", "malignant"])
+    fresh.add_slide(slide)
+    assert rounds.stored_working_mpp(fresh) is None
+    model, _ = rounds.current_model(fresh, SETTINGS)
+    assert model.mpp == pytest.approx(SETTINGS.mpp) and SETTINGS.mpp == 1.24
+    model, _ = rounds.current_model(fresh, rounds.ALSettings(mpp=0.9, device="cpu"))
+    assert model.mpp == pytest.approx(0.9)
+    model, _ = rounds.current_model(fresh, rounds.ALSettings(mpp=None, device="cpu"))
+    assert model.mpp == pytest.approx(load_default_model("cpu").mpp)
+    # the superpixels of its first slide are computed at the model's resolution
+    superpixels = run_to_end(rounds.ensure_superpixels(fresh, "synth", SETTINGS, model_mpp=0.9))
+    assert superpixels.mpp == pytest.approx(0.9) and rounds.stored_working_mpp(fresh) == 0.9

@@ -519,7 +519,8 @@ def test_suggest_then_label_a_real_slide(tmp_path, slide):
         assert session.first_pending() == int(selection.ids[0])
         assert [s.region_id for s in session.pending] == selection.ids.tolist()
         superpixels = session.superpixels
-        assert superpixels.mpp == pytest.approx(0.62)
+        # a new project works at the active-learning resolution, whatever the model's
+        assert superpixels.mpp == pytest.approx(rounds.WORKING_MPP) == 1.24
         region = session.current_region
         # The centre of one of the region's working pixels, in microns, selects the region.
         step, unit = superpixels.downsample * superpixels.level0_mpp, superpixels.level0_mpp

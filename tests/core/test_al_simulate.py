@@ -231,6 +231,12 @@ def test_cli_writes_curves_summary_picture_and_checkpoints(patches, tmp_path, ca
     assert 0.0 <= summary["strategies"]["oreal-multi"]["retrained_dice"] <= 1.0
     assert (out / "oreal-multi-seed0" / "round_1.pt").exists()
     assert (out / "oreal-multi-seed0" / "final.pt").exists()
+    # the checkpoints read images at the resolution the simulation trained them at
+    from napari_wsl_al.core.models.checkpoint import load_checkpoint
+
+    for name in ("round_1.pt", "final.pt"):
+        _, config, _ = load_checkpoint(out / "oreal-multi-seed0" / name)
+        assert config.mpp == pytest.approx(1.24)
     printed = capsys.readouterr().out
     assert "AuALC" in printed and "trained again from the start: Dice" in printed
 

@@ -50,6 +50,22 @@ def test_joint_from_wsl_copies_backbone_and_classifier():
             assert torch.equal(joint.state_dict()[mapped], tensor)
 
 
+def test_joint_model_reads_at_the_resolution_asked_for(tmp_path):
+    wsl = build_model(ModelConfig(arch="wildcat", classes=("benign", "malignant"), depth=18,
+                                  width=0.125, mpp=2.48))
+    joint, config = joint_from_wsl(wsl, SEG)
+    assert config.mpp == joint.mpp == 2.48  # the weakly-supervised model's by default
+    joint, config = joint_from_wsl(wsl, SEG, mpp=1.24)
+    assert config.mpp == joint.mpp == 1.24 and isinstance(config.mpp, float)
+    wsl_path = save_checkpoint(tmp_path / "wsl.pt", wsl, wsl.config)
+    assert load_round_model(wsl_path, SEG, mpp=0.9)[1].mpp == 0.9
+    assert load_round_model(wsl_path, SEG)[1].mpp == 2.48
+    # a round's joint checkpoint keeps the resolution it was trained at
+    round_path = save_checkpoint(tmp_path / "round.pt", joint, config)
+    model, loaded = load_round_model(round_path, SEG, mpp=0.5)
+    assert loaded.mpp == model.mpp == 1.24
+
+
 def test_load_round_model_checks_segmentation_classes(tmp_path):
     joint, config = joint_from_wsl(tiny_wsl(), SEG)
     path = save_checkpoint(tmp_path / "round.pt", joint, config)

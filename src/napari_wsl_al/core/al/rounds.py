@@ -65,6 +65,9 @@ BACKGROUND = "background"
 #: Key of the active-learning settings in ``project.json``'s settings.
 SETTINGS_KEY = "active_learning"
 
+#: Default working resolution of active learning, µm/px.
+WORKING_MPP = 1.24
+
 
 @dataclass(frozen=True)
 class ALSettings:
@@ -85,7 +88,13 @@ class ALSettings:
     init : {"previous", "wsl"}
         Fine-tune the previous round's model, or start every round from ``model``.
     superpixels : SuperpixelConfig
-        Region size at the working resolution (the model's).
+        Region size at the working resolution.
+    mpp : float or None
+        Working resolution (µm/px) of a new project's active learning: its superpixels, the
+        tiles its rounds train on and the round models read the slides at it (1.24 µm/px: 32-px
+        regions of about 40 µm, the resolution of the active-learning benchmark). None: the
+        weakly-supervised model's resolution. A project that already has superpixels keeps
+        theirs.
     train : RegionTrainConfig
         Each round's training.
     tile_px : int
@@ -110,6 +119,7 @@ class ALSettings:
     no_adjacent: bool = False
     init: str = "previous"
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
+    mpp: float | None = WORKING_MPP
     train: RegionTrainConfig = field(default_factory=RegionTrainConfig)
     tile_px: int = 512
     device: str = "auto"
@@ -125,6 +135,8 @@ class ALSettings:
             raise ValueError(f"init must be 'previous' or 'wsl', not {self.init!r}")
         if self.n_suggestions < 1:
             raise ValueError("n_suggestions must be at least 1")
+        if self.mpp is not None and not (isinstance(self.mpp, (int, float)) and self.mpp > 0):
+            raise ValueError(f"mpp must be a positive number of µm/px or None, not {self.mpp!r}")
         if self.label_prop_k < 1:
             raise ValueError(f"label_prop_k must be at least 1, not {self.label_prop_k}")
         if not self.label_prop_lambda >= 0:
@@ -407,14 +419,29 @@ def _initial_model(project: Project, settings: ALSettings, device):
     from .train import joint_from_wsl
 
     classes = region_classes(project)
+    mpp = stored_working_mpp(project)
+    if mpp is None:
+        mpp = settings.mpp
     if settings.model == "default":
         wsl = load_inference_model("default", "cpu")
         project.check_model_classes(wsl.classes, "the default model")
-        model, _ = joint_from_wsl(wsl, classes)
+        model, _ = joint_from_wsl(wsl, classes, mpp=mpp)
         return model.to(device)
-    model, _ = load_round_model(settings.model, classes, device)
+    model, _ = load_round_model(settings.model, classes, device, mpp=mpp)
     project.check_model_classes(model.classes, f"model {settings.model}")
     return model
+
+
+def stored_working_mpp(project: Project) -> float | None:
+    """The resolution of the superpixels the project has already computed (the first slide's
+    with a resolution), so that a project keeps working at it; None when it has none."""
+    for slide in project.slide_names():
+        path = superpixels_path(project, slide)
+        if path.exists():
+            mpp = SuperpixelMap.open(path).mpp
+            if mpp is not None:
+                return float(mpp)
+    return None
 
 
 def suggest(

@@ -316,7 +316,7 @@ def _initial_model(config: SimulationConfig, classes: Sequence[str]):
         wsl, _, _ = load_checkpoint(config.checkpoint)
     else:
         wsl = load_default_model("cpu")
-    model, model_config = joint_from_wsl(wsl, classes)
+    model, model_config = joint_from_wsl(wsl, classes, mpp=config.mpp)
     if config.init == "scratch":
         model = build_model(model_config)
         model.config = model_config

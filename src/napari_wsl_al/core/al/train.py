@@ -116,8 +116,10 @@ class RegionTrainConfig:
 
 
 # ---------------------------------------------------------------------- models
-def joint_config_from(config: ModelConfig, seg_classes: Sequence[str]) -> ModelConfig:
-    """The joint model's configuration over the backbone of ``config`` (another architecture)."""
+def joint_config_from(config: ModelConfig, seg_classes: Sequence[str],
+                      mpp: float | None = None) -> ModelConfig:
+    """The joint model's configuration over the backbone of ``config`` (another architecture),
+    reading images at ``mpp`` (default: the resolution of ``config``)."""
     return ModelConfig(
         arch="joint",
         classes=config.classes,
@@ -126,21 +128,23 @@ def joint_config_from(config: ModelConfig, seg_classes: Sequence[str]) -> ModelC
         dropout=config.dropout,
         output_stride=config.output_stride,
         seg_classes=tuple(seg_classes),
-        mpp=config.mpp,
+        mpp=config.mpp if mpp is None else float(mpp),
         mean=config.mean,
         std=config.std,
         colour_target=config.colour_target,
     )
 
 
-def joint_from_wsl(model, seg_classes: Sequence[str]) -> tuple[JointModel, ModelConfig]:
-    """A joint model whose backbone and classifier are those of a weakly-supervised model.
+def joint_from_wsl(model, seg_classes: Sequence[str],
+                   mpp: float | None = None) -> tuple[JointModel, ModelConfig]:
+    """A joint model whose backbone and classifier are those of a weakly-supervised model,
+    reading images at ``mpp`` (default: the weakly-supervised model's resolution).
 
     The backbone is copied whole; the classification head is copied when its shapes match
     (WILDCAT heads: Max-Min's ``classifier_head``, WILDCAT's ``pooling``). The decoder starts
     fresh.
     """
-    config = joint_config_from(model.config, seg_classes)
+    config = joint_config_from(model.config, seg_classes, mpp)
     joint = build_model(config)
     source = model.state_dict()
     target = joint.state_dict()
@@ -165,9 +169,11 @@ def joint_from_wsl(model, seg_classes: Sequence[str]) -> tuple[JointModel, Model
 
 
 def load_round_model(
-    path: str | Path, seg_classes: Sequence[str], device: str | torch.device = "cpu"
+    path: str | Path, seg_classes: Sequence[str], device: str | torch.device = "cpu",
+    mpp: float | None = None,
 ) -> tuple[JointModel, ModelConfig]:
-    """A joint model from a checkpoint: a round's joint checkpoint, or a WSL one converted."""
+    """A joint model from a checkpoint: a round's joint checkpoint (at its own resolution), or
+    a WSL one converted to a joint model reading images at ``mpp`` (default: its own)."""
     model, config, _ = load_checkpoint(path, device=device)
     if config.arch == "joint":
         if tuple(config.seg_classes) != tuple(seg_classes):
@@ -177,7 +183,7 @@ def load_round_model(
                 hint="start from a checkpoint made for this project's classes",
             )
         return model, config
-    joint, joint_config = joint_from_wsl(model, seg_classes)
+    joint, joint_config = joint_from_wsl(model, seg_classes, mpp)
     return joint.to(device), joint_config
 
 
