@@ -73,3 +73,65 @@ def test_a_region_and_a_resumed_run_share_the_slide_range(tmp_path):
     # The rest of the slide resumes in the same store, with the range kept there.
     result = run_to_end(infer_slide(reader, model, InferenceConfig(**FAST), MapStore(path)))
     assert first.tiles_total == 1 and result.tiles_computed == 20 - 1 and stored_range(path) == in_region
+
+
+def tiny_cam_model(arch="wildcat"):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(arch=arch, classes=("a", "b"), width=0.0625)).eval()
+
+
+def test_a_cam_models_slide_foreground_is_scaled_by_the_slides_range(tmp_path):
+    reader = ArrayReader(gradient_image(200, 260), mpp=0.5)
+    model = tiny_cam_model()
+    assert model.fg_range is None
+    result = run_to_end(infer_slide(reader, model, InferenceConfig(**FAST),
+                                    MapStore(tmp_path / "s.zarr")))
+    assert model.fg_range is None  # the model is left as it was
+    grid = tile_grid(reader, 64, 0, level=0)
+    lows, highs, tile_maps = [], [], []
+    with torch.inference_mode():
+        for row, col in grid.tiles:
+            x, y = grid.position(row, col)
+            tile = model.normalize(torch.from_numpy(reader.read_level(0, x, y, 64, 64))[None])
+            output = model(tile)
+            cam = output["cams"][0, int(output["logits"][0].argmax())]  # predicted class
+            mask = model.raw_mask(tile)[2]
+            assert float(mask.min()) == pytest.approx(float(cam.min()), abs=1e-5)
+            assert float(mask.max()) == pytest.approx(float(cam.max()), abs=1e-5)
+            lows.append(float(mask.min()))
+            highs.append(float(mask.max()))
+            tile_maps.append(cam)
+    low, high = stored_range(tmp_path / "s.zarr")
+    assert low == pytest.approx(float(np.median(lows)), abs=1e-6)
+    assert high == pytest.approx(float(np.median(highs)), abs=1e-6)
+    calibrated = copy.deepcopy(model)
+    calibrated.fg_range = (low, high)
+    fixed = run_to_end(infer_slide(reader, calibrated, InferenceConfig(**FAST),
+                                   MapStore(tmp_path / "fixed.zarr")))
+    fg = result.maps["fg"].levels[0].compute()
+    np.testing.assert_allclose(fg, fixed.maps["fg"].levels[0].compute(), atol=1e-6)
+    # per-tile min-max would put 0 and 1 in every tile; with one range, a tile whose CAM
+    # stays below the slide's median maximum never reaches 1
+    assert max(float(t.max()) for t in tile_maps) > high > min(float(t.max()) for t in tile_maps)
+    assert fg.max() == pytest.approx(1.0) and fg.min() == pytest.approx(0.0)
+
+
+def test_a_cam_models_localisation_by_hand():
+    model = tiny_cam_model("cam-avg")
+    cams = torch.tensor([[[[0.0, 2.0], [4.0, 6.0]], [[1.0, 1.0], [1.0, 3.0]]]])
+    # predicted class 0: its CAM, min-max normalised per image (the paper's protocol)
+    output = {"cams": cams, "logits": torch.tensor([[2.0, 1.0]])}
+    np.testing.assert_allclose(model.localize(output, (2, 2))[0, 0],
+                               [[0, 1 / 3], [2 / 3, 1]], atol=1e-6)
+    # with a range (1, 5): (cam - 1) / 4, clipped to [0, 1]
+    model.fg_range = (1.0, 5.0)
+    np.testing.assert_allclose(model.localize(output, (2, 2))[0, 0],
+                               [[0, 0.25], [0.75, 1]], atol=1e-6)
+    # predicted class 1
+    output["logits"] = torch.tensor([[0.0, 1.0]])
+    np.testing.assert_allclose(model.localize(output, (2, 2))[0, 0],
+                               [[0, 0], [0, 0.5]], atol=1e-6)
+    # in training the range is not used
+    model.train()
+    np.testing.assert_allclose(model.localize(output, (2, 2))[0, 0],
+                               [[0, 0], [0, 1]], atol=1e-6)

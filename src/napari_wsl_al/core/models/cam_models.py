@@ -13,8 +13,10 @@ class CamModel(WslModel):
     """Backbone + pooling head, trained with cross-entropy on the image labels.
 
     The baselines of Max-Min (``wsl-histology-max-min-uncertainty``, Sec. 3.2 (b)); their
-    localisation is the min-max normalised CAM of the predicted class
-    (:meth:`WslModel.localize`).
+    localisation is the CAM of the predicted class, min-max normalised over the image it
+    sees (:meth:`WslModel.localize`), or scaled from ``fg_range`` when that is set: the
+    inference engine sets it for the tiles of a slide, from a sample of the slide's tiles
+    (:meth:`raw_mask`), so that no tile is normalised on its own.
 
     Parameters
     ----------
@@ -46,7 +48,32 @@ class CamModel(WslModel):
         self.classes = tuple(classes)
         self.output_stride = backbone.output_stride
         self.mean, self.std, self.mpp = tuple(mean), tuple(std), mpp
+        #: ``(low, high)`` CAM values scaled to 0 and 1 in evaluation mode; None: per image.
+        self.fg_range: tuple[float, float] | None = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         cams, logits = self.pooling(self.backbone(x))
         return {"logits": logits, "cams": cams}
+
+    @staticmethod
+    def _predicted_cam(output: dict[str, torch.Tensor]) -> torch.Tensor:
+        cams = output["cams"]
+        predicted = output["logits"].argmax(dim=1)
+        return cams[torch.arange(cams.shape[0], device=cams.device), predicted].unsqueeze(1)
+
+    def raw_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cams, logits, mask)``: the predicted class's CAM before any normalisation,
+        upsampled to the input size (the statistic of a slide's ``fg_range``)."""
+        output = self(x)
+        mask = nn.functional.interpolate(self._predicted_cam(output), size=tuple(x.shape[2:]),
+                                         mode="bilinear", align_corners=False)
+        return output["cams"], output["logits"], mask
+
+    def localize(self, output: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """The predicted class's CAM at ``size`` in ``[0, 1]``: scaled from ``fg_range`` in
+        evaluation mode when it is set, else min-max normalised per image."""
+        if self.fg_range is None or self.training:
+            return super().localize(output, size)
+        low, high = self.fg_range
+        cam = ((self._predicted_cam(output) - low) / (high - low)).clamp(0.0, 1.0)
+        return nn.functional.interpolate(cam, size=size, mode="bilinear", align_corners=False)
