@@ -281,6 +281,7 @@ def run_glass(args) -> None:
 
 
 def main(argv=None) -> int:
+    global OUT
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -300,11 +301,14 @@ def main(argv=None) -> int:
     parser.add_argument("--ema", type=float, default=0.0,
                         help="weight averaging in each round's training (the ema part: 0.99)")
     parser.add_argument("--tag", default="", help="suffix of the CSV (parallel processes)")
+    parser.add_argument("--out", default=str(OUT),
+                        help="results folder (default benchmarks/results/al)")
     parser.add_argument("--k", type=int, default=40, help="labelprop: neighbours (paper: 40)")
     parser.add_argument("--lam", type=float, default=0.1, help="labelprop: lambda (paper: 0.1)")
     parser.add_argument("--no-pseudo", action="store_true",
                         help="labelprop: the same run without Label_prop")
     args = parser.parse_args(argv)
+    OUT = Path(args.out)
     torch.set_num_threads(args.threads)
     if args.part == "report":
         report()
