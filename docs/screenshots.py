@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -43,34 +44,40 @@ def slide_screenshot(path: Path) -> None:
     viewer.close()
 
 
-def glas_figure(path: Path, names=("train_2", "train_19", "train_49", "train_7")) -> None:
-    """The default model on held-out GlaS images: image, foreground map, ground-truth outline.
+def glas_figure(path: Path, names=("train_2", "train_12", "train_19", "train_49")) -> None:
+    """The default model on GlaS images: image, foreground map, ground-truth outline.
 
-    Needs the GlaS training set beside the repository (``../shared/data/glas_train``); the
-    images named are in the default model's validation split.
+    Needs the GlaS training set beside the repository (``../shared/data/glas_train``). The
+    images are read at the model's resolution and normalised as in its evaluation
+    (:func:`napari_wsl_al.core.wsl.train.predict`); the map is drawn over the full image.
     """
     import numpy as np
-    import torch
     from napari.utils.colormaps import ensure_colormap
     from PIL import Image
     from skimage.io import imread
     from skimage.segmentation import find_boundaries
+    from skimage.transform import resize
 
+    from napari_wsl_al.core.data.glas import GLAS_MPP, load_glas
     from napari_wsl_al.core.models.checkpoint import load_default_model
+    from napari_wsl_al.core.wsl.train import TrainConfig, make_torch_dataset, predict
 
     glas = DOCS.parents[1] / "shared" / "data" / "glas_train"
     model = load_default_model("cpu")
+    dataset = load_glas(glas)
+    chosen = dataset.subset([i for i, r in enumerate(dataset.records) if r.name in names])
+    chosen = dataclasses.replace(chosen, mpp=GLAS_MPP)
+    config = TrainConfig(eval_crop_size=None, target_mpp=model.mpp)
+    data = make_torch_dataset(chosen, model, config, train=False)
     rows = []
-    for name in names:
-        image = imread(glas / "images" / f"{name}.png")[..., :3]
-        truth = imread(glas / "masks" / f"{name}.png") > 0
-        h, w = (s // 32 * 32 for s in image.shape[:2])
-        image, truth = image[:h, :w], truth[:h, :w]
-        with torch.inference_mode():
-            batch = model.normalize(torch.from_numpy(np.ascontiguousarray(image))[None])
-            output = model(batch)
-            fg = model.localize(output, (h, w))[0, 0].numpy()
-            malignant = torch.softmax(output["logits"], 1)[0, 1].item()
+    for record, (_, probabilities, fg, _) in zip(chosen.records, predict(model, data, "cpu")):
+        image = imread(record.image_path)[..., :3]
+        truth = imread(record.mask_path) > 0
+        h, w = image.shape[:2]
+        # the map covers the padded image: crop it to the image before drawing it full size
+        scale = GLAS_MPP / model.mpp
+        fg = fg[: round(h * scale), : round(w * scale)]
+        fg = resize(fg, (h, w), order=1, mode="edge", anti_aliasing=False)
         heat = ensure_colormap("inferno").map(fg.ravel())[:, :3].reshape(h, w, 3)
         heat = (heat * 255).astype(np.uint8)
         overlay = (0.55 * image + 0.45 * heat).astype(np.uint8)
@@ -78,7 +85,9 @@ def glas_figure(path: Path, names=("train_2", "train_19", "train_49", "train_7")
             picture[find_boundaries(truth, mode="thick")] = (0, 255, 255)
         bar = np.full((h, 8, 3), 255, np.uint8)
         rows.append(np.concatenate([image, bar, overlay], axis=1)[::2, ::2])
-        print(f"{name}: P(malignant) = {malignant:.2f}")
+        label = dataset.classes[record.label]
+        shown = ", ".join(f"P({c}) = {p:.2f}" for c, p in zip(dataset.classes, probabilities))
+        print(f"{record.name} ({label}): {shown}")
     width = max(r.shape[1] for r in rows)
     rows = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
     Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=85)

@@ -112,8 +112,9 @@ def run_default_model_directly(model, image):
     padded, _ = pad_to_multiple(image, np.zeros(image.shape[:2], np.uint8), model.output_stride)
     with torch.inference_mode():
         output = model(model.normalize(torch.from_numpy(padded)[None]))
+        fg = model.localize(output, padded.shape[:2])
     h, w = image.shape[:2]
-    fg = output["fg"][0, 0, :h, :w].numpy().astype(np.float64)
+    fg = fg[0, 0, :h, :w].numpy().astype(np.float64)
     return fg, torch.softmax(output["logits"][0], 0).numpy()
 
 
@@ -138,10 +139,14 @@ def cell_means(values, n, cell_h, cell_w):
 
 @pytest.fixture(scope="module")
 def default_model():
+    """The shipped model on the images' own pixels (no resolution: the folder has none), so
+    that each patch is the whole image the comparison runs the model on."""
     from napari_wsl_al.core.infer import load_inference_model
 
     torch.set_num_threads(2)
-    return load_inference_model("default", "cpu")
+    model = load_inference_model("default", "cpu")
+    model.mpp = None
+    return model
 
 
 def test_infer_on_a_patch_equals_the_model_on_the_whole_image(tmp_path, shared_data,

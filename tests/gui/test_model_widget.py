@@ -73,7 +73,10 @@ def test_train_from_the_dock_and_use_the_new_model(make_napari_viewer, qtbot, pa
     assert widget.model_info.name == "default" and widget.default_radio.isChecked()
     assert widget.model_info.path == default_checkpoint_path()
     assert widget.model_info.classes == ("benign", "malignant")
-    assert widget.mpp_label.text() == "0.62 µm/px" and "Validation error" in widget.summary_label.text()
+    assert widget.mpp_label.text() == "2.48 µm/px"
+    summary = widget.summary_label.text()
+    assert "Trained on every image: no validation figures." in summary
+    assert "Best epoch 60 of 60" in summary and "Colour-normalises" in summary
     assert not (tmp_path / "study.wslal").exists()  # showing the default writes nothing
 
     changed = []

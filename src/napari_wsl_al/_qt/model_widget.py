@@ -154,6 +154,8 @@ def checkpoint_summary(config: ModelConfig, extra: dict) -> tuple[str, str]:
         if validation.get("f1_pos") is not None:
             text += f", F1+ {validation['f1_pos']:.1f}%, F1- {validation['f1_neg']:.1f}%"
         sentences.append(text + f" ({validation.get('n_images')} images).")
+    elif (card["split"] or {}).get("grouped_by") == "none":
+        sentences.append("Trained on every image: no validation figures.")
     if not sentences:
         sentences.append("No training record in the checkpoint.")
     if config.colour_target is not None:
