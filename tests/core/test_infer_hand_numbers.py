@@ -571,6 +571,53 @@ def test_a_map_pixel_half_on_tissue_is_gated_by_half(tmp_path):
                                [[2.0] * 3, [0.5] * 3], atol=1e-6)
 
 
+def test_uncertainty_is_that_of_the_tissue_glass_reads_as_certain(tmp_path):
+    image = np.full((128, 192, 3), 245, np.uint8)  # glass ...
+    image[:, 98:] = (200, 80, 160)  # ... then tissue from column 98
+    reader = ArrayReader(image, mpp=0.5)
+    maps = ("probs", "uncertainty")
+    result = run(reader, ConstantModel(logits=(2.0, 0.5), fg=0.7), tmp_path / "m.zarr",
+                 maps=maps, tile_size=64, overlap=16, tissue_gate=True)
+    p = np.exp([2.0, 0.5]) / np.exp([2.0, 0.5]).sum()  # 0.8175745, 0.1824255
+    entropy = -(p * np.log(p)).sum()  # 0.4732; two classes: also each one-vs-rest entropy
+    margin = p[0] - p[1]  # 0.6351
+    # map columns 23, 24, 25: glass, half tissue (pixels 96..99), tissue
+    tissue = np.array([0.0, 0.5, 1.0])
+
+    def columns(name):
+        return result.maps[name].levels[0].compute()[..., 10, 23:26]
+
+    np.testing.assert_allclose(columns("uncertainty/entropy"), tissue * entropy, atol=1e-6)
+    np.testing.assert_allclose(columns("uncertainty/ovr_entropy_max"), tissue * entropy,
+                               atol=1e-6)
+    np.testing.assert_allclose(columns("uncertainty/ovr_entropy"),
+                               [tissue * entropy, tissue * entropy], atol=1e-6)
+    np.testing.assert_allclose(columns("uncertainty/margin"), 1 - tissue * (1 - margin),
+                               atol=1e-6)
+    # the probabilities are not gated: they still sum to one on glass
+    np.testing.assert_allclose(columns("probs"), [[p[0]] * 3, [p[1]] * 3], atol=1e-6)
+    ungated = run(reader, ConstantModel(logits=(2.0, 0.5), fg=0.7), tmp_path / "u.zarr",
+                  maps=maps, tile_size=64, overlap=16)
+    np.testing.assert_allclose(ungated.maps["uncertainty/entropy"].levels[0].compute(),
+                               entropy, atol=1e-6)
+
+
+def test_derived_uncertainty_with_a_tissue_channel_by_hand():
+    from napari_wsl_al.core.infer.store import derived_maps
+
+    # channels: probs (2), mc_variance (1), tissue (1), over a 1 x 2 map
+    blended = np.array([[[0.5, 0.9]], [[0.5, 0.1]], [[0.02, 0.04]], [[0.25, 1.0]]])
+    channels = {"probs": (0, 2), "mc_variance": (2, 3), "tissue": (3, 4)}
+    names = ["uncertainty/entropy", "uncertainty/margin", "uncertainty/ovr_entropy_max",
+             "uncertainty/mc_variance"]
+    out = derived_maps(blended, channels, names)
+    h09 = -(0.9 * np.log(0.9) + 0.1 * np.log(0.1))  # 0.3251
+    np.testing.assert_allclose(out["uncertainty/entropy"][0], [0.25 * np.log(2), h09])
+    np.testing.assert_allclose(out["uncertainty/ovr_entropy_max"][0], [0.25 * np.log(2), h09])
+    np.testing.assert_allclose(out["uncertainty/margin"][0], [1 - 0.25 * 1.0, 0.8])
+    np.testing.assert_allclose(out["uncertainty/mc_variance"][0], [0.005, 0.04])
+
+
 def test_the_models_resolution_is_used_when_none_is_asked(tmp_path):
     class CoarseRedModel(RedModel):
         mpp = 1.0

@@ -159,7 +159,7 @@ def test_infer_on_a_patch_equals_the_model_on_the_whole_image(tmp_path, shared_d
         shutil.copy(shared_data / "glas_train" / "images" / f"{name}.png", folder)
     reader = PatchFolderReader(folder)
     model = default_model
-    config = InferenceConfig(**CPU, maps=("fg", "probs"))
+    config = InferenceConfig(**CPU, maps=("fg", "probs", "entropy"))
     store = MapStore(tmp_path / "maps" / "glas.zarr")
     result = run_to_end(infer_slide(reader, model, config, store))
     cw, ch = reader.cell_size
@@ -167,6 +167,7 @@ def test_infer_on_a_patch_equals_the_model_on_the_whole_image(tmp_path, shared_d
     assert n == math.ceil(775 / 16)  # a stride-32 model's maps are at 16 pixels by default
     fg = result.maps["fg"].levels[0].compute()
     probs = result.maps["probs"].levels[0].compute()
+    entropy = result.maps["uncertainty/entropy"].levels[0].compute()
     rows = {row["patch"]: row for row in read_csv(result.patches_csv)}
     assert result.patches_csv == tmp_path / "maps" / "glas.patches.csv"
     for index, name in enumerate(reader.patch_names):
@@ -185,6 +186,11 @@ def test_infer_on_a_patch_equals_the_model_on_the_whole_image(tmp_path, shared_d
         inside = cell_means(np.ones(image.shape[:2]), n, ch, cw)
         for k in range(2):
             np.testing.assert_allclose(probs[k][cell], inside * whole_probs[k], atol=2e-4)
+        # the uncertainty is gated like the foreground: that of the probabilities, times
+        # the tissue fraction
+        p = np.stack([inside * whole_probs[k] for k in range(2)])
+        expected_entropy = -(p * np.log(np.clip(p, 1e-12, 1.0))).sum(axis=0) * gate
+        np.testing.assert_allclose(entropy[cell], expected_entropy, atol=5e-4)
         np.testing.assert_allclose(result.patches[index].probabilities, whole_probs, atol=2e-4)
         assert rows[name]["prediction"] == model.classes[int(np.argmax(whole_probs))]
         assert float(rows[name]["p_malignant"]) == pytest.approx(whole_probs[1], abs=1e-4)

@@ -274,7 +274,17 @@ class _Layout:
         return max(stop for _, stop in self.tile_channels.values())
 
 
-def _layout(model: WslModel, probe: dict[str, torch.Tensor], wanted: tuple[str, ...]) -> _Layout:
+#: Maps multiplied by the tissue fraction under each map pixel when the tissue gate is on.
+GATED_MAPS = ("cam", "fg", "bg", *UNCERTAINTY_MAPS, "mc_variance")
+
+
+def gated(wanted) -> bool:
+    """Whether any of the maps ``wanted`` is gated by tissue (:data:`GATED_MAPS`)."""
+    return bool(set(GATED_MAPS) & set(wanted))
+
+
+def _layout(model: WslModel, probe: dict[str, torch.Tensor], wanted: tuple[str, ...],
+            gate: bool = False) -> _Layout:
     classes = tuple(model.classes) or tuple(f"class_{i}" for i in range(probe["logits"].shape[1]))
     has_seg = "seg_logits" in probe
     if has_seg:
@@ -301,6 +311,8 @@ def _layout(model: WslModel, probe: dict[str, torch.Tensor], wanted: tuple[str, 
         add("probs", len(prob_names))
     if "mc_variance" in wanted:
         add("mc_variance", 1)
+    if gate and set(wanted) & {*UNCERTAINTY_MAPS, "mc_variance"}:
+        add("tissue", 1)  # the uncertainty maps are derived after blending: gated then
     maps = []
     for name in wanted:
         if name == "cam":
@@ -461,6 +473,8 @@ class _ModelRunner:
             parts.append(self._probs(output))
         if part.mc_variance is not None:
             parts.append(part.mc_variance)
+        if "tissue" in channels:
+            parts.append(tissue.to(parts[0].device).float())
         return torch.cat(parts, dim=1).float().cpu().numpy()
 
     def _mc_variance(self, images: torch.Tensor, probs_of=None) -> torch.Tensor:
@@ -957,7 +971,7 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
     grid = tile_grid(reader, config.tile_size, overlap, mpp=mpp, level=level, region=region,
                      tissue=tissue, tissue_threshold=config.tissue_threshold)
     saturation_threshold = None
-    if config.tissue_gate and {"cam", "fg", "bg"} & set(config.expanded_maps()):
+    if config.tissue_gate and gated(config.expanded_maps()):
         if tissue is None:
             from ..data.tissue import tissue_mask
 
@@ -1006,7 +1020,7 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
         with torch.autocast("cuda", dtype=torch.float16,
                             enabled=bool(config.amp and device.type == "cuda")):
             probe = model(probe_input)
-    layout = _layout(model, probe, wanted)
+    layout = _layout(model, probe, wanted, gate=saturation_threshold is not None)
     done = output.prepare(spec, layout.maps, layout.tile_channels, (grid.rows, grid.cols),
                           map_size, (config.tile_size - overlap) // map_stride, map_shape, scale,
                           translate, unit, config.dtype)

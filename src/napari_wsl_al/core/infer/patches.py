@@ -61,6 +61,7 @@ from .engine import (
     _layout,
     _ModelRunner,
     _resolve_target,
+    gated,
     map_stride_for,
     model_fingerprint,
     run_batches,
@@ -539,6 +540,8 @@ class _PatchRunner(_ModelRunner):
             parts.append(self._to_cells(self._image_probs(output), batch))
         if "mc_variance" in channels:
             parts.append(self._to_cells(self._mc_variance(images, self._image_probs), batch))
+        if "tissue" in channels:
+            parts.append(tissue.float())
         image_probs = torch.softmax(output["logits"], dim=1)
         return (torch.cat(parts, dim=1).float().cpu().numpy(),
                 image_probs.float().cpu().numpy())
@@ -609,7 +612,7 @@ def infer_patches(reader: SlideReader, model: WslModel, config: InferenceConfig,
     indices = _patches_in(reader, region)
     _check_sizes(reader, indices, resolution.downsample)
     wanted = config.expanded_maps()
-    gate = bool(config.tissue_gate and {"cam", "fg", "bg"} & set(wanted))
+    gate = bool(config.tissue_gate and gated(wanted))
     classes = tuple(model.classes)
     patches_info = {
         "count": len(reader.patch_names),
@@ -662,7 +665,7 @@ def infer_patches(reader: SlideReader, model: WslModel, config: InferenceConfig,
         with torch.autocast("cuda", dtype=torch.float16,
                             enabled=bool(config.amp and device.type == "cuda")):
             probe = model(probe_input)
-    layout = _layout(model, probe, wanted)
+    layout = _layout(model, probe, wanted, gate=gate)
     done = output.prepare(spec, layout.maps, layout.tile_channels, grid_shape, folder.cells,
                           folder.cells, folder.map_shape, folder.scale, folder.translate,
                           folder.unit, config.dtype)

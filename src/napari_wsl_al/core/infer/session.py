@@ -95,7 +95,8 @@ MAP_DESCRIPTIONS = {
     "uncertainty/margin": "best minus second-best class probability: near 0 the model hesitates",
     "uncertainty/ovr_entropy": "one-vs-rest entropy of {c}: 0 when sure, 0.69 for a coin flip",
     "uncertainty/ovr_entropy_max": ("how unsure the model is (largest one-vs-rest entropy): 0 "
-                                    "when sure, 0.69 for a coin flip; label bright spots first"),
+                                    "when sure and on glass, 0.69 for a coin flip; label bright "
+                                    "spots first"),
     "uncertainty/mc_variance": "variance over MC-dropout passes: high where the prediction is unstable",
 }
 

@@ -817,7 +817,10 @@ def derived_maps(blended: np.ndarray, tile_channels: dict[str, Any],
     Uncertainty comes from the blended class probabilities ``p`` (``K`` classes):
     predictive entropy ``-sum p log p``; margin ``p_best - p_second`` (best versus second
     best: small is uncertain); one-vs-rest entropy per class
-    ``H_c = -p_c log p_c - (1 - p_c) log(1 - p_c)`` and its maximum over classes.
+    ``H_c = -p_c log p_c - (1 - p_c) log(1 - p_c)`` and its maximum over classes. With a
+    ``tissue`` channel (the tissue gate: the tissue fraction ``t`` under each map pixel), the
+    uncertainty is that of the tissue: entropies and MC-dropout variance are multiplied by
+    ``t`` and the margin is ``1 - t (1 - margin)``, so glass reads as certain.
     """
 
     def part(key: str) -> np.ndarray:
@@ -847,6 +850,14 @@ def derived_maps(blended: np.ndarray, tile_channels: dict[str, Any],
         out["uncertainty/ovr_entropy_max"] = ovr.max(axis=0)
     if "mc_variance" in tile_channels:
         out["uncertainty/mc_variance"] = part("mc_variance")[0]
+    if "tissue" in tile_channels:
+        tissue = np.clip(part("tissue")[0], 0.0, 1.0)
+        for name in ("uncertainty/entropy", "uncertainty/ovr_entropy",
+                     "uncertainty/ovr_entropy_max", "uncertainty/mc_variance"):
+            if name in out:
+                out[name] = out[name] * tissue
+        if "uncertainty/margin" in out:
+            out["uncertainty/margin"] = 1.0 - tissue * (1.0 - out["uncertainty/margin"])
     return {name: out[name] for name in names}
 
 
