@@ -196,6 +196,7 @@ def test_cli_trains_end_to_end_on_a_tiny_glas_folder(tmp_path, capsys):
         "--epochs", "3", "--batch-size", "4", "--crop-size", "64", "--device", "cpu",
         "--val-fraction", "0.25", "--out", str(out), "--log", str(log), "--threads", "1",
         "--quiet", "--head", "t_init=5.0", "--card", str(tmp_path / "run" / "card.json"),
+        "--no-reinhard", "--select", "error",
     ])
     assert code == 0
     printed = capsys.readouterr().out
@@ -262,9 +263,9 @@ def test_cli_val_fraction_zero_trains_on_every_image_to_the_last_epoch(tmp_path,
         "--val-fraction", "0", "--out", str(out), "--threads", "1", "--quiet", "--reinhard",
     ]
     with pytest.raises(SystemExit, match="--select last"):
-        main(arguments)
+        main([*arguments, "--select", "error"])
     assert not out.exists()
-    assert main([*arguments, "--select", "last"]) == 0
+    assert main(arguments) == 0  # the last epoch is kept by default
     assert "every image trains the model" in capsys.readouterr().err
     _, config, extra = load_checkpoint(out)
     assert extra["split"]["grouped_by"] == "none" and extra["split"]["val_images"] == []
@@ -380,3 +381,27 @@ def test_predict_with_flips_averages_flipped_back_maps(blob_split):
     _, probabilities, foreground, _ = next(predict(model, [data[0]], "cpu", flips=True))
     assert probabilities == pytest.approx(np.mean([s[1] for s in singles], axis=0), abs=1e-6)
     assert foreground == pytest.approx(np.mean(back, axis=0), abs=1e-6)
+
+
+def test_train_wsl_defaults_are_the_cross_validated_recipe():
+    import argparse
+
+    from napari_wsl_al.commands.train_wsl import add_arguments, configs_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["data"])
+    assert (args.arch, args.epochs, args.select, args.cutmix, args.ema, args.reinhard) == (
+        "wildcat", 60, "last", 0.5, 0.99, True)
+    args.reinhard = False  # the colour target needs images
+    train, model = configs_from_args(args, ("a", "b"), 0.62)
+    assert train.warmup_epochs == 3 and train.ema_decay == 0.99 and train.select_on == "last"
+    assert model.arch == "wildcat" and model.mpp == 0.62
+    for epochs, warmup in ((1, 0), (2, 1), (3, 2), (4, 3)):
+        train, _ = configs_from_args(
+            parser.parse_args(["data", "--epochs", str(epochs), "--no-reinhard"]), ("a", "b"), None)
+        assert train.warmup_epochs == warmup
+    train, _ = configs_from_args(
+        parser.parse_args(["data", "--ema", "0", "--warmup", "0", "--no-reinhard"]), ("a", "b"), None)
+    assert train.ema_decay is None and train.warmup_epochs == 0
+    assert parser.parse_args(["data", "--no-reinhard"]).reinhard is False

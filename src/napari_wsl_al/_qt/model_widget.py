@@ -476,6 +476,7 @@ class ModelWidget(QWidget):
         self.crop_spin.setSuffix(" px")
         self.crop_spin.setToolTip("Side of the random square crops the model is trained on")
         self.reinhard_check = QCheckBox("Colour-normalise the images (Reinhard)")
+        self.reinhard_check.setChecked(bool(defaults.get_default("reinhard")))
         self.reinhard_check.setToolTip(
             "Give every image's tissue the average colour of the training images (mean and "
             "spread of L*, a*, b*), in training and whenever the model is used: the stain of "
@@ -734,7 +735,7 @@ class ModelWidget(QWidget):
                 Path(folder).expanduser(), self.arch_combo.currentText(), self.epochs_spin.value(),
                 self.lr_spin.value(), self.crop_spin.value(), Path(out).expanduser(),
                 self.options_edit.text() + (" --reinhard" if self.reinhard_check.isChecked()
-                                            else ""),
+                                            else " --no-reinhard"),
             )
         except ValueError as error:
             raise WslAlError(

@@ -18,6 +18,9 @@ HELP = (
     "image-level labelled patches (GlaS layout or one folder per class)"
 )
 
+#: Warm-up epochs by default (fewer in runs of under four epochs).
+DEFAULT_WARMUP = 3
+
 ARCHITECTURE_CHOICES = (
     "cam-avg", "cam-max", "cam-lse", "wildcat", "deepmil", "maxmin", "minmax-entropy", "joint",
 )
@@ -27,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``napari-wsl-al train-wsl``."""
     parser.add_argument("data", metavar="DATA", help="data set folder (GlaS layout or class folders)")
     model = parser.add_argument_group("model")
-    model.add_argument("--arch", default="maxmin", choices=ARCHITECTURE_CHOICES)
+    model.add_argument("--arch", default="wildcat", choices=ARCHITECTURE_CHOICES)
     model.add_argument("--depth", type=int, default=18, choices=(18, 34, 50), help="ResNet depth")
     model.add_argument("--width", type=float, default=0.25, help="channel multiplier of the ResNet")
     model.add_argument("--dropout", type=float, default=0.0, help="backbone feature dropout")
@@ -52,31 +55,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data-note", default="",
                       help="provenance of the data (name, licence, citation), stored in the checkpoint")
     training = parser.add_argument_group("training")
-    training.add_argument("--epochs", type=int, default=30)
+    training.add_argument("--epochs", type=int, default=60)
     training.add_argument("--batch-size", type=int, default=8)
     training.add_argument("--crop-size", type=int, default=224)
     training.add_argument("--lr", type=float, default=0.01)
     training.add_argument("--weight-decay", type=float, default=1e-4)
     training.add_argument("--lr-schedule", default="cosine", choices=("cosine", "step", "constant"))
     training.add_argument("--patience", type=int, default=10,
-                          help="early stopping on the validation error (0: off)")
+                          help="with --select error|loss: stop after this many epochs without "
+                               "improvement (0: off)")
     training.add_argument("--eval-every", type=int, default=1,
                           help="validate every N epochs (and after the last)")
-    training.add_argument("--warmup", type=int, default=0, help="linear warm-up epochs")
-    training.add_argument("--ema", type=float, default=None,
-                          help="keep an exponential moving average of the weights (e.g. 0.99)")
-    training.add_argument("--select", default="error", choices=("error", "loss", "last"),
-                          help="the epoch kept: lowest validation error or loss, or the last")
-    training.add_argument("--cutmix", type=float, default=0.0,
+    training.add_argument("--warmup", type=int, default=None,
+                          help=f"linear warm-up epochs (default: {DEFAULT_WARMUP}, fewer in "
+                               "shorter runs)")
+    training.add_argument("--ema", type=float, default=0.99,
+                          help="keep an exponential moving average of the weights (0: off)")
+    training.add_argument("--select", default="last", choices=("error", "loss", "last"),
+                          help="the epoch kept: the last (default), or that of the lowest "
+                               "validation error or loss (with --patience: early stopping)")
+    training.add_argument("--cutmix", type=float, default=0.5,
                           help="probability of pasting a box from an image of the same class")
     training.add_argument("--tta", action="store_true",
                           help="validate on the four flips of each image")
     training.add_argument("--stain", type=float, default=None,
                           help="H&E stain augmentation strength (default 0.03)")
-    training.add_argument("--reinhard", action="store_true",
+    training.add_argument("--reinhard", action=argparse.BooleanOptionalAction, default=True,
                           help="colour-normalise every image (Reinhard, in L*a*b*) to the "
                                "training images' average tissue colour; the model keeps the "
-                               "target and normalises every image or tile it is given alike")
+                               "target and normalises every image or tile it is given alike "
+                               "(default; --no-reinhard: off)")
     training.add_argument("--no-calibrate-fg", action="store_true",
                           help="Max-Min: keep the per-image foreground normalisation instead of "
                                "calibrating it on the training images")
@@ -212,8 +220,10 @@ def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None,
         weight_decay=args.weight_decay, lr_schedule=args.lr_schedule,
         patience=args.patience or None, eval_every=args.eval_every, seed=args.seed,
         device=args.device, num_workers=args.num_workers, max_minutes=args.max_minutes,
-        num_threads=args.threads, target_mpp=args.target_mpp, warmup_epochs=args.warmup,
-        ema_decay=args.ema, select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
+        num_threads=args.threads, target_mpp=args.target_mpp,
+        warmup_epochs=(min(DEFAULT_WARMUP, max(0, args.epochs - 1)) if args.warmup is None
+                       else args.warmup),
+        ema_decay=args.ema or None, select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
         **({} if args.stain is None else {"augment": AugmentConfig(hed=args.stain)}),
     )
     colour = None
