@@ -135,3 +135,28 @@ def test_a_cam_models_localisation_by_hand():
     model.train()
     np.testing.assert_allclose(model.localize(output, (2, 2))[0, 0],
                                [[0, 0], [0, 1]], atol=1e-6)
+
+
+def test_the_sample_tiles_are_read_once_for_colour_and_foreground_range(tmp_path, monkeypatch):
+    from napari_wsl_al.core.infer import engine
+    from napari_wsl_al.core.models.colour import colour_target
+
+    image = gradient_image(192, 192)
+    reader = ArrayReader(image, mpp=0.5)
+    model = tiny_cam_model()
+    model.colour_target = colour_target([image])
+    reads = []
+    original = engine._TileReader.read_tile
+
+    def counting(self, row, col):
+        reads.append((row, col))
+        return original(self, row, col)
+
+    monkeypatch.setattr(engine._TileReader, "read_tile", counting)
+    result = run_to_end(infer_slide(reader, model, InferenceConfig(**FAST),
+                                    MapStore(tmp_path / "s.zarr")))
+    spec = MapStore(tmp_path / "s.zarr").read_info()["spec"]
+    assert spec["colour_source"] is not None and spec["fg_range"] is not None
+    # 9 tiles: each read once for the sample (both statistics) and once by the run
+    assert result.tiles_computed == 9 and len(reads) == 18
+    assert sorted(set(reads)) == sorted(reads[:9])

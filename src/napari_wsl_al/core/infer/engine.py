@@ -688,8 +688,8 @@ FG_RANGE_TISSUE_FRACTION = 0.5
 
 
 def needs_slide_fg_range(model: WslModel) -> bool:
-    """Whether a slide's foreground range must be measured: a Max-Min model (it has
-    ``raw_mask``) without a calibrated ``fg_range``."""
+    """Whether a slide's foreground range must be measured: a model with ``raw_mask`` (Max-Min,
+    the CAM models) without a calibrated ``fg_range``."""
     return callable(getattr(model, "raw_mask", None)) and getattr(model, "fg_range", 0) is None
 
 
@@ -730,41 +730,48 @@ def _sample_tiles(reader: SlideReader, config: InferenceConfig, grid: TileGrid, 
     return sample_grid, sample_grid.tiles[picks]
 
 
-def _slide_colour_source(reader: SlideReader, model: WslModel, config: InferenceConfig,
-                         grid: TileGrid, region, tissue, mpp, level,
-                         overlap: int) -> list[float] | None:
+class _SlideSample:
+    """The tiles of :func:`_sample_tiles`, read at the model's resolution once, on first use,
+    for every slide statistic that needs them (colour statistics, foreground range)."""
+
+    def __init__(self, reader: SlideReader, model: WslModel, config: InferenceConfig,
+                 grid: TileGrid, region, tissue, mpp, level, overlap: int):
+        self.sample_grid, self.tiles = _sample_tiles(reader, config, grid, region, tissue, mpp,
+                                                     level, overlap)
+        self._tile_reader = _TileReader(reader, self.sample_grid, model, pin=False)
+        self._pixels: list[np.ndarray] | None = None
+
+    @property
+    def pixels(self) -> list[np.ndarray]:
+        """The sample tiles' ``(size, size, 3)`` uint8 pixels."""
+        if self._pixels is None:
+            self._pixels = [self._tile_reader.read_tile(int(row), int(col))
+                            for row, col in self.tiles]
+        return self._pixels
+
+
+def _slide_colour_source(sample: _SlideSample) -> list[float] | None:
     """The slide's tissue colour statistics (six numbers, as a colour target) over the
-    sample of :func:`_sample_tiles` read at the model's resolution; None without tissue."""
+    sample tiles; None without tissue."""
     from ..models.colour import pooled_tissue_stats
 
-    sample_grid, tiles = _sample_tiles(reader, config, grid, region, tissue, mpp, level,
-                                       overlap)
-    tile_reader = _TileReader(reader, sample_grid, model, pin=False)
-    stats = pooled_tissue_stats(tile_reader.read_tile(int(row), int(col)) for row, col in tiles)
+    stats = pooled_tissue_stats(sample.pixels)
     return None if stats is None else list(stats)
 
 
-def _slide_fg_range(reader: SlideReader, model: WslModel, config: InferenceConfig,
-                    device: torch.device, grid: TileGrid, region, tissue, mpp, level,
-                    overlap: int, colour_source=None) -> list[float]:
-    """``[low, high]``: medians over a sample of tissue tiles of each tile's smallest and
-    largest continuous mask value (``raw_mask``), the statistic of
-    :func:`~napari_wsl_al.core.models.maxmin.calibrate_foreground`.
-
-    The sample is up to :data:`FG_RANGE_SAMPLE_TILES` tiles spread evenly, in raster order,
-    over the whole slide's tiles holding at least :data:`FG_RANGE_TISSUE_FRACTION` tissue
-    (whatever the region asked for, so that every region of a slide gets the same range);
-    the tiles of the run when no tile holds that much.
-    """
-    sample_grid, tiles = _sample_tiles(reader, config, grid, region, tissue, mpp, level,
-                                       overlap)
-    tile_reader = _TileReader(reader, sample_grid, model, pin=False,
-                              colour_source=colour_source)
+def _slide_fg_range(sample: _SlideSample, model: WslModel, config: InferenceConfig,
+                    device: torch.device, colour_source=None) -> list[float]:
+    """``[low, high]``: medians over the sample tiles of each tile's smallest and largest
+    continuous mask value (``raw_mask``), the statistic of
+    :func:`~napari_wsl_al.core.models.maxmin.calibrate_foreground`; the tiles are normalised
+    as the run normalises them (``colour_source``)."""
     lows: list[float] = []
     highs: list[float] = []
+    pixels = sample.pixels
     with torch.inference_mode():
-        for start in range(0, len(tiles), config.batch_size):
-            _, images, _ = tile_reader(tiles[start : start + config.batch_size])
+        for start in range(0, len(pixels), config.batch_size):
+            batch = torch.from_numpy(np.stack(pixels[start : start + config.batch_size]))
+            images = model.normalize(batch, colour_source=colour_source)
             with torch.autocast("cuda", dtype=torch.float16,
                                 enabled=bool(config.amp and device.type == "cuda")):
                 _, _, mask = model.raw_mask(images.to(device))
@@ -994,19 +1001,24 @@ def _infer_tiles(reader: SlideReader, model: WslModel, config: InferenceConfig,
         "slide": {"name": reader.name, "path": None if reader.path is None else str(reader.path),
                   "mpp": None if reader.mpp is None else list(reader.mpp)},
     }
+    sample = None  # the slide's sample tiles, read once when a statistic needs them
     if getattr(model, "colour_target", None) is not None:
         # One set of colour statistics for the whole slide (every tile is moved from them to
         # the model's target), kept with the maps, like the foreground range below.
-        spec["colour_source"] = (
-            _stored_slide_value(output, spec, "colour_source")
-            or _slide_colour_source(reader, model, config, grid, region, tissue, mpp, level,
-                                    overlap))
+        spec["colour_source"] = _stored_slide_value(output, spec, "colour_source")
+        if spec["colour_source"] is None:
+            sample = _SlideSample(reader, model, config, grid, region, tissue, mpp, level,
+                                  overlap)
+            spec["colour_source"] = _slide_colour_source(sample)
     if needs_slide_fg_range(model):
         # One foreground range for the whole slide, kept with the maps (a resumed run and a
         # run over another region of the slide use the same one).
-        spec["fg_range"] = _stored_slide_value(output, spec, "fg_range") or _slide_fg_range(
-            reader, model, config, device, grid, region, tissue, mpp, level, overlap,
-            colour_source=spec.get("colour_source"))
+        spec["fg_range"] = _stored_slide_value(output, spec, "fg_range")
+        if spec["fg_range"] is None:
+            sample = sample or _SlideSample(reader, model, config, grid, region, tissue, mpp,
+                                            level, overlap)
+            spec["fg_range"] = _slide_fg_range(sample, model, config, device,
+                                               colour_source=spec.get("colour_source"))
     total = len(grid)
     if output.is_complete(spec, grid.tiles):
         # Finished maps reopen without running the model at all.
