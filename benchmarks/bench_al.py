@@ -120,7 +120,7 @@ def run_runs(args, data, configs, name) -> None:
         _append(path, rows)
 
 
-def report() -> None:
+def report() -> int:
     rows = []
     for path in sorted(OUT.glob("*.csv")):
         name = path.stem.split("-")[0]
@@ -134,6 +134,9 @@ def report() -> None:
                     row["part"] = name
                     rows.append(row)
     bar = load_bar(OUT / "full_supervision.json")
+    if "dice" not in bar:
+        print(f"no full-supervision bar in {OUT}: run the 'bar' part first", file=sys.stderr)
+        return 1
     target = 0.95 * bar["dice"]
     per_seed = ", ".join(f"{run['dice']:.4f}" for run in bar["runs"])
     print(
@@ -231,6 +234,7 @@ def report() -> None:
                           f"{float(row['pseudo_dice']):.3f}, picks in P {row['pseudo_queried']}")
             print(f"  {row['label']:18s} round {row['round']}: {row['dice']:.3f} / "
                   f"{float(row.get('fg_dice') or 'nan'):.3f}{pseudo}")
+    return 0
 
 
 def run_glass(args) -> None:
@@ -311,8 +315,7 @@ def main(argv=None) -> int:
     OUT = Path(args.out)
     torch.set_num_threads(args.threads)
     if args.part == "report":
-        report()
-        return 0
+        return report()
     if args.part == "glass":
         run_glass(args)
         return 0
