@@ -1,6 +1,7 @@
 """Active learning on a project's slide: superpixels, suggestions, rounds, crash safety, the CLI."""
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -383,3 +384,35 @@ def test_a_new_project_works_at_the_setting_and_one_with_superpixels_at_theirs(t
     # the superpixels of its first slide are computed at the model's resolution
     superpixels = run_to_end(rounds.ensure_superpixels(fresh, "synth", SETTINGS, model_mpp=0.9))
     assert superpixels.mpp == pytest.approx(0.9) and rounds.stored_working_mpp(fresh) == 0.9
+
+
+def test_a_checkpoint_as_the_projects_model_is_converted_at_the_working_resolution(tmp_path,
+                                                                                   slide):
+    from napari_wsl_al.core.models.checkpoint import save_checkpoint
+    from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+    config = ModelConfig(arch="wildcat", classes=("benign", "malignant"), width=0.0625, mpp=2.48)
+    path = save_checkpoint(tmp_path / "wsl.pt", build_model(config), config)
+    fresh = Project.create(tmp_path / "fresh", classes=["benign", "malignant"])
+    fresh.add_slide(slide)
+    settings = rounds.ALSettings(model=str(path), device="cpu")
+    model, number = rounds.current_model(fresh, settings)
+    assert number is None and model.mpp == pytest.approx(1.24)
+    assert model.seg_classes == ("background", "benign", "malignant")
+    assert next(model.parameters()).device.type == "cpu"
+    other = Project.create(tmp_path / "other", classes=["normal", "tumour"])
+    with pytest.raises(ProjectError, match=re.escape(f"model {path} predicts the classes")):
+        rounds.current_model(other, settings)
+    with pytest.raises(ProjectError, match="the default model predicts the classes"):
+        rounds.current_model(other, rounds.ALSettings(device="cpu"))
+
+
+def test_settings_are_checked_at_their_bounds():
+    rounds.ALSettings(n_suggestions=1, label_prop_k=1, label_prop_lambda=0.0)
+    for changes, message in (({"strategy": "cleverest"}, "unknown strategy 'cleverest'"),
+                             ({"init": "sometimes"}, "init must be 'previous' or 'wsl'"),
+                             ({"n_suggestions": 0}, "n_suggestions must be at least 1"),
+                             ({"label_prop_k": 0}, "label_prop_k must be at least 1"),
+                             ({"label_prop_lambda": -0.1}, "label_prop_lambda must be >= 0")):
+        with pytest.raises(ValueError, match=message):
+            rounds.ALSettings(**changes)
