@@ -270,3 +270,32 @@ def test_pooled_statistics_leave_glass_out_and_need_tissue():
     np.testing.assert_allclose(stats[:3], tissue, atol=1e-6)
     np.testing.assert_allclose(stats[3:], 0.0, atol=1e-4)
     assert pooled_tissue_stats([glass, glass]) is None and pooled_tissue_stats([]) is None
+
+
+def test_fixed_statistics_are_applied_once_per_colour_with_the_same_result(shared_data):
+    from napari_wsl_al.core.data.patches import read_rgb
+    from napari_wsl_al.core.models.colour import reinhard_colours
+
+    names = ("train_1", "train_2", "train_19")
+    crops = [read_rgb(shared_data / "glas_train" / "images" / f"{n}.png")[:128, :160]
+             for n in names]
+    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+    target = (70.0, 20.0, -15.0, 10.0, 8.0, 7.0)
+    source = (65.0, 25.0, -10.0, 12.0, 9.0, 8.0)
+    expected = reinhard(images.float(), target, source)
+    got = reinhard_colours(images, target, source)
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+    # every image keeps its own pixels (the gather puts each colour back where it was)
+    assert not torch.equal(got[0], got[1])
+    with pytest.raises(TypeError, match="uint8"):
+        reinhard_colours(images.float(), target, source)
+    # the model takes this path for a slide's tiles (fixed statistics), the same numbers
+    model = build_model(ModelConfig(arch="cam-avg", classes=("a", "b"), width=0.0625,
+                                    colour_target=target))
+    std = torch.tensor(model.std).view(1, 3, 1, 1)
+    mean = torch.tensor(model.mean).view(1, 3, 1, 1)
+    normalised = model.normalize(images.permute(0, 2, 3, 1), colour_source=source)
+    np.testing.assert_allclose(normalised.numpy(), ((expected / 255.0 - mean) / std).numpy(),
+                               atol=1e-5)
+    assert images.dtype == torch.uint8  # the input is left alone

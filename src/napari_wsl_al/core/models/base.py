@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .colour import reinhard
+from .colour import reinhard, reinhard_colours
 
 #: ImageNet statistics: the default input normalisation.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -61,9 +61,13 @@ class WslModel(nn.Module):
         x = images_uint8
         if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
             x = x.permute(0, 3, 1, 2)
-        x = x.to(torch.float32, copy=True)  # the in-place steps below leave the input alone
-        if self.colour_target is not None:  # each image's tissue to the model's colours
-            x = reinhard(x, self.colour_target, colour_source)
+        if self.colour_target is not None and colour_source is not None and x.dtype == torch.uint8:
+            # fixed statistics (a slide's tiles): once per distinct colour, the same result
+            x = reinhard_colours(x, self.colour_target, colour_source)
+        else:
+            x = x.to(torch.float32, copy=True)  # the in-place steps below leave the input alone
+            if self.colour_target is not None:  # each image's tissue to the model's colours
+                x = reinhard(x, self.colour_target, colour_source)
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
         # (x / 255 - mean) / std, in two in-place passes instead of four allocations.
