@@ -221,6 +221,7 @@ class ActiveLearningWidget(QWidget):
         self.project: Project | None = None
         self.session: LabellingSession | None = None
         self.worker = None
+        self.camera_view_px: tuple[float, float] | None = None
         #: ``(role, round, slide, MapLayerSpec)`` of the round map layers still to add.
         self._pending_maps: list = []
         self._entries: list[dict] = []
@@ -788,7 +789,9 @@ class ActiveLearningWidget(QWidget):
         """Centre the camera on the current region at a zoom where it can be judged."""
         if self.session is None or self.session.current_region is None:
             return
-        target = self.session.camera_target(self.view_px())
+        # the canvas size the camera is fitted to (the dock's layout may change it after)
+        self.camera_view_px = self.view_px()
+        target = self.session.camera_target(self.camera_view_px)
         camera = viewer_camera(self.viewer)
         camera.center = target.center
         camera.zoom = target.zoom
