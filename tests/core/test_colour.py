@@ -245,11 +245,12 @@ def test_a_slide_is_normalised_from_its_own_statistics_tile_after_tile(tmp_path,
     again = run_to_end(infer_slide(reader, model, config, store))
     assert sampled == [] and again.tiles_computed == 0
     assert store.read_info()["spec"]["colour_source"] == source
-    # the pooled statistics by hand: numpy over every tissue pixel of the slide
+    # the pooled statistics by hand: numpy over every tissue pixel of the slide (the tiles
+    # are converted in float32, scikit-image works in float64)
     lab = rgb2lab(image).reshape(-1, 3)
     tissue = lab[lab[:, 0] < 88.0]
-    np.testing.assert_allclose(source[:3], tissue.mean(axis=0), atol=1e-6)
-    np.testing.assert_allclose(source[3:], tissue.std(axis=0), atol=1e-5)
+    np.testing.assert_allclose(source[:3], tissue.mean(axis=0), atol=1e-4)
+    np.testing.assert_allclose(source[3:], tissue.std(axis=0), atol=1e-4)
     # the same source for a batch: one affine move in L*a*b*, the halves stay apart
     halves = torch.from_numpy(np.stack([tiles[0], tiles[2]])).permute(0, 3, 1, 2).double()
     moved = rgb_to_lab(reinhard(halves, target, source) / 255.0)

@@ -135,8 +135,10 @@ def pooled_tissue_stats(images: Iterable[np.ndarray]) -> tuple[float, ...] | Non
     of its tiles. None when none of them holds a tissue pixel."""
     count, total, squares = 0, np.zeros(3), np.zeros(3)
     for image in images:
-        lab = rgb_to_lab(_batch_of(image) / 255.0)[0].reshape(3, -1)
-        pixels = lab[:, lab[0] < TISSUE_MAX_L].numpy()
+        # converted in float32 (half the time of float64; the sums are float64)
+        rgb = torch.from_numpy(np.ascontiguousarray(image, dtype=np.uint8)).permute(2, 0, 1)
+        lab = rgb_to_lab(rgb[None].to(torch.float32) / 255.0)[0].reshape(3, -1)
+        pixels = lab[:, lab[0] < TISSUE_MAX_L].to(torch.float64).numpy()
         count += pixels.shape[1]
         total += pixels.sum(axis=1)
         squares += (pixels**2).sum(axis=1)
