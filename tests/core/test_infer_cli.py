@@ -109,3 +109,33 @@ def test_cli_infer_goes_on_past_slides_it_cannot_use_and_sums_up(tmp_path, tiny_
     # again with the good ones: both reused, exit 0
     assert main(["infer", str(good), str(last), *options]) == 0
     assert "2 slides: 0 done, 2 reused (already computed), 0 failed" in capsys.readouterr().out
+
+
+def test_cli_infer_warns_when_the_model_cannot_read_a_folder_at_its_resolution(tmp_path,
+                                                                               capsys):
+    from PIL import Image
+
+    from napari_wsl_al.core.models.checkpoint import save_checkpoint
+    from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+    config = ModelConfig(arch="cam-avg", classes=("tumour", "normal"), width=0.125, mpp=2.48)
+    model_path = save_checkpoint(tmp_path / "coarse.pt", build_model(config), config)
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(gradient_image(64, 64)).save(folder / f"p{i}.png")  # no resolution
+    arguments = ["infer", str(folder), "--model", str(model_path), "--project",
+                 str(tmp_path / "study.wslal"), "--tile-size", "64", "--overlap", "0",
+                 "--device", "cpu", "--tissue-threshold", "0", "--maps", "fg"]
+    assert main(arguments) == 0
+    err = capsys.readouterr().err
+    assert f"{folder}: warning: its resolution (µm per pixel) is unknown" in err
+    assert "made for 2.48 µm/px" in err
+    assert main([*arguments, "--level", "0"]) == 0  # on its own pixels, knowingly
+    assert "warning" not in capsys.readouterr().err
+    # a slide with a resolution: no warning
+    slide = tmp_path / "slide.tif"
+    tifffile.imwrite(slide, gradient_image(128, 128), photometric="rgb",
+                     resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER")
+    assert main(["infer", str(slide), *arguments[2:]]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -154,6 +154,19 @@ def patch_summary(patches, table) -> str:
     return "\n".join(lines)
 
 
+def resolution_warning(reader, model, config) -> str:
+    """Why the model cannot read ``reader`` at its own resolution ("" when it can): the slide
+    or folder has no µm per pixel, and no target resolution or level was given."""
+    if reader.mpp is not None or getattr(model, "mpp", None) is None:
+        return ""
+    if config.mpp is not None or config.level is not None:
+        return ""
+    return (f"its resolution (µm per pixel) is unknown, so the model, made for "
+            f"{model.mpp:g} µm/px, runs on its own pixels: its maps are right only for images "
+            f"at about {model.mpp:g} µm/px (napari's Slide dock can set a folder's µm / pixel "
+            f"for a session; --level 0 runs on the pixels without this warning)")
+
+
 def _infer_one(path, project, model, config, region, lock_timeout=None):
     """Maps of one slide into the project, with a progress bar; the engine's result."""
     from tqdm import tqdm
@@ -162,6 +175,9 @@ def _infer_one(path, project, model, config, region, lock_timeout=None):
     from ..core.io import open_slide
 
     with open_slide(path) as reader:
+        warning = resolution_warning(reader, model, config)
+        if warning:
+            print(f"napari-wsl-al infer: {path}: warning: {warning}", file=sys.stderr)
         name = project.add_slide(path)
         store = MapStore(project.maps_path(name), lock_timeout=lock_timeout)
         job = infer_slide(reader, model, config, store, region=region)
