@@ -29,6 +29,30 @@ def stored_range(path):
     return MapStore(path).read_info()["spec"].get("fg_range")
 
 
+def tile_masks(reader, model, grid):
+    """Each tile of ``grid`` as the model sees it and its raw mask (``raw_mask``)."""
+    with torch.inference_mode():
+        for row, col in grid.tiles:
+            x, y = grid.position(row, col)
+            tile = model.normalize(torch.from_numpy(reader.read_level(0, x, y, 64, 64))[None])
+            yield tile, model.raw_mask(tile)[2]
+
+
+def check_slide_range(reader, model, result, tmp_path, lows, highs):
+    """The stored range is the medians of the tiles' extremes, and the run's maps equal those
+    of the model calibrated by hand with it. Returns the range and the calibrated run."""
+    low, high = stored_range(tmp_path / "s.zarr")
+    assert low == pytest.approx(float(np.median(lows)), abs=1e-6)
+    assert high == pytest.approx(float(np.median(highs)), abs=1e-6)
+    calibrated = copy.deepcopy(model)
+    calibrated.fg_range = (low, high)
+    fixed = run_to_end(infer_slide(reader, calibrated, InferenceConfig(**FAST),
+                                   MapStore(tmp_path / "fixed.zarr")))
+    np.testing.assert_allclose(result.maps["fg"].levels[0].compute(),
+                               fixed.maps["fg"].levels[0].compute(), atol=1e-6)
+    return low, high, fixed
+
+
 def test_the_slide_range_is_the_median_of_the_tiles_extremes_and_used_for_every_tile(tmp_path):
     reader = ArrayReader(gradient_image(200, 260), mpp=0.5)
     model = tiny_maxmin()
@@ -38,25 +62,12 @@ def test_the_slide_range_is_the_median_of_the_tiles_extremes_and_used_for_every_
     # 4 x 5 tiles, fewer than the sample size: every tile is sampled.
     grid = tile_grid(reader, 64, 0, level=0)
     assert len(grid) == 20 <= FG_RANGE_SAMPLE_TILES
-    lows, highs = [], []
-    with torch.inference_mode():
-        for row, col in grid.tiles:
-            x, y = grid.position(row, col)
-            tile = model.normalize(torch.from_numpy(reader.read_level(0, x, y, 64, 64))[None])
-            mask = model.raw_mask(tile)[2]
-            lows.append(float(mask.min()))
-            highs.append(float(mask.max()))
-    low, high = stored_range(tmp_path / "s.zarr")
-    assert low == pytest.approx(float(np.median(lows)), abs=1e-6)
-    assert high == pytest.approx(float(np.median(highs)), abs=1e-6)
+    masks = [mask for _, mask in tile_masks(reader, model, grid)]
+    lows = [float(mask.min()) for mask in masks]
+    highs = [float(mask.max()) for mask in masks]
     # Every tile used that range: the maps equal those of the model calibrated by hand.
-    calibrated = copy.deepcopy(model)
-    calibrated.fg_range = (low, high)
-    fixed = run_to_end(infer_slide(reader, calibrated, InferenceConfig(**FAST),
-                                   MapStore(tmp_path / "fixed.zarr")))
+    check_slide_range(reader, model, result, tmp_path, lows, highs)
     assert stored_range(tmp_path / "fixed.zarr") is None  # a calibrated model keeps its own
-    np.testing.assert_allclose(result.maps["fg"].levels[0].compute(),
-                               fixed.maps["fg"].levels[0].compute(), atol=1e-6)
     # The tiles' own extremes differ, so per-tile min-max scaling would give other maps.
     assert np.ptp(lows) > 1e-3 and np.ptp(highs) > 1e-3
 
@@ -89,27 +100,17 @@ def test_a_cam_models_slide_foreground_is_scaled_by_the_slides_range(tmp_path):
     assert model.fg_range is None  # the model is left as it was
     grid = tile_grid(reader, 64, 0, level=0)
     lows, highs, tile_maps = [], [], []
-    with torch.inference_mode():
-        for row, col in grid.tiles:
-            x, y = grid.position(row, col)
-            tile = model.normalize(torch.from_numpy(reader.read_level(0, x, y, 64, 64))[None])
+    for tile, mask in tile_masks(reader, model, grid):
+        with torch.inference_mode():
             output = model(tile)
-            cam = output["cams"][0, int(output["logits"][0].argmax())]  # predicted class
-            mask = model.raw_mask(tile)[2]
-            assert float(mask.min()) == pytest.approx(float(cam.min()), abs=1e-5)
-            assert float(mask.max()) == pytest.approx(float(cam.max()), abs=1e-5)
-            lows.append(float(mask.min()))
-            highs.append(float(mask.max()))
-            tile_maps.append(cam)
-    low, high = stored_range(tmp_path / "s.zarr")
-    assert low == pytest.approx(float(np.median(lows)), abs=1e-6)
-    assert high == pytest.approx(float(np.median(highs)), abs=1e-6)
-    calibrated = copy.deepcopy(model)
-    calibrated.fg_range = (low, high)
-    fixed = run_to_end(infer_slide(reader, calibrated, InferenceConfig(**FAST),
-                                   MapStore(tmp_path / "fixed.zarr")))
+        cam = output["cams"][0, int(output["logits"][0].argmax())]  # predicted class
+        assert float(mask.min()) == pytest.approx(float(cam.min()), abs=1e-5)
+        assert float(mask.max()) == pytest.approx(float(cam.max()), abs=1e-5)
+        lows.append(float(mask.min()))
+        highs.append(float(mask.max()))
+        tile_maps.append(cam)
+    _, high, _ = check_slide_range(reader, model, result, tmp_path, lows, highs)
     fg = result.maps["fg"].levels[0].compute()
-    np.testing.assert_allclose(fg, fixed.maps["fg"].levels[0].compute(), atol=1e-6)
     # per-tile min-max would put 0 and 1 in every tile; with one range, a tile whose CAM
     # stays below the slide's median maximum never reaches 1
     assert max(float(t.max()) for t in tile_maps) > high > min(float(t.max()) for t in tile_maps)

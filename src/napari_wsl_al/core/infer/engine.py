@@ -736,9 +736,9 @@ class _SlideSample:
 
     def __init__(self, reader: SlideReader, model: WslModel, config: InferenceConfig,
                  grid: TileGrid, region, tissue, mpp, level, overlap: int):
-        self.sample_grid, self.tiles = _sample_tiles(reader, config, grid, region, tissue, mpp,
-                                                     level, overlap)
-        self._tile_reader = _TileReader(reader, self.sample_grid, model, pin=False)
+        sample_grid, self.tiles = _sample_tiles(reader, config, grid, region, tissue, mpp,
+                                                level, overlap)
+        self._tile_reader = _TileReader(reader, sample_grid, model, pin=False)
         self._pixels: list[np.ndarray] | None = None
 
     @property
