@@ -9,6 +9,7 @@ Usage::
     python store_safety_driver.py STORE [--kill-after-batches N] [--kill-in-final-pyramid K]
                                   [--pyramid-interval S] [--ready FILE] [--go FILE]
                                   [--batch-seconds S] [--lock-timeout S] [--colour]
+                                  [--cam]
 
 Prints one JSON line ``{"computed": ..., "total": ...}`` when the run ends, or the error
 message on stderr and exit status 1 when the library raises one of its typed errors.
@@ -22,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,6 +77,21 @@ def colour_model() -> PatternModel:
     return model
 
 
+#: The tissue-gated configuration of the ``--cam`` runs (uncertainty maps gated too).
+GATED_CONFIG = replace(CONFIG, tissue_gate=True)
+
+
+def cam_model():
+    """A small seeded WILDCAT with a colour target, as the shipped model is: its slide needs
+    colour statistics and a foreground range, both kept in the store's spec."""
+    from napari_wsl_al.core.models.factory import ModelConfig, build_model
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="wildcat", classes=("red", "green"), width=0.0625,
+                         colour_target=COLOUR_TARGET)
+    return build_model(config).eval()
+
+
 def slide_reader() -> ArrayReader:
     """The synthetic slide, the same in every process."""
     return ArrayReader(gradient_image(*SLIDE_SHAPE, seed=3), mpp=0.5, name="synthetic")
@@ -125,6 +142,8 @@ def main(argv=None) -> int:
                         help="sleep after every batch (a slower run)")
     parser.add_argument("--lock-timeout", type=float)
     parser.add_argument("--colour", action="store_true", help="the colour-normalising model")
+    parser.add_argument("--cam", action="store_true",
+                        help="the colour-normalising WILDCAT, tissue gate on")
     args = parser.parse_args(argv)
 
     from napari_wsl_al.core.errors import WslAlError
@@ -134,7 +153,7 @@ def main(argv=None) -> int:
     if args.kill_in_final_pyramid is not None:
         _install_final_pyramid_kill(args.kill_in_final_pyramid)
     reader = slide_reader()
-    model = colour_model() if args.colour else PatternModel()
+    model = cam_model() if args.cam else colour_model() if args.colour else PatternModel()
     store = MapStore(args.store)
     if args.lock_timeout is not None:
         store.lock_timeout = args.lock_timeout
@@ -143,7 +162,7 @@ def main(argv=None) -> int:
     if args.go is not None:
         while not args.go.exists():
             time.sleep(0.01)
-    job = infer_slide(reader, model, CONFIG, store)
+    job = infer_slide(reader, model, GATED_CONFIG if args.cam else CONFIG, store)
     batches = 0
     try:
         while True:

@@ -13,7 +13,14 @@ import pytest
 import tifffile
 from filelock import FileLock, Timeout
 from infer_models import gradient_image, gradient_slide_project
-from store_safety_driver import CONFIG, PatternModel, colour_model, slide_reader
+from store_safety_driver import (
+    CONFIG,
+    GATED_CONFIG,
+    PatternModel,
+    cam_model,
+    colour_model,
+    slide_reader,
+)
 
 from napari_wsl_al.core.infer import store as store_module
 from napari_wsl_al.core.infer.engine import infer_slide
@@ -94,6 +101,30 @@ def test_a_colour_normalising_run_killed_midway_resumes_to_the_maps_of_a_clean_r
     assert plain.tiles_computed == TOTAL_TILES
     fg, plain_fg = every_level(path)["fg"][0], every_level(tmp_path / "plain.zarr")["fg"][0]
     assert np.abs(fg - plain_fg).max() > 0.01
+
+
+def test_a_gated_cam_run_killed_midway_resumes_to_the_maps_of_a_clean_run(tmp_path):
+    """A colour-normalising CAM model (the shipped kind) keeps the slide's colour statistics
+    and foreground range in the spec, and its tissue-gated uncertainty maps resume exactly."""
+    clean_path = tmp_path / "clean.zarr"
+    clean = run_to_end(infer_slide(slide_reader(), cam_model(), GATED_CONFIG,
+                                   MapStore(clean_path)))
+    total = clean.tiles_total
+    assert clean.tiles_computed == total
+    spec = MapStore(clean_path).read_info()["spec"]
+    assert len(spec["colour_source"]) == 6 and len(spec["fg_range"]) == 2
+    path = tmp_path / "m.zarr"
+    killed = run_driver(path, "--kill-after-batches", 17, "--cam")
+    assert killed.returncode == -9, killed.stderr
+    done = int(MapStore(path).done_bitmap().sum())
+    assert 0 < done < total
+    kept = MapStore(path).read_info()["spec"]
+    assert kept["colour_source"] == spec["colour_source"] and kept["fg_range"] == spec["fg_range"]
+    resumed = run_to_end(infer_slide(slide_reader(), cam_model(), GATED_CONFIG, MapStore(path)))
+    assert resumed.tiles_computed == total - done
+    maps = every_level(path)
+    assert "uncertainty/ovr_entropy_max" in maps
+    assert_same_maps(maps, every_level(clean_path))
 
 
 # ---------------------------------------------------------------------- kill -9, then resume
