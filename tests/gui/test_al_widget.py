@@ -371,3 +371,47 @@ def test_the_loop_on_a_folder_of_patches(make_napari_viewer, qtbot, tmp_path):
     assert "3</b> labels" in reopened.counters_label.text()
     qtbot.waitUntil(lambda: "images round 1 fg" in again.layers, timeout=5000)
     assert "images round 2 fg" in again.layers
+
+
+def test_a_folder_given_its_resolution_is_labelled_at_it_in_every_session(
+    make_napari_viewer, qtbot, tmp_path
+):
+    """A folder of patches given its µm / pixel in the Slide dock: Suggest records it in the
+    project, the superpixels are made at it, and a later session shows the folder at it."""
+    from napari_wsl_al._qt.slide_widget import SlideWidget
+    from napari_wsl_al.core.al.superpixels import SuperpixelMap
+    from napari_wsl_al.core.data.synthetic import write_synthetic_patch_set
+
+    folder = write_synthetic_patch_set(tmp_path / "glas", n_per_class=2, shape=(160, 192)) / "images"
+    project = Project.create(tmp_path / "study", classes=["benign", "malignant"])
+    SETTINGS.save_to(project)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(folder), plugin="napari-wsl-al")
+    slides = SlideWidget(viewer)
+    slides.mpp_spin.setValue(0.62)
+    slides.set_resolution()
+    widget = ActiveLearningWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Active learning", area="right")
+    widget.suggest()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert "4 suggestions" in widget.status.text(), widget.status.text()
+    assert Project.open(project.path).slide_mpp("images") == 0.62
+    superpixels = SuperpixelMap.open(project.superpixels_path("images"))
+    assert superpixels.mpp == pytest.approx(rounds.WORKING_MPP)
+    assert superpixels.level0_mpp == pytest.approx(0.62)
+    viewer.close()
+
+    again = make_napari_viewer(show=True)
+    again.open(str(folder), plugin="napari-wsl-al")  # the folder says nothing of its resolution
+    layer = slide_layers(again)[0]
+    assert layer.metadata["reader"].mpp is None
+    reopened = ActiveLearningWidget(again)
+    again.window.add_dock_widget(reopened)
+    qtbot.waitUntil(lambda: reopened.session is not None and reopened.worker is None,
+                    timeout=30000)
+    np.testing.assert_allclose(layer.scale, (0.62, 0.62))
+    # the suggested outlines fall on the folder's mosaic, in microns
+    extent = np.asarray(layer.data[0].shape[:2]) * np.asarray(layer.scale)
+    outline = reopened.session.current_outline_um()
+    assert np.all(outline >= -1) and np.all(outline <= extent + 1)
+    assert outline.max() > extent.max() / 20  # not squeezed into the corner of pixel units

@@ -432,3 +432,45 @@ def test_the_run_waits_while_napari_makes_the_first_map_layer(viewer_with_slide,
     sets = [event for event in events if event[0] == "set"]
     assert sets and "slide · P(normal)" in sets[0][1]  # released once the layer is there
     assert events.index(waits[0]) < events.index(sets[0])
+
+
+def test_a_folder_given_its_resolution_keeps_it_in_the_project(make_napari_viewer, qtbot,
+                                                                tmp_path):
+    """The µm / pixel given to a folder of patches in the Slide dock is recorded by the run's
+    project; the folder opened again in a later session is read (and shown) at it."""
+    from PIL import Image
+
+    from napari_wsl_al._qt.slide_widget import SlideWidget
+    from napari_wsl_al.core.project import Project
+
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(slide_image(128, 128)).save(folder / f"p{i}.png")
+    study = tmp_path / "study.wslal"
+    viewer = make_napari_viewer()
+    viewer.open(str(folder), plugin="napari-wsl-al")
+    slides = SlideWidget(viewer)
+    slides.mpp_spin.setValue(0.25)
+    slides.set_resolution()
+    widget = make_widget(viewer, ModelAt05)
+    widget.project_edit.setText(str(study))
+    assert widget.warning.isHidden()
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    assert "2 of 2 patches computed" in widget.status.text(), widget.status.text()
+    assert Project.open(study).slide_mpp("patches") == 0.25
+    viewer.close()
+
+    again = make_napari_viewer()
+    again.open(str(folder), plugin="napari-wsl-al")
+    layer = again.layers["patches"]
+    assert layer.metadata["reader"].mpp is None and tuple(layer.scale) == (1.0, 1.0)
+    widget = make_widget(again, ModelAt05)
+    widget.project_edit.setText(str(study))
+    widget.run()
+    wait_for_layers(widget, qtbot)
+    assert layer.metadata["reader"].mpp == (0.25, 0.25)
+    np.testing.assert_allclose(layer.scale, (0.25, 0.25))
+    assert widget.warning.isHidden()
+    assert "reused finished maps: 2 of 2 patches" in widget.status.text(), widget.status.text()

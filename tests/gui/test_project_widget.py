@@ -12,6 +12,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
 
 from napari_wsl_al._qt.project_widget import ProjectWidget
+from napari_wsl_al._qt.slide_widget import set_layer_resolution, slide_layers
 from napari_wsl_al.core.al.labels import LabelStore
 from napari_wsl_al.core.data.synthetic import write_synthetic_patch_set
 from napari_wsl_al.core.project import Project
@@ -189,7 +190,8 @@ def test_round_history(make_napari_viewer, tmp_path, notes):
     assert notes[-1] == ("info", f"Opened project {project.path}")
 
 
-def test_open_slides_and_mistakes(make_napari_viewer, tmp_path, small_synthetic_slide, notes):
+def test_open_slides_and_mistakes(make_napari_viewer, tmp_path, small_synthetic_slide, notes,
+                                  patch_folder):
     viewer = make_napari_viewer()
     widget = ProjectWidget(viewer)
     widget.add_open_slides()  # no project yet: says what to do
@@ -209,6 +211,13 @@ def test_open_slides_and_mistakes(make_napari_viewer, tmp_path, small_synthetic_
         {"name": "synth", "path": str(small_synthetic_slide.resolve())}
     ]
     assert "in it already" in widget.status.text()
+    # a folder given its resolution in the Slide dock is added with it (the file's own
+    # resolution, as the synthetic slide's, is not copied into the project)
+    viewer.open(str(patch_folder), plugin="napari-wsl-al")
+    set_layer_resolution(slide_layers(viewer)[-1], 0.62)
+    widget.add_open_slides()
+    assert saved(widget.project.path)["slides"][1] == {
+        "name": patch_folder.name, "path": str(patch_folder.resolve()), "mpp": 0.62}
     widget.open_project(tmp_path / "nothing")
     assert widget.project is None and notes[-1][0] == "info" and "Create" in notes[-1][1]
     damaged = tmp_path / "damaged"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import functools
 import html
 import importlib
+import math
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -44,9 +45,10 @@ from ..core.al.session import LabellingSession, round_and_open, suggest_and_open
 from ..core.errors import WslAlError
 from ..core.infer.session import map_layer_specs
 from ..core.infer.store import MapStore
-from ..core.io.base import SlideReader
+from ..core.io.base import SlideReader, given_mpp
 from ..core.project import PROJECT_FILE, Project
 from .infer_widget import default_project_path, keep_selection
+from .slide_widget import set_layer_resolution, slide_layers
 from .slots import reported
 
 #: Names of the layers the widget draws.
@@ -107,15 +109,6 @@ def _import_in_background(modules: tuple[str, ...]) -> threading.Thread:
     thread = threading.Thread(target=load, name="wsl-al imports", daemon=True)
     thread.start()
     return thread
-
-
-def slide_layers(viewer) -> list[Image]:
-    """Image layers holding a slide opened by this plugin."""
-    return [
-        layer
-        for layer in viewer.layers
-        if isinstance(layer, Image) and isinstance(layer.metadata.get("reader"), SlideReader)
-    ]
 
 
 def _same_file(first, second) -> bool:
@@ -826,6 +819,7 @@ class ActiveLearningWidget(QWidget):
                 hint="active learning needs a slide file: open one from disk",
             )
         project_path = self.project.path if self.project else self.project_edit.text().strip()
+        layer = self.slide_layer()
         self._start(
             suggest_and_open,
             project_path,
@@ -834,6 +828,7 @@ class ActiveLearningWidget(QWidget):
             self.strategy_combo.currentText(),
             self.batch_spin.value(),
             self.mode(),
+            None if layer is None else given_mpp(layer.metadata["reader"]),
             on_returned=self._suggested,
             message="Suggest: loading the model…",
         )
@@ -849,6 +844,7 @@ class ActiveLearningWidget(QWidget):
             self._drawn_labels = []
             self._drawn_outlines = []
         self._refresh_slides()  # the chosen slide is the session's: no new session opened
+        self._match_resolution(session.project, session.slide)
         if self.slide_layer() is None:
             entry = self.slide_entry()
             if entry is not None and entry["path"]:
@@ -859,6 +855,17 @@ class ActiveLearningWidget(QWidget):
         self._raise_layers()
         self._bind_class_keys()
         self.show_state(centre=True)
+
+    def _match_resolution(self, project: Project, slide: str) -> None:
+        """Give the open layer of ``slide`` the resolution the project records for it (set in
+        the Slide dock in an earlier session), so that outlines and labels fall on the tissue."""
+        layer, mpp = self.slide_layer(), project.slide_mpp(slide)
+        if layer is None or mpp is None:
+            return
+        current = layer.metadata["reader"].mpp
+        if current is None or not math.isclose(current[0], mpp, rel_tol=1e-9):
+            set_layer_resolution(layer, mpp)
+            show_info(f"{slide}: resolution set to {mpp:g} µm/px, as recorded in the project")
 
     @reported
     def _suggested(self, result) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -50,8 +51,10 @@ from ..core.infer.session import (
 )
 from ..core.io.base import SlideReader
 from ..core.progress import Progress
+from ..core.project import PROJECT_FILE, Project
 from .map_legend import MapLegend, line_pixmap, ramp_pixmap
 from .patch_table import PatchTable
+from .slide_widget import set_layer_resolution, slide_layers
 from .slots import reported
 
 #: Seconds between refreshes of the visible map layers while a run goes on.
@@ -126,11 +129,6 @@ def faded_colormap(name: str) -> Colormap:
 def outline_colormap() -> Colormap:
     """Transparent at 0, :data:`OUTLINE_COLOR` at 1."""
     return Colormap([[0.0, 0.0, 0.0, 0.0], list(OUTLINE_COLOR)], name="foreground outline")
-
-
-def _slide_layers(viewer) -> list[Image]:
-    return [layer for layer in viewer.layers
-            if isinstance(layer, Image) and isinstance(layer.metadata.get("reader"), SlideReader)]
 
 
 def map_key(layer) -> tuple | None:
@@ -492,7 +490,7 @@ class InferenceWidget(QWidget):
 
     def _refresh_slides(self, event=None) -> None:
         current = self.slide_combo.currentText()
-        names = [layer.name for layer in _slide_layers(self.viewer)]
+        names = [layer.name for layer in slide_layers(self.viewer)]
         if names == [self.slide_combo.itemText(i) for i in range(self.slide_combo.count())]:
             return
         self.slide_combo.blockSignals(True)
@@ -550,7 +548,7 @@ class InferenceWidget(QWidget):
     def slide_layer(self) -> Image | None:
         """The chosen slide layer."""
         name = self.slide_combo.currentText()
-        for layer in _slide_layers(self.viewer):
+        for layer in slide_layers(self.viewer):
             if layer.name == name:
                 return layer
         return None
@@ -615,6 +613,7 @@ class InferenceWidget(QWidget):
         except ValueError as error:
             show_error(str(error))
             return
+        self._match_project_resolution(layer)
         self._slide = layer
         self._update_resolution_warning()
         self._set_progress(0, 0)
@@ -635,6 +634,22 @@ class InferenceWidget(QWidget):
         worker.finished.connect(self._on_finished)
         self.worker = worker
         worker.start()
+
+    def _match_project_resolution(self, layer: Image) -> None:
+        """Give the slide the resolution its project records for it (a folder of patches
+        given its µm / pixel in an earlier session), so that its maps are read as before."""
+        folder = self.project_choice()
+        reader = layer.metadata["reader"]
+        if folder is None or reader.path is None or not (folder / PROJECT_FILE).is_file():
+            return
+        project = Project.open(folder)
+        name = project.slide_for_path(reader.path)
+        mpp = None if name is None else project.slide_mpp(name)
+        if mpp is not None and (reader.mpp is None
+                                or not math.isclose(reader.mpp[0], mpp, rel_tol=1e-9)):
+            set_layer_resolution(layer, mpp)
+            self.viewer.reset_view()
+            show_info(f"{layer.name}: resolution set to {mpp:g} µm/px, as recorded in the project")
 
     def _job(self, reader, choice, config, region, project, existing, threshold):
         """The worker's generator: the session's job, plus the layer of the map shown first

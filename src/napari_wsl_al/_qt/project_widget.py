@@ -42,6 +42,7 @@ from qtpy.QtWidgets import (
 from ..core.al.labels import LABELS_FILE, LabelStore
 from ..core.errors import ProjectError, WslAlError
 from ..core.io import SLIDE_EXTENSIONS, open_slide
+from ..core.io.base import given_mpp
 from ..core.project import (
     DEFAULT_CLASS_COLOURS,
     PROJECT_FILE,
@@ -412,7 +413,8 @@ class ProjectWidget(QWidget):
             if path is None:
                 without_file.append(layer.name)
             elif not any(_same_file(entry.get("path"), path) for entry in project.slides):
-                added.append(project.add_slide(path, name=layer.name))
+                added.append(project.add_slide(
+                    path, name=layer.name, mpp=given_mpp(layer.metadata["reader"])))
         parts = [f"Added {', '.join(added)}." if added else "Every open slide is in it already."]
         if without_file:
             parts.append(

@@ -37,6 +37,15 @@ def slide_layers(viewer) -> list[Image]:
     ]
 
 
+def set_layer_resolution(layer: Image, mpp: float) -> None:
+    """Give a slide layer's reader ``mpp`` µm per pixel and rescale the layer to microns."""
+    reader = layer.metadata["reader"]
+    reader.set_mpp(mpp)
+    layer.scale = reader.napari_scale()
+    layer.units = "um"  # as the maps of it will be (napari warns about mixed units)
+    layer.metadata["slide"] = reader.metadata()
+
+
 def describe(reader: SlideReader) -> str:
     """An HTML summary of a slide for the info panel."""
     width, height = reader.dimensions
@@ -185,10 +194,7 @@ class SlideWidget(QWidget):
         layer, reader = self.layer, self.reader
         if reader is None:
             return
-        reader.set_mpp(self.mpp_spin.value())
-        layer.scale = reader.napari_scale()
-        layer.units = "um"  # as the maps of it will be (napari warns about mixed units)
-        layer.metadata["slide"] = reader.metadata()
+        set_layer_resolution(layer, self.mpp_spin.value())
         self.viewer.reset_view()
         self.info.setText(describe(reader))
         show_info(f"{reader.name}: resolution set to {reader.mpp[0]:.4g} µm/px")

@@ -37,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resolution.add_argument("--mpp", type=float, help="resolution in microns per pixel "
                             "(default: the model's, when known)")
     resolution.add_argument("--level", type=int, help="read this slide level as is")
+    parser.add_argument("--slide-mpp", type=_positive, metavar="UM_PER_PX",
+                        help="the slides' own resolution (level 0, microns per pixel), for files "
+                        "that do not record it: folders of patches, plain images; the project "
+                        "keeps it for later runs and napari (e.g. 0.5 at 20x, 0.25 at 40x)")
     parser.add_argument("--region", type=_region, help="level-0 box x,y,w,h (default: all tissue)")
     parser.add_argument("--maps", type=_maps, default=("cam", "fg", "bg", "probs", "seg", "uncertainty"),
                         help="comma-separated maps: cam, fg, bg, probs, seg (segmentation head "
@@ -59,6 +63,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
                         help="how long to wait for another run writing the same slide's maps "
                         "before giving up on that slide (default: 10)")
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise argparse.ArgumentTypeError(f"a positive number of microns per pixel, not {text!r}")
+    return value
 
 
 def _config(args: argparse.Namespace):
@@ -98,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         project = _project(args, classes)
         summaries = infer_slides_distributed(args.slides, model_choice, project, config,
                                              args.scheduler, region=args.region,
-                                             lock_timeout=args.lock_timeout)
+                                             lock_timeout=args.lock_timeout,
+                                             slide_mpp=args.slide_mpp)
         for summary in summaries:
             unit = "tiles" if summary["patches_csv"] is None else "patches"
             print(f"{summary['slide']}: maps written to {summary['maps']} "
@@ -113,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     outcomes = []  # (slide, "done" | "reused" | "failed", detail)
     for path in args.slides:
         try:
-            result = _infer_one(path, project, model, config, args.region, args.lock_timeout)
+            result = _infer_one(path, project, model, config, args.region, args.lock_timeout,
+                                args.slide_mpp)
         except WslAlError as error:
             print(f"napari-wsl-al infer: {path}: error: {error}", file=sys.stderr)
             outcomes.append((path, "failed", str(error)))
@@ -163,22 +179,27 @@ def resolution_warning(reader, model, config) -> str:
         return ""
     return (f"its resolution (µm per pixel) is unknown, so the model, made for "
             f"{model.mpp:g} µm/px, runs on its own pixels: its maps are right only for images "
-            f"at about {model.mpp:g} µm/px (napari's Slide dock can set a folder's µm / pixel "
-            f"for a session; --level 0 runs on the pixels without this warning)")
+            f"at about {model.mpp:g} µm/px (give it with --slide-mpp, which the project keeps; "
+            f"--level 0 runs on the pixels without this warning)")
 
 
-def _infer_one(path, project, model, config, region, lock_timeout=None):
-    """Maps of one slide into the project, with a progress bar; the engine's result."""
+def _infer_one(path, project, model, config, region, lock_timeout=None, slide_mpp=None):
+    """Maps of one slide into the project, with a progress bar; the engine's result. The
+    slide is read at ``slide_mpp`` µm per pixel when given (recorded in the project), else at
+    the resolution the project records for it, else at its file's."""
     from tqdm import tqdm
 
     from ..core.infer import MapStore, infer_slide
     from ..core.io import open_slide
 
     with open_slide(path) as reader:
+        name = project.add_slide(path, mpp=slide_mpp)
+        recorded = project.slide_mpp(name)
+        if recorded is not None:
+            reader.set_mpp(recorded)
         warning = resolution_warning(reader, model, config)
         if warning:
             print(f"napari-wsl-al infer: {path}: warning: {warning}", file=sys.stderr)
-        name = project.add_slide(path)
         store = MapStore(project.maps_path(name), lock_timeout=lock_timeout)
         job = infer_slide(reader, model, config, store, region=region)
         with tqdm(desc=name, unit="tile", dynamic_ncols=True) as bar:

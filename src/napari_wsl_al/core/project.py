@@ -14,6 +14,7 @@ import contextlib
 import glob
 import itertools
 import json
+import math
 import re
 import shutil
 import sqlite3
@@ -284,6 +285,12 @@ class RemovedSlide:
     labels_kept: int
 
 
+def _is_mpp(value: Any) -> bool:
+    """Whether ``value`` is a usable µm per pixel: a positive finite number."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value > 0)
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` atomically (temporary file, fsync, ``os.replace``)."""
 
@@ -309,7 +316,9 @@ class Project:
     classes : tuple of ClassSpec
         The study's classes.
     slides : list of dict
-        One entry per slide: ``{"name": str, "path": str or None}``.
+        One entry per slide: ``{"name": str, "path": str or None}``, and ``"mpp"`` (level-0
+        µm per pixel) for a slide whose resolution was given by the user rather than read from
+        its file (a folder of patches, a plain image): the slide reopens at it.
     settings : dict
         Free-form settings (inference, acquisition, training), JSON-serialisable.
     format_version : int
@@ -435,6 +444,11 @@ class Project:
                 raise ProjectError(
                     f"slide {entry['name']!r} has a path that is not text: {entry['path']!r}",
                     path=file, hint="fix or remove the entry")
+            if "mpp" in entry and not _is_mpp(entry["mpp"]):
+                raise ProjectError(
+                    f"slide {entry['name']!r} has a resolution that is not a positive number "
+                    f"of µm per pixel: {entry['mpp']!r}",
+                    path=file, hint='fix it (e.g. "mpp": 0.5) or remove the "mpp" entry')
         settings = data.get("settings", {})
         if not isinstance(settings, dict):
             raise ProjectError(
@@ -513,7 +527,9 @@ class Project:
             name = slide_path.stem if slide_path.suffix else slide_path.name
         return {"name": slide_key(name), "path": str(slide_path.resolve())}
 
-    def add_slide(self, slide: str | Path | None, name: str | None = None) -> str:
+    def add_slide(
+        self, slide: str | Path | None, name: str | None = None, mpp: float | None = None
+    ) -> str:
         """Register a slide (once) and save; returns its name in the project.
 
         Names are unique in a project, compared without regard to case (they name files):
@@ -528,23 +544,113 @@ class Project:
             in-memory slide of the same name is the same slide).
         name : str, optional
             Name wanted in the project; the file name without its extension by default.
+        mpp : float, optional
+            Level-0 µm per pixel given by the user (see :meth:`set_slide_mpp`), recorded for
+            a new slide or an already registered one.
+
+        Raises
+        ------
+        ProjectError
+            When ``mpp`` differs from the resolution of the slide's stored superpixels.
         """
+        if mpp is not None and not _is_mpp(mpp):
+            raise ValueError(f"microns per pixel must be a positive number, got {mpp!r}")
         if slide is None:
             if not name:
                 raise ValueError("an in-memory slide needs a name")
             entry = {"name": slide_key(name), "path": None}
             for existing in self.slides:
                 if existing["name"] == entry["name"] and existing.get("path") is None:
-                    return existing["name"]
+                    return self._keep_mpp(existing, mpp)
         else:
             entry = self._slide_entry(slide, name)
             for existing in self.slides:
                 if _same_path(existing.get("path"), entry["path"]):
-                    return existing["name"]
+                    return self._keep_mpp(existing, mpp)
         entry["name"] = self._unique_name(entry["name"], entry["path"])
+        if mpp is not None:
+            entry["mpp"] = float(mpp)
         self.slides.append(entry)
         self.save()
         return entry["name"]
+
+    def _keep_mpp(self, entry: dict, mpp: float | None) -> str:
+        if mpp is not None and entry.get("mpp") != float(mpp):
+            self.set_slide_mpp(entry["name"], mpp)
+        return entry["name"]
+
+    def slide_for_path(self, path: str | Path) -> str | None:
+        """The name of the slide registered for the file or folder ``path`` (None: none is)."""
+        for entry in self.slides:
+            if _same_path(entry.get("path"), str(path)):
+                return entry["name"]
+        return None
+
+    def slide_mpp(self, name: str) -> float | None:
+        """The level-0 µm per pixel recorded for a slide (None: its file's own, if any)."""
+        return self._entry(name).get("mpp")
+
+    def set_slide_mpp(self, name: str, mpp: float | None) -> None:
+        """Record (or, with None, forget) the resolution of a slide whose file does not give
+        it, and save; the slide then reopens at it (:meth:`open_slide`).
+
+        Raises
+        ------
+        ProjectError
+            When the slide is not in the project, or its superpixels were computed at another
+            level-0 resolution (labels and suggestions are tied to them; remove the slide's
+            computed files first, or give back the resolution they were made at).
+        """
+        if mpp is not None and not _is_mpp(mpp):
+            raise ValueError(f"microns per pixel must be a positive number, got {mpp!r}")
+        entry = self._entry(name)
+        superpixels = self.superpixels_path(name)
+        if superpixels.exists():
+            from .al.superpixels import SuperpixelMap
+
+            made_at = SuperpixelMap.open(superpixels).level0_mpp
+            wanted = 1.0 if mpp is None else float(mpp)
+            if not math.isclose(made_at, wanted, rel_tol=1e-6):
+                raise ProjectError(
+                    f"slide {name!r}: its superpixels were made at {made_at:g} µm per pixel of "
+                    f"the slide, not {wanted:g}",
+                    path=superpixels,
+                    hint=f"give the slide {made_at:g} µm/px again, or remove its computed files "
+                    "(Project dock) to start it over at the new resolution",
+                )
+        if mpp is None:
+            entry.pop("mpp", None)
+        else:
+            entry["mpp"] = float(mpp)
+        self.save()
+
+    def open_slide(self, name: str):
+        """The reader of a registered slide, at its recorded resolution when it has one.
+
+        Raises
+        ------
+        ProjectError
+            When the slide is not in the project or has no file.
+        """
+        from .io import open_slide
+
+        entry = self._entry(name)
+        if not entry.get("path"):
+            raise ProjectError(f"slide {name!r} has no file", path=self.path / PROJECT_FILE)
+        reader = open_slide(entry["path"])
+        if entry.get("mpp") is not None:
+            reader.set_mpp(entry["mpp"])
+        return reader
+
+    def _entry(self, name: str) -> dict[str, Any]:
+        for entry in self.slides:
+            if entry.get("name") == name:
+                return entry
+        raise ProjectError(
+            f"no slide named {name!r} in the project",
+            path=self.path / PROJECT_FILE,
+            hint=f"known slides: {', '.join(self.slide_names()) or 'none'}",
+        )
 
     def _unique_name(self, name: str, path: str | None) -> str:
         """``name``, or a variant of it that no registered slide uses (case-insensitively)."""

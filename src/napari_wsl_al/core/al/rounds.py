@@ -243,27 +243,15 @@ def checkpoint_path(project: Project, number: int) -> Path:
 
 
 def open_project_slide(project: Project, slide: str):
-    """The reader of a registered slide.
+    """The reader of a registered slide, at the resolution the project records for it
+    (:meth:`~napari_wsl_al.core.project.Project.open_slide`).
 
     Raises
     ------
     ProjectError
         When the slide is not in the project or has no file.
     """
-    from ..io import open_slide
-
-    for entry in project.slides:
-        if entry.get("name") == slide:
-            if not entry.get("path"):
-                raise ProjectError(
-                    f"slide {slide!r} has no file", path=project.path / "project.json"
-                )
-            return open_slide(entry["path"])
-    raise ProjectError(
-        f"no slide named {slide!r} in the project",
-        path=project.path / "project.json",
-        hint=f"known slides: {', '.join(project.slide_names()) or 'none'}",
-    )
+    return project.open_slide(slide)
 
 
 def working_mpp(reader, model_mpp: float | None) -> float | None:

@@ -151,7 +151,11 @@ class LabelledShape(NamedTuple):
 
 
 def prepare_project(
-    project_path: str | Path, slide_path: str | Path | None, slide_name: str, model: str = "default"
+    project_path: str | Path,
+    slide_path: str | Path | None,
+    slide_name: str,
+    model: str = "default",
+    mpp: float | None = None,
 ) -> tuple[Project, str]:
     """Open a project (or create it with the model's classes) and register a slide in it.
 
@@ -165,6 +169,9 @@ def prepare_project(
         Name of the slide in the project.
     model : str
         ``"default"`` or a checkpoint whose classes a new project takes.
+    mpp : float, optional
+        Level-0 µm per pixel the user gave the open slide (:func:`~.io.base.given_mpp`):
+        recorded in the project, so that the slide is read at it.
 
     Returns
     -------
@@ -175,7 +182,8 @@ def prepare_project(
     Raises
     ------
     ProjectError
-        When the project is damaged, or the slide has no file and is not registered.
+        When the project is damaged, the slide has no file and is not registered, or ``mpp``
+        contradicts the resolution of the slide's superpixels.
     CheckpointError
         When a new project's model cannot be loaded.
     """
@@ -194,8 +202,10 @@ def prepare_project(
                 path=project.path / PROJECT_FILE,
                 hint="open the slide file in napari first",
             )
+        if mpp is not None and project.slide_mpp(slide_name) != float(mpp):
+            project.set_slide_mpp(slide_name, mpp)
         return project, slide_name
-    return project, project.add_slide(slide_path, name=slide_name)
+    return project, project.add_slide(slide_path, name=slide_name, mpp=mpp)
 
 
 def suggest_for_slide(
@@ -204,8 +214,10 @@ def suggest_for_slide(
     slide_name: str,
     strategy: str | None = None,
     n: int | None = None,
+    mpp: float | None = None,
 ) -> Generator[Progress, None, tuple[Project, str, Any]]:
-    """:func:`prepare_project`, then :func:`~.rounds.suggest` with the project's settings.
+    """:func:`prepare_project` (``mpp`` as there), then :func:`~.rounds.suggest` with the
+    project's settings.
 
     Returns
     -------
@@ -215,7 +227,7 @@ def suggest_for_slide(
         The stored suggestions.
     """
     yield Progress(0, None, "opening the project")
-    project, slide = prepare_project(project_path, slide_path, slide_name)
+    project, slide = prepare_project(project_path, slide_path, slide_name, mpp=mpp)
     settings = ALSettings.of_project(project)
     selection = yield from suggest(project, slide, settings, strategy=strategy, n=n)
     return project, slide, selection
@@ -238,8 +250,9 @@ def suggest_and_open(
     strategy: str | None = None,
     n: int | None = None,
     mode: str = "dominant",
+    mpp: float | None = None,
 ) -> Generator[Progress, None, tuple[Project, str, Any, LabellingSession]]:
-    """:func:`suggest_for_slide`, then :func:`open_session` on the slide.
+    """:func:`suggest_for_slide` (``mpp`` as there), then :func:`open_session` on the slide.
 
     Returns
     -------
@@ -249,7 +262,7 @@ def suggest_and_open(
         On the new suggestions, warmed.
     """
     project, slide, selection = yield from suggest_for_slide(
-        project_path, slide_path, slide_name, strategy, n
+        project_path, slide_path, slide_name, strategy, n, mpp
     )
     yield Progress(0, None, "outlining the suggestions")
     return project, slide, selection, open_session(project, slide, mode)

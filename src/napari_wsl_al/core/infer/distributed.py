@@ -46,6 +46,8 @@ def infer_slide_task(
     project = Project.open(project_path)
     net = load_inference_model(model, inference.device)
     with open_slide(slide_path) as reader:
+        if project.slide_mpp(slide_name) is not None:
+            reader.set_mpp(project.slide_mpp(slide_name))
         result = run_to_end(
             infer_slide(reader, net, inference,
                         MapStore(project.maps_path(slide_name), lock_timeout=lock_timeout),
@@ -72,6 +74,7 @@ def infer_slides_distributed(
     scheduler_address: str | Any,
     region: tuple[int, int, int, int] | None = None,
     lock_timeout: float | None = None,
+    slide_mpp: float | None = None,
 ) -> list[dict[str, Any]]:
     """Run inference on several slides, one task per slide, on an existing dask cluster.
 
@@ -94,6 +97,10 @@ def infer_slides_distributed(
     lock_timeout : float, optional
         Seconds a task waits for another run writing the same slide's maps (the store's
         default when None).
+    slide_mpp : float, optional
+        Level-0 µm per pixel of slides whose files do not record it, kept in the project
+        (:meth:`~napari_wsl_al.core.project.Project.add_slide`); each task reads its slide at
+        the resolution the project records.
 
     Returns
     -------
@@ -109,7 +116,7 @@ def infer_slides_distributed(
 
     if not isinstance(project, Project):
         project = Project.open(project)
-    names = [project.add_slide(path) for path in paths]
+    names = [project.add_slide(path, mpp=slide_mpp) for path in paths]
     owned = not isinstance(scheduler_address, Client)
     client = Client(scheduler_address) if owned else scheduler_address
     try:

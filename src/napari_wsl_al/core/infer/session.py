@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.base import SlideReader
+from ..io.base import SlideReader, given_mpp
 from ..models.base import WslModel
 from ..progress import Progress
 from ..project import Project, slide_key
@@ -655,7 +655,7 @@ class InferenceSession:
         """The map store of a slide (in the project, or the session's temporary folder)."""
         name = slide_key(reader.name)
         if self.project is not None:
-            name = self.project.add_slide(reader.path, name=name)
+            name = self.project.add_slide(reader.path, name=name, mpp=given_mpp(reader))
             return MapStore(self.project.maps_path(name))
         if self._scratch is None:
             self._scratch = tempfile.TemporaryDirectory(prefix="wslal-maps-")

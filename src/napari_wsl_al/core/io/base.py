@@ -132,6 +132,9 @@ class SlideReader(ABC):
     mpp : tuple of float or None
         Microns per pixel at level 0 as ``(x, y)``; None when the file does not say. The user
         can set it with :meth:`set_mpp`.
+    mpp_given : bool
+        Whether :attr:`mpp` was given by the user or the caller (:meth:`set_mpp`) rather than
+        read from the file: a project keeps such a resolution (see :func:`given_mpp`).
     objective_power : float or None
         Scanner objective magnification at level 0, when known.
     properties : dict of str
@@ -142,6 +145,7 @@ class SlideReader(ABC):
     name: str = "slide"
     format: str = "unknown"
     mpp: tuple[float, float] | None = None
+    mpp_given: bool = False
     objective_power: float | None = None
 
     def __init__(self) -> None:
@@ -219,6 +223,7 @@ class SlideReader(ABC):
         if not (mx > 0 and my > 0 and math.isfinite(mx) and math.isfinite(my)):
             raise ValueError(f"microns per pixel must be positive numbers, got {mpp!r}")
         self.mpp = (float(mx), float(my))
+        self.mpp_given = True
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The deepest level whose downsample does not exceed ``downsample``."""
@@ -425,3 +430,10 @@ class SlideReader(ABC):
         w, h = self.dimensions
         mpp = "unknown mpp" if self.mpp is None else f"{self.mpp[0]:.3g} um/px"
         return f"<{type(self).__name__} {self.name!r} {w}x{h}, {self.level_count} levels, {mpp}>"
+
+
+def given_mpp(reader: SlideReader) -> float | None:
+    """The level-0 µm per pixel that was given to ``reader`` rather than read from its file
+    (set in the Slide dock, or passed when it was opened); None when the file's own holds or
+    none is known. A project records it for the slide, so that the slide reopens at it."""
+    return reader.mpp[0] if reader.mpp_given and reader.mpp is not None else None
