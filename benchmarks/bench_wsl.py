@@ -203,6 +203,10 @@ def cross_validate(args) -> int:
                 whole = make_torch_dataset(train_part, model, config, train=False)
                 calibrate_foreground(model, (image for image, *_ in whole))
                 scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips)
+            if config.tta_flips:  # as the plug-in infers: one view of each image
+                plain = evaluate(model, fold.val, "cpu", config=config, flips=False)
+                per_image.update({f"{key}_no_flips": plain[key]
+                                  for key in ("error", "f1_pos", "f1_neg")})
             per_fold.append({
                 "fold": index, "patients": list(fold.val_groups), "n_images": len(fold.val),
                 "error": scores["error"], "f1_pos": scores["f1_pos"], "f1_neg": scores["f1_neg"],
@@ -218,7 +222,7 @@ def cross_validate(args) -> int:
                "wall_seconds": time.perf_counter() - started,
                "torch": torch.__version__, "threads": torch.get_num_threads()}
         for key in ("error", "f1_pos", "f1_neg", "all_ones_f1_pos", "f1_pos_per_image",
-                    "f1_neg_per_image"):
+                    "f1_neg_per_image", "error_no_flips", "f1_pos_no_flips", "f1_neg_no_flips"):
             if all(key in f for f in per_fold):
                 row[key] = _mean_spread([f[key] for f in per_fold])
         with out.open("a") as stream:
@@ -302,6 +306,11 @@ def print_cv_table(path: Path) -> None:
                      for k in ("f1_pos_per_image", "f1_neg_per_image")]
             print(f"{'':<46} {'(fg per image)':<18} {'':>5} {'':>14} {plain[0]:>14} "
                   f"{plain[1]:>14}")
+        if "error_no_flips" in row:  # the same models, one view per image (as the plug-in)
+            one = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
+                   for k in ("error_no_flips", "f1_pos_no_flips", "f1_neg_no_flips")]
+            print(f"{'':<46} {'(no test flips)':<18} {'':>5} {one[0]:>14} {one[1]:>14} "
+                  f"{one[2]:>14}")
     if rows and "all_ones_f1_pos" in rows[0]["folds"][0]:
         base = _mean_spread([f["all_ones_f1_pos"] for f in rows[0]["folds"]])
         print(f"All-ones F1+ over the folds: {_percent(base[0]).strip()} %")
@@ -325,8 +334,21 @@ def print_repeated(rows: list[dict]) -> None:
         mean, spread = _mean_spread(errors)
         each = ", ".join(f"seed {seed}: {_percent(run['error'][0]).strip()}"
                          for seed, run in sorted(runs.items()))
+        folds = [fold for run in runs.values() for fold in run["folds"]]
+        f1 = ""
+        if all("f1_pos" in fold for fold in folds):
+            f1 = "; F1+ {}, F1- {}".format(*(
+                _percent(_mean_spread([fold[key] for fold in folds])[0]).strip()
+                for key in ("f1_pos", "f1_neg")))
         print(f"  {recipe} | {method}: {len(runs)} partitions, {len(errors)} folds, error "
-              f"{_percent(mean).strip()} +- {_percent(spread).strip()} % ({each})")
+              f"{_percent(mean).strip()} +- {_percent(spread).strip()} % ({each}){f1}")
+        if all("error_no_flips" in fold for run in runs.values() for fold in run["folds"]):
+            one = {key: _mean_spread([fold[f"{key}_no_flips"] for run in runs.values()
+                                      for fold in run["folds"]])
+                   for key in ("error", "f1_pos", "f1_neg")}
+            print(f"    no test flips (as the plug-in): error {_percent(one['error'][0]).strip()}"
+                  f" +- {_percent(one['error'][1]).strip()} %, F1+ "
+                  f"{_percent(one['f1_pos'][0]).strip()}, F1- {_percent(one['f1_neg'][0]).strip()}")
 
 
 def main(argv=None) -> int:
