@@ -78,8 +78,9 @@ def test_a_slide_added_without_a_resolution_has_none_recorded(project, folder):
     # an in-memory slide can have one too
     memory = project.add_slide(None, name="memory", mpp=2.0)
     assert project.slide_mpp(memory) == 2.0
-    with pytest.raises(ProjectError, match="has no file"):
+    with pytest.raises(ProjectError, match="has no file") as error:
         project.open_slide(memory)
+    assert error.value.path == project.path / PROJECT_FILE
     with pytest.raises(ProjectError, match="no slide named 'nope'"):
         project.open_slide("nope")
     with pytest.raises(ProjectError, match="no slide named 'nope'"):
@@ -117,8 +118,10 @@ def test_the_resolution_of_a_slide_with_superpixels_is_not_changed(project, fold
     assert superpixels.mpp == pytest.approx(1.24)  # the working resolution: 2 level-0 pixels
     assert superpixels.level0_mpp == pytest.approx(0.62)
     for wanted in (0.5, None):
-        with pytest.raises(ProjectError, match="superpixels were made at 0.62 µm per pixel"):
+        with pytest.raises(ProjectError, match="superpixels were made at 0.62 µm per pixel") as e:
             project.set_slide_mpp(name, wanted)
+        assert e.value.path == project.superpixels_path(name)
+        assert e.value.hint.endswith("(Project dock) to start it over at the new resolution")
         with pytest.raises(ProjectError, match="remove its computed files"):
             project.add_slide(folder, mpp=0.5)
         assert Project.open(project.path).slide_mpp(name) == 0.62
