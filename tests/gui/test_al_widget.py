@@ -285,6 +285,26 @@ def test_mistakes_become_notifications(make_napari_viewer, qtbot, project, monke
     assert "no slide to label" in shown[-1]
 
 
+def test_a_project_path_typed_and_left_is_opened(make_napari_viewer, project, tmp_path):
+    """Leaving the project field (Tab, or a click on Suggest) opens the project typed there, so
+    that Suggest never writes into the one shown before; the same path again reloads nothing."""
+    viewer = make_napari_viewer()
+    widget = ActiveLearningWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.project.path == project.path and widget.session is not None
+    session = widget.session
+    widget.project_edit.setText(str(project.path))
+    widget.project_edit.editingFinished.emit()
+    assert widget.session is session  # the same project: left open as it was
+    other = Project.create(tmp_path / "other", classes=["benign", "malignant"])
+    widget.project_edit.setText(str(other.path))
+    widget.project_edit.editingFinished.emit()
+    assert widget.project.path == other.path and widget.session is None
+    widget.project_edit.setText(str(tmp_path / "new"))
+    widget.project_edit.editingFinished.emit()
+    assert widget.project is None and "Suggest creates it" in widget.status.text()
+
+
 def test_format_seconds():
     assert format_seconds(42.4) == "42 s"
     assert format_seconds(185) == "3 min 05 s"

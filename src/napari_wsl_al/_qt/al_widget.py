@@ -223,6 +223,7 @@ class ActiveLearningWidget(QWidget):
         self._drawn_labels: list[int] = []
         #: ``(region, is current)`` of the outlines in the suggestions layer, in layer order.
         self._drawn_outlines: list[tuple[int, bool]] = []
+        self._loaded_path: Path | None = None
 
         self.project_edit = QLineEdit(str(default_project_path()))
         self.project_edit.setToolTip(
@@ -230,6 +231,9 @@ class ActiveLearningWidget(QWidget):
             "saved there as you go. Created by the first Suggest when it does not exist."
         )
         self.project_edit.returnPressed.connect(lambda: self.load_project(notify=True))
+        # a path typed and left (Tab, or a click on Suggest) is opened too, so that Suggest
+        # never writes into the project shown before
+        self.project_edit.editingFinished.connect(self._project_field_left)
         open_button = QPushButton("Open")
         open_button.clicked.connect(lambda: self.load_project(notify=True))
         project_row = QHBoxLayout()
@@ -322,9 +326,17 @@ class ActiveLearningWidget(QWidget):
 
     # ------------------------------------------------------------------ project and slide
     @reported
+    def _project_field_left(self) -> None:
+        """Open the project named in the field when it is not the one open."""
+        path = Path(self.project_edit.text().strip()).expanduser()
+        if self._loaded_path is None or path.resolve() != self._loaded_path.resolve():
+            self.load_project(notify=True)
+
+    @reported
     def load_project(self, notify: bool = True) -> None:
         """Open the project named in the project field (nothing yet when it does not exist)."""
         path = Path(self.project_edit.text().strip()).expanduser()
+        self._loaded_path = path
         self.project = None
         if self.session is not None:
             self.session.close()
@@ -871,7 +883,7 @@ class ActiveLearningWidget(QWidget):
     def _suggested(self, result) -> None:
         project, slide, selection, session = result
         self.project_edit.setText(str(project.path))
-        self.project = project
+        self.project, self._loaded_path = project, project.path
         self._install_session(session)
         if selection.strategy == "random" and self.strategy_combo.currentText() != "random":
             self.status.setText(f"{len(selection.ids)} suggestions, random: no round trained yet")
