@@ -13,6 +13,9 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py labelprop --no-pseudo   # the same run without it
     python benchmarks/bench_al.py glass       # CMU-1, round 0: glass among the first 20 picks
     python benchmarks/bench_al.py report      # reads the CSVs, prints the tables, draws curves.png
+    python benchmarks/bench_al.py cv --fold 0 # 5-fold CV by patient: the bar and random, oreal
+                                              # on fold 0 (one process per fold, or all folds)
+    python benchmarks/bench_al.py cv-report   # per fold and over the folds: % of the bar
 
 Outputs go to ``benchmarks/results/al/``.
 """
@@ -237,6 +240,76 @@ def report() -> int:
     return 0
 
 
+def run_cv(args) -> None:
+    """``--folds``-fold cross-validation by patient (the folds of ``bench_wsl.py --cv``): for
+    each fold in ``--fold`` (all by default), the bar (seed 0) and each strategy (seed 0),
+    with that fold as the validation images. Files in ``OUT/cv/``; a fold's part already
+    written is kept, so the part can be resumed."""
+    out = OUT / "cv"
+    out.mkdir(parents=True, exist_ok=True)
+    folds = args.fold if args.fold is not None else list(range(args.folds))
+    for fold in folds:
+        config = replace(base_config(args), folds=args.folds, fold=fold)
+        data = sim.prepare_dataset(DATA, config)
+        print(f"fold {fold}: {len(data.pool)} pool / {len(data.validation)} validation images, "
+              f"{data.n_regions} superpixels", flush=True)
+        bar_path = out / f"bar-fold{fold}.json"
+        if not bar_path.exists():
+            result = run_to_end(sim.full_supervision(data, config, args.bar_steps), _log)
+            bar_path.write_text(json.dumps({**result, "fold": fold, "regions": data.n_regions,
+                                            "validation": len(data.validation)}, indent=2))
+            print(f"fold {fold}: full supervision {result}", flush=True)
+        for strategy in args.strategies.split(","):
+            path = out / f"fold{fold}-{strategy}.csv"
+            if path.exists():
+                continue
+            rows = run_to_end(sim.simulate_run(data, replace(config, strategy=strategy), None),
+                              _log)
+            _append(path.with_suffix(".part"), rows)
+            path.with_suffix(".part").rename(path)
+
+
+def cv_report() -> int:
+    """Each fold's bar and each strategy's last round as a part of it; mean +- sd over folds."""
+    out = OUT / "cv"
+    bars = {json.loads(p.read_text())["fold"]: json.loads(p.read_text())
+            for p in sorted(out.glob("bar-fold*.json"))}
+    if not bars:
+        print(f"no cross-validation in {out}: run the 'cv' part first", file=sys.stderr)
+        return 1
+    runs: dict[str, dict[int, list[dict]]] = {}
+    for path in sorted(out.glob("fold*-*.csv")):
+        fold, strategy = path.stem.split("-", 1)
+        with open(path) as stream:
+            rows = list(csv.DictReader(stream))
+        runs.setdefault(strategy, {})[int(fold[4:])] = rows
+    print(f"{len(bars)} folds by patient; full supervision per fold (Dice, validation images): "
+          + ", ".join(f"{f}: {b['dice']:.3f} ({b['validation']})" for f, b in sorted(bars.items())))
+    dice = [b["dice"] for b in bars.values()]
+    print(f"full supervision: {np.mean(dice):.4f} +- {np.std(dice):.4f}")
+    for strategy, folds in sorted(runs.items()):
+        parts, finals, reached, aucs, fractions = [], [], 0, [], []
+        for fold, rows in sorted(folds.items()):
+            if fold not in bars:
+                continue
+            rows.sort(key=lambda r: int(r["round"]))
+            curve = [float(r["dice"]) for r in rows]
+            fraction = [float(r["labelled_fraction"]) for r in rows]
+            finals.append(curve[-1])
+            parts.append(curve[-1] / bars[fold]["dice"])
+            fractions.append(fraction[-1])
+            aucs.append(al_curve_auc(fraction, curve))
+            reached += any(d >= 0.95 * bars[fold]["dice"] for d in curve)
+        if not parts:
+            continue
+        each = ", ".join(f"{100 * p:.0f}" for p in parts)
+        print(f"{strategy:8s} {len(parts)} folds at {100 * np.mean(fractions):.2f} % labelled: "
+              f"Dice {np.mean(finals):.4f} +- {np.std(finals):.4f}, {100 * np.mean(parts):.1f} "
+              f"+- {100 * np.std(parts):.1f} % of the bar (per fold: {each}); AuALC "
+              f"{np.mean(aucs):.4f}; 95 % reached in {reached} of {len(parts)} folds")
+    return 0
+
+
 def run_glass(args) -> None:
     """Round-0 OREAL suggestions on CMU-1 with the shipped model: how many picks are glass.
 
@@ -291,7 +364,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("part",
                         choices=("bar", "strategies", "modes", "pseudo", "labelprop", "glass",
-                                 "final", "ema", "report"))
+                                 "final", "ema", "report", "cv", "cv-report"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="final, ema: start at this seed (parallel processes)")
@@ -311,17 +384,27 @@ def main(argv=None) -> int:
     parser.add_argument("--lam", type=float, default=0.1, help="labelprop: lambda (paper: 0.1)")
     parser.add_argument("--no-pseudo", action="store_true",
                         help="labelprop: the same run without Label_prop")
+    parser.add_argument("--folds", type=int, default=5, help="cv: folds by patient")
+    parser.add_argument("--fold", type=int, nargs="+", default=None,
+                        help="cv: only these folds (0-based; default all)")
     args = parser.parse_args(argv)
     OUT = Path(args.out)
     torch.set_num_threads(args.threads)
     if args.part == "report":
         return report()
+    if args.part == "cv-report":
+        return cv_report()
     if args.part == "glass":
         run_glass(args)
         return 0
     if not DATA.is_dir():
         print(f"{DATA} is missing", file=sys.stderr)
         return 1
+    if args.part == "cv":
+        if args.strategies == ",".join(STRATEGIES):
+            args.strategies = "random,oreal"
+        run_cv(args)
+        return 0
     config = base_config(args)
     started = time.perf_counter()
     data = sim.prepare_dataset(DATA, config)

@@ -17,6 +17,16 @@ from napari_wsl_al.core.errors import DatasetError
 from napari_wsl_al.core.progress import run_to_end
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread, as the rest of the suite runs (its float sums are the same in every
+    order the tests run in; a 3-round toy simulation's Dice is that close from round to round)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def patches(tmp_path_factory):
     return write_synthetic_patch_set(
@@ -323,3 +333,41 @@ def test_bare_pseudo_labels_flag_still_means_stage_2(patches, tmp_path):
     with pytest.raises(SystemExit):
         build_parser().parse_args(
             ["simulate", str(patches), "--pseudo-labels", "knn", "--out", str(tmp_path)])
+
+
+def test_cross_validation_folds_hold_out_each_patient_once(patches):
+    from napari_wsl_al.core.data.glas import load_glas, patient_folds
+
+    expected = patient_folds(load_glas(patches), k=4, seed=0)
+    held_out = []
+    for fold in range(4):
+        config = small_config(folds=4, fold=fold)
+        assert config.run_name == f"entropy-multi-seed0-fold{fold}"
+        data = sim.prepare_dataset(patches, config)
+        names = [item.name for item in data.validation]
+        assert names == [record.name for record in expected[fold].val.records]
+        assert len(names) == 2 and len(data.pool) == 6  # one patient of four, both images
+        assert not set(names) & {item.name for item in data.pool}
+        held_out.extend(names)
+    assert sorted(held_out) == sorted(record.name for record in load_glas(patches).records)
+    assert small_config().run_name == "entropy-multi-seed0"  # one split: no fold in the name
+
+
+@pytest.mark.parametrize("folds, fold", [(1, 0), (-2, 0), (4, 4), (4, -1), (0, 1)])
+def test_a_fold_outside_the_folds_is_refused(folds, fold):
+    with pytest.raises(ValueError, match=f"fold {fold} of {folds}"):
+        small_config(folds=folds, fold=fold)
+
+
+def test_cli_simulate_on_one_fold_of_a_cross_validation(patches, tmp_path, capsys):
+    out = tmp_path / "cv"
+    code = main(["simulate", str(patches), "--strategy", "random", "--rounds", "1",
+                 "--budget", "2", "--out", str(out), "--cv", "4", "--fold", "1",
+                 "--steps", "2", "--batch-size", "2", "--crop-size", "32", "--region-px", "16"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "6 pool images" in printed and "2 validation images" in printed
+    saved = torch.load(out / "random-multi-seed0-fold1" / "round_0.pt", weights_only=True)
+    assert saved["extra"]["simulation"]["folds"] == 4 and saved["extra"]["simulation"]["fold"] == 1
+    assert main(["simulate", str(patches), "--cv", "4", "--fold", "4", "--out", str(out)]) == 2
+    assert "fold 4 of 4" in capsys.readouterr().err

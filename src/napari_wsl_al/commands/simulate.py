@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="part of the patients held out for validation (default 0.2)",
     )
     parser.add_argument(
+        "--cv", type=int, default=0, metavar="K",
+        help="validate on one fold of a K-fold split grouped by patient (bench_wsl.py --cv's "
+        "folds) instead of --val-fraction; run each --fold for the whole cross-validation",
+    )
+    parser.add_argument("--fold", type=int, default=0, help="with --cv: the validation fold, "
+                        "0 .. K-1 (default 0)")
+    parser.add_argument(
         "--scheduler",
         help="dask.distributed scheduler address: each run "
         "(strategy x label x seed) is a task on that cluster",
@@ -144,6 +151,8 @@ def _configs(args: argparse.Namespace):
                     budget=args.budget,
                     seed=seed,
                     val_fraction=args.val_fraction,
+                    folds=args.cv,
+                    fold=args.fold,
                     mpp=args.mpp,
                     superpixels=SuperpixelConfig(region_px=args.region_px),
                     train=train,

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data.glas import PatchDataset, load_glas, split_by_patient
+from ..data.glas import PatchDataset, load_glas, patient_folds, split_by_patient
 from ..data.patches import read_mask, read_rgb
 from ..metrics import al_curve_auc, gini_index
 from ..models.checkpoint import load_checkpoint, load_default_model, save_checkpoint
@@ -103,6 +103,10 @@ class SimulationConfig:
         Initial picks, training crops, random acquisition.
     val_fraction : float
         Part of the patients held out for validation (the split is the same for every seed).
+    folds, fold : int
+        ``folds >= 2``: K-fold cross-validation grouped by patient instead
+        (:func:`~napari_wsl_al.core.data.glas.patient_folds`, the folds of ``bench_wsl.py
+        --cv``); fold ``fold`` is the validation. 0: the ``val_fraction`` split.
     mpp : float
         Working resolution, microns per pixel (GlaS is 0.62 at 20x).
     superpixels : SuperpixelConfig
@@ -135,6 +139,8 @@ class SimulationConfig:
     budget: int = 40
     seed: int = 0
     val_fraction: float = 0.2
+    folds: int = 0
+    fold: int = 0
     mpp: float = 1.24
     superpixels: SuperpixelConfig = field(default_factory=SuperpixelConfig)
     train: RegionTrainConfig = field(default_factory=RegionTrainConfig)
@@ -157,6 +163,9 @@ class SimulationConfig:
             raise ValueError(
                 f"unknown pseudo-label method {self.pseudo_method!r}; expected one of "
                 f"{PSEUDO_METHODS}")
+        if self.folds == 1 or self.folds < 0 or not 0 <= self.fold < max(1, self.folds):
+            raise ValueError(f"fold {self.fold} of {self.folds}: folds is 0 (one split) or at "
+                             f"least 2, and the fold one of 0 .. folds - 1")
         if self.label_prop_k < 1:
             raise ValueError(f"label_prop_k must be at least 1, not {self.label_prop_k}")
         if not self.label_prop_lambda >= 0:
@@ -189,9 +198,10 @@ class SimulationConfig:
 
     @property
     def run_name(self) -> str:
-        """``<strategy>-<label>[-pseudo|-labelprop]-seed<k>``: the run's folder name."""
+        """``<strategy>-<label>[-pseudo|-labelprop]-seed<k>[-fold<f>]``: the run's folder name."""
         pseudo = "-pseudo" if self.stage2 else "-labelprop" if self.label_prop else ""
-        return f"{self.strategy}-{self.label}{pseudo}-seed{self.seed}"
+        fold = f"-fold{self.fold}" if self.folds else ""
+        return f"{self.strategy}-{self.label}{pseudo}-seed{self.seed}{fold}"
 
 
 @dataclass
@@ -279,7 +289,10 @@ def prepare_dataset(
             path=dataset.root,
             hint="add masks/<name>.png files",
         )
-    split = split_by_patient(dataset, val_fraction=config.val_fraction, seed=0)
+    if config.folds:
+        split = patient_folds(dataset, k=config.folds, seed=0)[config.fold]
+    else:
+        split = split_by_patient(dataset, val_fraction=config.val_fraction, seed=0)
     source_mpp = dataset.mpp or 0.62
     scale = source_mpp / config.mpp
     pool, pool_truth, count = _read_items(
