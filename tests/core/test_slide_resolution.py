@@ -78,6 +78,12 @@ def test_a_slide_added_without_a_resolution_has_none_recorded(project, folder):
     # an in-memory slide can have one too
     memory = project.add_slide(None, name="memory", mpp=2.0)
     assert project.slide_mpp(memory) == 2.0
+    assert project.add_slide(None, name="memory", mpp=3.0) == memory  # the same, re-measured
+    assert Project.open(project.path).slide_mpp(memory) == 3.0
+    with pytest.raises(ValueError, match="an in-memory slide needs a name"):
+        project.add_slide(None, mpp=2.0)
+    named = project.add_slide(folder.parent / "other", name="glas", mpp=0.62)
+    assert named == "glas" and project.slide_mpp("glas") == 0.62
     with pytest.raises(ProjectError, match="has no file") as error:
         project.open_slide(memory)
     assert error.value.path == project.path / PROJECT_FILE
