@@ -93,6 +93,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, default=6.0, help="wall-time bound per method")
     parser.add_argument("--depth", type=int, default=18)
     parser.add_argument("--width", type=float, default=0.25)
+    parser.add_argument("--output-stride", type=int, choices=(32, 16, 8), default=32,
+                        help="input pixels per CAM pixel (16, 8: the last stages dilated)")
     parser.add_argument("--crop-size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=0.02)
@@ -186,6 +188,7 @@ def cross_validate(args) -> int:
                 colour = colour_target(read_rgb(record.image_path) for record in train_part)
             model = build_model(ModelConfig(
                 arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
+                output_stride=args.output_stride,
                 mpp=args.target_mpp or dataset.mpp, head=head, colour_target=colour,
             ))
             if args.pretrained:
@@ -376,7 +379,7 @@ def main(argv=None) -> int:
         seed_everything(args.seed)
         model_config = ModelConfig(
             arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
-            mpp=dataset.mpp, head=head,
+            output_stride=args.output_stride, mpp=dataset.mpp, head=head,
         )
         model = build_model(model_config)
         config = TrainConfig(
