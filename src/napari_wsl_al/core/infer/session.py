@@ -586,7 +586,7 @@ def resolution_warning(reader: SlideReader, model: WslModel, config: InferenceCo
     return (f"{reader.name} has no resolution (µm per pixel), so the model's resolution "
             f"({float(model.mpp):g} µm/px) cannot be applied: the model runs on the image's own "
             "pixels, and its maps are off if their scale differs. Set the image's µm / pixel in "
-            "the Slide widget and run again.")
+            "the Slide widget and run again: the project keeps it.")
 
 
 def describe_progress(progress: Progress, unit: str = "tiles") -> Progress:
