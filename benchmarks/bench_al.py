@@ -287,8 +287,9 @@ def cv_report() -> int:
           + ", ".join(f"{f}: {b['dice']:.3f} ({b['validation']})" for f, b in sorted(bars.items())))
     dice = [b["dice"] for b in bars.values()]
     print(f"full supervision: {np.mean(dice):.4f} +- {np.std(dice):.4f}")
+    curves: dict[str, list] = {}
     for strategy, folds in sorted(runs.items()):
-        parts, finals, reached, aucs, fractions = [], [], 0, [], []
+        parts, finals, reached, aucs, fractions = [], [], [], [], []
         for fold, rows in sorted(folds.items()):
             if fold not in bars:
                 continue
@@ -299,15 +300,51 @@ def cv_report() -> int:
             parts.append(curve[-1] / bars[fold]["dice"])
             fractions.append(fraction[-1])
             aucs.append(al_curve_auc(fraction, curve))
-            reached += any(d >= 0.95 * bars[fold]["dice"] for d in curve)
+            hits = [f for f, d in zip(fraction, curve) if d >= 0.95 * bars[fold]["dice"]]
+            if hits:
+                reached.append(hits[0])
         if not parts:
             continue
+        curves[strategy] = [
+            ([float(r["labelled_fraction"]) for r in rows],
+             [float(r["dice"]) / bars[fold]["dice"] for r in rows])
+            for fold, rows in sorted(folds.items()) if fold in bars]
         each = ", ".join(f"{100 * p:.0f}" for p in parts)
         print(f"{strategy:8s} {len(parts)} folds at {100 * np.mean(fractions):.2f} % labelled: "
               f"Dice {np.mean(finals):.4f} +- {np.std(finals):.4f}, {100 * np.mean(parts):.1f} "
               f"+- {100 * np.std(parts):.1f} % of the bar (per fold: {each}); AuALC "
-              f"{np.mean(aucs):.4f}; 95 % reached in {reached} of {len(parts)} folds")
+              f"{np.mean(aucs):.4f}; 95 % reached in {len(reached)} of {len(parts)} folds"
+              + (f" (first at {100 * np.mean(reached):.2f} % labelled, mean)" if reached else ""))
+    if curves:
+        plot_cv_curves(out / "cv_curves.png", curves, len(bars))
     return 0
+
+
+def plot_cv_curves(path: Path, curves: dict[str, list], folds: int) -> None:
+    """Dice as a part of each fold's full-supervision Dice against the labelled fraction:
+    mean over the folds (line) and spread (band), one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for strategy, runs in sorted(curves.items()):
+        length = min(len(x) for x, _ in runs)
+        x = 100 * np.mean([xs[:length] for xs, _ in runs], axis=0)
+        y = 100 * np.array([ys[:length] for _, ys in runs])
+        axes.plot(x, y.mean(axis=0), marker="o", label=f"{strategy} ({len(runs)} folds)")
+        axes.fill_between(x, y.mean(axis=0) - y.std(axis=0), y.mean(axis=0) + y.std(axis=0),
+                          alpha=0.2)
+    axes.axhline(95, color="grey", linestyle=":", label="95 % of full supervision")
+    axes.set_xlabel("superpixels labelled (%)")
+    axes.set_ylabel("validation Dice, % of the fold's full supervision")
+    axes.set_title(f"Active learning, {folds}-fold cross-validation by patient (GlaS train)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def run_glass(args) -> None:
