@@ -197,8 +197,28 @@ def test_data_without_masks_is_refused(patches, tmp_path):
     copy = tmp_path / "nomasks"
     shutil.copytree(patches, copy)
     shutil.rmtree(copy / "masks")
-    with pytest.raises(DatasetError, match="mask"):
+    with pytest.raises(DatasetError, match="mask") as error:
         sim.prepare_dataset(copy, small_config())
+    assert str(error.value) == (f"{copy}: the simulation needs a ground-truth mask for every "
+                                "image (add masks/<name>.png files)")
+    assert error.value.path == copy and error.value.hint == "add masks/<name>.png files"
+
+
+def test_a_loaded_data_set_is_used_as_is_and_without_a_resolution_taken_as_glas(patches,
+                                                                               prepared):
+    from dataclasses import replace as replaced
+
+    from napari_wsl_al.core.data.glas import load_glas
+
+    dataset = load_glas(patches)
+    assert dataset.mpp == 0.62
+    again = sim.prepare_dataset(dataset, small_config())
+    assert [item.name for item in again.pool] == [item.name for item in prepared.pool]
+    unknown = sim.prepare_dataset(replaced(dataset, mpp=None), small_config())
+    assert unknown.pool[0].image.shape == prepared.pool[0].image.shape == (80, 80, 3)
+    # the data set given is used, not its folder read again: two patients' images of eight
+    two = sim.prepare_dataset(replaced(dataset, records=dataset.records[:4]), small_config())
+    assert len(two.pool) + len(two.validation) == 4
 
 
 def test_cli_writes_curves_summary_picture_and_checkpoints(patches, tmp_path, capsys):
