@@ -289,7 +289,7 @@ def cv_report() -> int:
     print(f"full supervision: {np.mean(dice):.4f} +- {np.std(dice):.4f}")
     curves: dict[str, list] = {}
     for strategy, folds in sorted(runs.items()):
-        parts, finals, reached, aucs, fractions = [], [], [], [], []
+        parts, finals, reached, aucs, fractions, at_five = [], [], [], [], [], []
         for fold, rows in sorted(folds.items()):
             if fold not in bars:
                 continue
@@ -303,6 +303,8 @@ def cv_report() -> int:
             hits = [f for f, d in zip(fraction, curve) if d >= 0.95 * bars[fold]["dice"]]
             if hits:
                 reached.append(hits[0])
+            within = [d for f, d in zip(fraction, curve) if f <= 0.05]  # the target's budget
+            at_five.append(within[-1] / bars[fold]["dice"] if within else float("nan"))
         if not parts:
             continue
         curves[strategy] = [
@@ -314,7 +316,9 @@ def cv_report() -> int:
               f"Dice {np.mean(finals):.4f} +- {np.std(finals):.4f}, {100 * np.mean(parts):.1f} "
               f"+- {100 * np.std(parts):.1f} % of the bar (per fold: {each}); AuALC "
               f"{np.mean(aucs):.4f}; 95 % reached in {len(reached)} of {len(parts)} folds"
-              + (f" (first at {100 * np.mean(reached):.2f} % labelled, mean)" if reached else ""))
+              + (f" (first at {100 * np.mean(reached):.2f} % labelled, mean; within 5 %: "
+                 f"{sum(r <= 0.05 for r in reached)})" if reached else "")
+              + f"; last round within 5 % labelled: {100 * np.nanmean(at_five):.1f} % of the bar")
     if curves:
         plot_cv_curves(out / "cv_curves.png", curves, len(bars))
     return 0
