@@ -391,3 +391,12 @@ def test_cli_simulate_on_one_fold_of_a_cross_validation(patches, tmp_path, capsy
     assert saved["extra"]["simulation"]["folds"] == 4 and saved["extra"]["simulation"]["fold"] == 1
     assert main(["simulate", str(patches), "--cv", "4", "--fold", "4", "--out", str(out)]) == 2
     assert "fold 4 of 4" in capsys.readouterr().err
+
+
+def test_the_smallest_rounds_budget_and_neighbours_are_one():
+    small_config(rounds=1, budget=1, label_prop_k=1)  # the least that makes a run
+    for changes in ({"rounds": 0}, {"budget": 0}):
+        with pytest.raises(ValueError, match="^rounds and budget must be at least 1$"):
+            small_config(**changes)
+    with pytest.raises(ValueError, match="label_prop_k must be at least 1, not 0"):
+        small_config(label_prop_k=0)
