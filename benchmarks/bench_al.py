@@ -343,7 +343,7 @@ def plot_cv_curves(path: Path, curves: dict[str, list], folds: int) -> None:
     axes.axhline(95, color="grey", linestyle=":", label="95 % of full supervision")
     axes.set_xlabel("superpixels labelled (%)")
     axes.set_ylabel("validation Dice, % of the fold's full supervision")
-    axes.set_title(f"Active learning, {folds}-fold cross-validation by patient (GlaS train)")
+    axes.set_title(f"Active learning on {folds} folds by patient (GlaS train), seed 0")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
