@@ -394,7 +394,7 @@ def test_cli_simulate_on_one_fold_of_a_cross_validation(patches, tmp_path, capsy
 
 
 def test_the_smallest_rounds_budget_and_neighbours_are_one():
-    small_config(rounds=1, budget=1, label_prop_k=1)  # the least that makes a run
+    small_config(rounds=1, budget=1, label_prop_k=1, label_prop_lambda=0.0)  # the least
     for changes in ({"rounds": 0}, {"budget": 0}):
         with pytest.raises(ValueError, match="^rounds and budget must be at least 1$"):
             small_config(**changes)
