@@ -218,6 +218,7 @@ def test_open_slides_and_mistakes(make_napari_viewer, tmp_path, small_synthetic_
     widget.add_open_slides()
     assert saved(widget.project.path)["slides"][1] == {
         "name": patch_folder.name, "path": str(patch_folder.resolve()), "mpp": 0.62}
+    assert slide_rows(widget) == ["synth   ·   synth.tif", "images   ·   images   ·   0.62 µm/px"]
     widget.open_project(tmp_path / "nothing")
     assert widget.project is None and notes[-1][0] == "info" and "Create" in notes[-1][1]
     damaged = tmp_path / "damaged"

@@ -363,6 +363,8 @@ class ProjectWidget(QWidget):
                 where = "in memory (no file)"
             else:
                 where = Path(path).name + ("" if Path(path).exists() else " (file missing)")
+            if entry.get("mpp") is not None:  # given by the user: the file does not say it
+                where += f"   ·   {entry['mpp']:g} µm/px"
             item = QListWidgetItem(f"{entry['name']}   ·   {where}")
             item.setToolTip(str(path) if path else "an in-memory slide: it has no file")
             item.setData(Qt.ItemDataRole.UserRole, entry["name"])
