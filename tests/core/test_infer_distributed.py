@@ -36,3 +36,23 @@ def test_one_task_per_slide_on_a_local_cluster(tmp_path):
     for name in ("slide0", "slide1"):
         fg = MapStore(project.maps_path(name)).handles()["fg"].levels[0].compute()
         np.testing.assert_allclose(fg, 0.7, atol=1e-6)
+
+
+def test_slide_mpp_is_kept_for_the_slides_without_their_own(tmp_path):
+    bare, measured = tmp_path / "bare.tif", tmp_path / "measured.tif"
+    tifffile.imwrite(bare, gradient_image(128, 128), photometric="rgb")
+    tifffile.imwrite(measured, gradient_image(128, 128, seed=1), photometric="rgb",
+                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    project = Project.create(tmp_path / "study", classes=["tumour", "normal"])
+    config = InferenceConfig(level=0, tile_size=64, overlap=0, batch_size=4, device="cpu",
+                             tissue_gate=False, tissue_threshold=0, maps=("fg",))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None, protocol="tcp",
+                                  host="127.0.0.1") as cluster:
+        infer_slides_distributed([bare, measured], make_constant_model, project, config,
+                                 cluster.scheduler_address, slide_mpp=0.5)
+    reopened = Project.open(project.path)
+    assert reopened.slide_mpp("bare") == 0.5 and reopened.slide_mpp("measured") is None
+    for name, mpp in (("bare", 0.5), ("measured", 0.25)):  # each task read its slide at it
+        spec = MapStore(project.maps_path(name)).read_info()["spec"]
+        assert spec["slide"]["mpp"] == pytest.approx([mpp, mpp])

@@ -215,3 +215,20 @@ def test_a_distributed_task_reads_the_slide_at_the_recorded_resolution(tmp_path,
     assert spec["resolution"] == {"level": 0, "downsample": 2.0, "mpp": 1.24}
     assert summary["tiles_computed"] == 2
     assert np.isfinite(summary["seconds"])
+
+
+def test_cli_slide_mpp_leaves_a_file_with_its_own_resolution_alone(tmp_path, folder,
+                                                                  coarse_checkpoint, capsys):
+    slide = tmp_path / "measured.tif"
+    tifffile.imwrite(slide, gradient_image(128, 128), photometric="rgb",
+                     resolution=(1e4 / 0.25, 1e4 / 0.25), resolutionunit="CENTIMETER")
+    study = tmp_path / "mixed.wslal"
+    assert main(["infer", str(folder), str(slide), "--model", str(coarse_checkpoint),
+                 "--project", str(study), "--slide-mpp", "0.62", "--tile-size", "64",
+                 "--overlap", "0", "--device", "cpu", "--tissue-threshold", "0",
+                 "--maps", "fg"]) == 0
+    err = capsys.readouterr().err
+    assert (f"{slide}: the file records its own resolution (0.25 µm/px): --slide-mpp left out "
+            "for it") in err
+    project = Project.open(study)
+    assert project.slide_mpp("patches") == 0.62 and project.slide_mpp("measured") is None

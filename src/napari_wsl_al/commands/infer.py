@@ -39,8 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     resolution.add_argument("--level", type=int, help="read this slide level as is")
     parser.add_argument("--slide-mpp", type=_positive, metavar="UM_PER_PX",
                         help="the slides' own resolution (level 0, microns per pixel), for files "
-                        "that do not record it: folders of patches, plain images; the project "
-                        "keeps it for later runs and napari (e.g. 0.5 at 20x, 0.25 at 40x)")
+                        "that do not record it: folders of patches, plain images (files that "
+                        "record one keep theirs); the project keeps it for later runs and napari "
+                        "(e.g. 0.5 at 20x, 0.25 at 40x)")
     parser.add_argument("--region", type=_region, help="level-0 box x,y,w,h (default: all tissue)")
     parser.add_argument("--maps", type=_maps, default=("cam", "fg", "bg", "probs", "seg", "uncertainty"),
                         help="comma-separated maps: cam, fg, bg, probs, seg (segmentation head "
@@ -184,15 +185,19 @@ def resolution_warning(reader, model, config) -> str:
 
 
 def _infer_one(path, project, model, config, region, lock_timeout=None, slide_mpp=None):
-    """Maps of one slide into the project, with a progress bar; the engine's result. The
-    slide is read at ``slide_mpp`` µm per pixel when given (recorded in the project), else at
-    the resolution the project records for it, else at its file's."""
+    """Maps of one slide into the project, with a progress bar; the engine's result. A slide
+    whose file does not record its resolution is read at ``slide_mpp`` µm per pixel when given
+    (recorded in the project), else at the resolution the project records for it."""
     from tqdm import tqdm
 
     from ..core.infer import MapStore, infer_slide
     from ..core.io import open_slide
 
     with open_slide(path) as reader:
+        if slide_mpp is not None and reader.mpp is not None:
+            print(f"napari-wsl-al infer: {path}: the file records its own resolution "
+                  f"({reader.mpp[0]:.4g} µm/px): --slide-mpp left out for it", file=sys.stderr)
+            slide_mpp = None
         name = project.add_slide(path, mpp=slide_mpp)
         recorded = project.slide_mpp(name)
         if recorded is not None:

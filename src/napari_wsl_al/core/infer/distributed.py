@@ -66,6 +66,14 @@ def infer_slide_task(
     }
 
 
+def _records_mpp(path: str | Path) -> bool:
+    """Whether the slide file records its own resolution."""
+    from ..io import open_slide
+
+    with open_slide(path) as reader:
+        return reader.mpp is not None
+
+
 def infer_slides_distributed(
     paths: Sequence[str | Path],
     checkpoint: ModelChoice,
@@ -98,7 +106,8 @@ def infer_slides_distributed(
         Seconds a task waits for another run writing the same slide's maps (the store's
         default when None).
     slide_mpp : float, optional
-        Level-0 µm per pixel of slides whose files do not record it, kept in the project
+        Level-0 µm per pixel of slides whose files do not record it (the others keep
+        theirs), kept in the project
         (:meth:`~napari_wsl_al.core.project.Project.add_slide`); each task reads its slide at
         the resolution the project records.
 
@@ -116,7 +125,8 @@ def infer_slides_distributed(
 
     if not isinstance(project, Project):
         project = Project.open(project)
-    names = [project.add_slide(path, mpp=slide_mpp) for path in paths]
+    names = [project.add_slide(path, mpp=None if slide_mpp is None or _records_mpp(path)
+                                else slide_mpp) for path in paths]
     owned = not isinstance(scheduler_address, Client)
     client = Client(scheduler_address) if owned else scheduler_address
     try:
