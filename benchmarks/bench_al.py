@@ -298,6 +298,8 @@ def cv_report() -> int:
             fraction = [float(r["labelled_fraction"]) for r in rows]
             finals.append(curve[-1])
             parts.append(curve[-1] / bars[fold]["dice"])
+            curves.setdefault(strategy, []).append(
+                (fraction, [d / bars[fold]["dice"] for d in curve]))
             fractions.append(fraction[-1])
             aucs.append(al_curve_auc(fraction, curve))
             hits = [f for f, d in zip(fraction, curve) if d >= 0.95 * bars[fold]["dice"]]
@@ -307,10 +309,6 @@ def cv_report() -> int:
             at_five.append(within[-1] / bars[fold]["dice"] if within else float("nan"))
         if not parts:
             continue
-        curves[strategy] = [
-            ([float(r["labelled_fraction"]) for r in rows],
-             [float(r["dice"]) / bars[fold]["dice"] for r in rows])
-            for fold, rows in sorted(folds.items()) if fold in bars]
         each = ", ".join(f"{100 * p:.0f}" for p in parts)
         print(f"{strategy:8s} {len(parts)} folds at {100 * np.mean(fractions):.2f} % labelled: "
               f"Dice {np.mean(finals):.4f} +- {np.std(finals):.4f}, {100 * np.mean(parts):.1f} "

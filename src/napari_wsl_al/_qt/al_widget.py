@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import html
 import importlib
-import math
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -48,7 +47,7 @@ from ..core.infer.store import MapStore
 from ..core.io.base import SlideReader, given_mpp
 from ..core.project import PROJECT_FILE, Project
 from .infer_widget import default_project_path, keep_selection
-from .slide_widget import set_layer_resolution, slide_layers
+from .slide_widget import match_recorded_resolution, slide_layers
 from .slots import reported
 
 #: Names of the layers the widget draws.
@@ -871,13 +870,9 @@ class ActiveLearningWidget(QWidget):
     def _match_resolution(self, project: Project, slide: str) -> None:
         """Give the open layer of ``slide`` the resolution the project records for it (set in
         the Slide dock in an earlier session), so that outlines and labels fall on the tissue."""
-        layer, mpp = self.slide_layer(), project.slide_mpp(slide)
-        if layer is None or mpp is None:
-            return
-        current = layer.metadata["reader"].mpp
-        if current is None or not math.isclose(current[0], mpp, rel_tol=1e-9):
-            set_layer_resolution(layer, mpp)
-            show_info(f"{slide}: resolution set to {mpp:g} µm/px, as recorded in the project")
+        layer = self.slide_layer()
+        if layer is not None:
+            match_recorded_resolution(layer, project.slide_mpp(slide), slide)
 
     @reported
     def _suggested(self, result) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import time
@@ -54,7 +53,7 @@ from ..core.progress import Progress
 from ..core.project import PROJECT_FILE, Project
 from .map_legend import MapLegend, line_pixmap, ramp_pixmap
 from .patch_table import PatchTable
-from .slide_widget import set_layer_resolution, slide_layers
+from .slide_widget import match_recorded_resolution, slide_layers
 from .slots import reported
 
 #: Seconds between refreshes of the visible map layers while a run goes on.
@@ -644,12 +643,9 @@ class InferenceWidget(QWidget):
             return
         project = Project.open(folder)
         name = project.slide_for_path(reader.path)
-        mpp = None if name is None else project.slide_mpp(name)
-        if mpp is not None and (reader.mpp is None
-                                or not math.isclose(reader.mpp[0], mpp, rel_tol=1e-9)):
-            set_layer_resolution(layer, mpp)
+        if name is not None and match_recorded_resolution(layer, project.slide_mpp(name),
+                                                          layer.name):
             self.viewer.reset_view()
-            show_info(f"{layer.name}: resolution set to {mpp:g} µm/px, as recorded in the project")
 
     def _job(self, reader, choice, config, region, project, existing, threshold):
         """The worker's generator: the session's job, plus the layer of the map shown first

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import math
 
 import numpy as np
 from napari.layers import Image
@@ -44,6 +45,17 @@ def set_layer_resolution(layer: Image, mpp: float) -> None:
     layer.scale = reader.napari_scale()
     layer.units = "um"  # as the maps of it will be (napari warns about mixed units)
     layer.metadata["slide"] = reader.metadata()
+
+
+def match_recorded_resolution(layer: Image, mpp: float | None, name: str) -> bool:
+    """Give a slide layer the resolution its project records (``mpp``; None: none) when it
+    reads at another, and say so; whether the layer changed."""
+    current = layer.metadata["reader"].mpp
+    if mpp is None or (current is not None and math.isclose(current[0], mpp, rel_tol=1e-9)):
+        return False
+    set_layer_resolution(layer, mpp)
+    show_info(f"{name}: resolution set to {mpp:g} µm/px, as recorded in the project")
+    return True
 
 
 def describe(reader: SlideReader) -> str:

@@ -67,11 +67,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _positive(text: str) -> float:
+    from ..core.project import is_mpp
+
     try:
         value = float(text)
     except ValueError:
-        value = float("nan")
-    if not (value > 0 and value != float("inf")):
+        value = None
+    if not is_mpp(value):
         raise argparse.ArgumentTypeError(f"a positive number of microns per pixel, not {text!r}")
     return value
 

@@ -15,6 +15,7 @@ import glob
 import itertools
 import json
 import math
+import numbers
 import re
 import shutil
 import sqlite3
@@ -285,9 +286,9 @@ class RemovedSlide:
     labels_kept: int
 
 
-def _is_mpp(value: Any) -> bool:
-    """Whether ``value`` is a usable µm per pixel: a positive finite number."""
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+def is_mpp(value: Any) -> bool:
+    """Whether ``value`` is a usable µm per pixel: a positive finite number (not a bool)."""
+    return (isinstance(value, numbers.Real) and not isinstance(value, bool)
             and math.isfinite(value) and value > 0)
 
 
@@ -444,7 +445,7 @@ class Project:
                 raise ProjectError(
                     f"slide {entry['name']!r} has a path that is not text: {entry['path']!r}",
                     path=file, hint="fix or remove the entry")
-            if "mpp" in entry and not _is_mpp(entry["mpp"]):
+            if "mpp" in entry and not is_mpp(entry["mpp"]):
                 raise ProjectError(
                     f"slide {entry['name']!r} has a resolution that is not a positive number "
                     f"of µm per pixel: {entry['mpp']!r}",
@@ -553,30 +554,26 @@ class Project:
         ProjectError
             When ``mpp`` differs from the resolution of the slide's stored superpixels.
         """
-        if mpp is not None and not _is_mpp(mpp):
+        if mpp is not None and not is_mpp(mpp):
             raise ValueError(f"microns per pixel must be a positive number, got {mpp!r}")
         if slide is None:
             if not name:
                 raise ValueError("an in-memory slide needs a name")
             entry = {"name": slide_key(name), "path": None}
-            for existing in self.slides:
-                if existing["name"] == entry["name"] and existing.get("path") is None:
-                    return self._keep_mpp(existing, mpp)
+            known = next((e["name"] for e in self.slides
+                          if e["name"] == entry["name"] and e.get("path") is None), None)
         else:
             entry = self._slide_entry(slide, name)
-            for existing in self.slides:
-                if _same_path(existing.get("path"), entry["path"]):
-                    return self._keep_mpp(existing, mpp)
+            known = self.slide_for_path(entry["path"])
+        if known is not None:
+            if mpp is not None:
+                self.set_slide_mpp(known, mpp)
+            return known
         entry["name"] = self._unique_name(entry["name"], entry["path"])
         if mpp is not None:
             entry["mpp"] = float(mpp)
         self.slides.append(entry)
         self.save()
-        return entry["name"]
-
-    def _keep_mpp(self, entry: dict, mpp: float | None) -> str:
-        if mpp is not None and entry.get("mpp") != float(mpp):
-            self.set_slide_mpp(entry["name"], mpp)
         return entry["name"]
 
     def slide_for_path(self, path: str | Path) -> str | None:
@@ -592,7 +589,8 @@ class Project:
 
     def set_slide_mpp(self, name: str, mpp: float | None) -> None:
         """Record (or, with None, forget) the resolution of a slide whose file does not give
-        it, and save; the slide then reopens at it (:meth:`open_slide`).
+        it, and save; the slide then reopens at it (:meth:`open_slide`). The value it already
+        has changes nothing.
 
         Raises
         ------
@@ -601,9 +599,11 @@ class Project:
             level-0 resolution (labels and suggestions are tied to them; remove the slide's
             computed files first, or give back the resolution they were made at).
         """
-        if mpp is not None and not _is_mpp(mpp):
+        if mpp is not None and not is_mpp(mpp):
             raise ValueError(f"microns per pixel must be a positive number, got {mpp!r}")
         entry = self._entry(name)
+        if entry.get("mpp") == (None if mpp is None else float(mpp)):
+            return
         superpixels = self.superpixels_path(name)
         if superpixels.exists():
             from .al.superpixels import SuperpixelMap

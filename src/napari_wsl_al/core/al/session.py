@@ -202,7 +202,7 @@ def prepare_project(
                 path=project.path / PROJECT_FILE,
                 hint="open the slide file in napari first",
             )
-        if mpp is not None and project.slide_mpp(slide_name) != float(mpp):
+        if mpp is not None:
             project.set_slide_mpp(slide_name, mpp)
         return project, slide_name
     return project, project.add_slide(slide_path, name=slide_name, mpp=mpp)

@@ -40,14 +40,10 @@ def infer_slide_task(
         (the :class:`~napari_wsl_al.core.infer.patches.PatchPrediction` of every finished
         patch; empty for a slide).
     """
-    from ..io import open_slide
-
     inference = InferenceConfig.from_dict(config)
     project = Project.open(project_path)
     net = load_inference_model(model, inference.device)
-    with open_slide(slide_path) as reader:
-        if project.slide_mpp(slide_name) is not None:
-            reader.set_mpp(project.slide_mpp(slide_name))
+    with project.open_slide(slide_name) as reader:  # at the resolution it records
         result = run_to_end(
             infer_slide(reader, net, inference,
                         MapStore(project.maps_path(slide_name), lock_timeout=lock_timeout),
