@@ -232,3 +232,47 @@ def test_cli_slide_mpp_leaves_a_file_with_its_own_resolution_alone(tmp_path, fol
             "for it") in err
     project = Project.open(study)
     assert project.slide_mpp("patches") == 0.62 and project.slide_mpp("measured") is None
+
+
+WRITER = """
+import sys
+from napari_wsl_al.core.project import Project
+project = Project.open(sys.argv[1])
+print("ready", flush=True)
+n = 0
+while True:  # record a new resolution, save, again, until killed
+    project.set_slide_mpp("patches", (0.5, 0.62)[n % 2])
+    n += 1
+"""
+
+
+def clean_state(project, mpp):
+    """``project``'s file content with the folder's resolution ``mpp``."""
+    data = json.loads(json.dumps(project.to_json()))
+    data["slides"][0]["mpp"] = mpp
+    return data
+
+
+def test_a_process_killed_while_recording_resolutions_leaves_a_whole_project(project, folder):
+    """``project.json`` is written atomically: a writer killed with SIGKILL at any point leaves
+    the project as a clean run left it after one of its writes, never a torn file."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    project.add_slide(folder, mpp=0.62)
+    project.add_slide(None, name="memory", mpp=2.0)
+    before = Project.open(project.path)
+    for delay in (0.2, 0.45, 0.7):
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, str(project.path)],
+                                  stdout=subprocess.PIPE, text=True)
+        assert writer.stdout.readline().strip() == "ready"
+        time.sleep(delay)
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+        after = Project.open(project.path)  # never torn: it opens
+        # exactly what a clean run leaves after one of its writes
+        assert after.to_json() in (clean_state(before, 0.5), clean_state(before, 0.62))
+        with after.open_slide("patches") as reader:
+            assert reader.mpp[0] == after.slide_mpp("patches")
