@@ -129,8 +129,9 @@ def test_cli_infer_warns_when_the_model_cannot_read_a_folder_at_its_resolution(t
                  "--device", "cpu", "--tissue-threshold", "0", "--maps", "fg"]
     assert main(arguments) == 0
     err = capsys.readouterr().err
-    assert f"{folder}: warning: its resolution (µm per pixel) is unknown" in err
-    assert "made for 2.48 µm/px" in err
+    assert f"{folder}: warning: patches has no resolution (µm per pixel)" in err
+    assert "model's resolution (2.48 µm/px) cannot be applied" in err
+    assert "Give it with --slide-mpp" in err and "Slide widget" not in err
     assert main([*arguments, "--level", "0"]) == 0  # on its own pixels, knowingly
     assert "warning" not in capsys.readouterr().err
     # a slide with a resolution: no warning

@@ -189,6 +189,10 @@ def test_resolution_warning_only_when_the_model_resolution_cannot_apply():
     config = InferenceConfig()
     warning = resolution_warning(unknown, _Model(), config)
     assert warning is not None and "patch has no resolution" in warning and "0.62" in warning
+    assert warning.endswith("Slide widget and run again: the project keeps it.")
+    assert resolution_warning(unknown, _Model(), config, fix="Do this.").endswith(
+        "differs. Do this.")
+    assert resolution_warning(unknown, _Model(), config.replace(mpp=1.0)) is None
     assert resolution_warning(known, _Model(), config) is None
     assert resolution_warning(unknown, _Model(), config.replace(level=0)) is None
     no_mpp_model = _Model()

@@ -176,14 +176,11 @@ def patch_summary(patches, table) -> str:
 def resolution_warning(reader, model, config) -> str:
     """Why the model cannot read ``reader`` at its own resolution ("" when it can): the slide
     or folder has no µm per pixel, and no target resolution or level was given."""
-    if reader.mpp is not None or getattr(model, "mpp", None) is None:
-        return ""
-    if config.mpp is not None or config.level is not None:
-        return ""
-    return (f"its resolution (µm per pixel) is unknown, so the model, made for "
-            f"{model.mpp:g} µm/px, runs on its own pixels: its maps are right only for images "
-            f"at about {model.mpp:g} µm/px (give it with --slide-mpp, which the project keeps; "
-            f"--level 0 runs on the pixels without this warning)")
+    from ..core.infer.session import resolution_warning as warning
+
+    return warning(reader, model, config, fix=(
+        "Give it with --slide-mpp (the project keeps it); --level 0 runs on the pixels "
+        "without this warning.")) or ""
 
 
 def _infer_one(path, project, model, config, region, lock_timeout=None, slide_mpp=None):

@@ -576,17 +576,23 @@ def region_from_points(points_level0: np.ndarray,
     return (x0, y0, x1 - x0, y1 - y0)
 
 
-def resolution_warning(reader: SlideReader, model: WslModel, config: InferenceConfig) -> str | None:
+#: What the Slide widget's user does about an image without a resolution.
+SET_RESOLUTION_IN_WIDGET = ("Set the image's µm / pixel in the Slide widget and run again: the "
+                            "project keeps it.")
+
+
+def resolution_warning(reader: SlideReader, model: WslModel, config: InferenceConfig,
+                       fix: str = SET_RESOLUTION_IN_WIDGET) -> str | None:
     """Why the model's resolution cannot be applied to the image, or None when it can (or
-    another resolution was asked for)."""
+    another resolution was asked for); ``fix`` says what to do about it (the CLI gives its
+    options)."""
     if config.mpp is not None or config.level is not None:
         return None
-    if model.mpp is None or reader.mpp is not None:
+    if getattr(model, "mpp", None) is None or reader.mpp is not None:
         return None
     return (f"{reader.name} has no resolution (µm per pixel), so the model's resolution "
             f"({float(model.mpp):g} µm/px) cannot be applied: the model runs on the image's own "
-            "pixels, and its maps are off if their scale differs. Set the image's µm / pixel in "
-            "the Slide widget and run again: the project keeps it.")
+            f"pixels, and its maps are off if their scale differs. {fix}")
 
 
 def describe_progress(progress: Progress, unit: str = "tiles") -> Progress:
