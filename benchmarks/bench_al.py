@@ -243,7 +243,8 @@ def report() -> int:
 def run_cv(args) -> None:
     """``--folds``-fold cross-validation by patient (the folds of ``bench_wsl.py --cv``): for
     each fold in ``--fold`` (all by default), the bar (seed 0) and each strategy (seed 0),
-    with that fold as the validation images. Files in ``OUT/cv/``; a fold's part already
+    with that fold as the validation images (``--final-steps N``: each run's final labels
+    also trained again from the start for N steps, as the bar). Files in ``OUT/cv/``; a fold's part already
     written is kept, so the part can be resumed."""
     out = OUT / "cv"
     out.mkdir(parents=True, exist_ok=True)
@@ -263,8 +264,8 @@ def run_cv(args) -> None:
             path = out / f"fold{fold}-{strategy}.csv"
             if path.exists():
                 continue
-            rows = run_to_end(sim.simulate_run(data, replace(config, strategy=strategy), None),
-                              _log)
+            run = replace(config, strategy=strategy, final_steps=args.final_steps)
+            rows = run_to_end(sim.simulate_run(data, run, None), _log)
             _append(path.with_suffix(".part"), rows)
             path.with_suffix(".part").rename(path)
 
@@ -290,6 +291,7 @@ def cv_report() -> int:
     curves: dict[str, list] = {}
     for strategy, folds in sorted(runs.items()):
         parts, finals, reached, aucs, fractions, at_five = [], [], [], [], [], []
+        retrained: dict[int, float] = {}
         for fold, rows in sorted(folds.items()):
             if fold not in bars:
                 continue
@@ -297,6 +299,8 @@ def cv_report() -> int:
             curve = [float(r["dice"]) for r in rows]
             fraction = [float(r["labelled_fraction"]) for r in rows]
             finals.append(curve[-1])
+            if rows[-1].get("final_dice"):
+                retrained[fold] = float(rows[-1]["final_dice"]) / bars[fold]["dice"]
             parts.append(curve[-1] / bars[fold]["dice"])
             curves.setdefault(strategy, []).append(
                 (fraction, [d / bars[fold]["dice"] for d in curve]))
@@ -317,6 +321,12 @@ def cv_report() -> int:
               + (f" (first at {100 * np.mean(reached):.2f} % labelled, mean; within 5 %: "
                  f"{sum(r <= 0.05 for r in reached)})" if reached else "")
               + f"; last round within 5 % labelled: {100 * np.nanmean(at_five):.1f} % of the bar")
+        if retrained:
+            shares = list(retrained.values())
+            print(f"{strategy:8s} final labels trained again as the bar, {len(shares)} folds: "
+                  f"{100 * np.mean(shares):.1f} +- {100 * np.std(shares):.1f} % of the bar (per "
+                  f"fold: {', '.join(f'{100 * p:.0f}' for p in shares)}); 95 % reached in "
+                  f"{sum(p >= 0.95 for p in shares)} of {len(shares)} folds")
     if curves:
         plot_cv_curves(out / "cv_curves.png", curves, len(bars))
     return 0
@@ -424,6 +434,9 @@ def main(argv=None) -> int:
     parser.add_argument("--no-pseudo", action="store_true",
                         help="labelprop: the same run without Label_prop")
     parser.add_argument("--folds", type=int, default=5, help="cv: folds by patient")
+    parser.add_argument("--final-steps", type=int, default=0,
+                        help="cv: also train each run's final labels again from the start for "
+                             "this many steps, as the bar (1800)")
     parser.add_argument("--fold", type=int, nargs="+", default=None,
                         help="cv: only these folds (0-based; default all)")
     args = parser.parse_args(argv)
