@@ -34,8 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--depth", type=int, default=18, choices=(18, 34, 50), help="ResNet depth")
     model.add_argument("--width", type=float, default=0.25, help="channel multiplier of the ResNet")
     model.add_argument("--dropout", type=float, default=0.0, help="backbone feature dropout")
-    model.add_argument("--output-stride", type=int, choices=(32, 16, 8), default=32,
-                       help="input pixels per CAM pixel (16, 8: dilated last stages, finer maps)")
+    model.add_argument("--output-stride", type=int, choices=(32, 16, 8), default=16,
+                       help="input pixels per CAM pixel (16, as the shipped model, and 8: dilated "
+                            "last stages, finer maps; 32: a plain ResNet)")
     model.add_argument(
         "--head", action="append", default=[], metavar="NAME=VALUE",
         help="head hyper-parameter override (JSON value), e.g. --head sigma=0.15; repeatable",
