@@ -285,6 +285,33 @@ def test_mistakes_become_notifications(make_napari_viewer, qtbot, project, monke
     assert "no slide to label" in shown[-1]
 
 
+def test_the_next_round_trains_for_the_steps_and_from_the_start_asked(
+    make_napari_viewer, project, monkeypatch
+):
+    """The dock shows the project's training steps and start, and trains the next round with
+    what the user set there (the project's settings on disk unchanged)."""
+    viewer = make_napari_viewer()
+    widget = ActiveLearningWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    assert widget.steps_spin.value() == 1 and not widget.reinit_check.isChecked()
+    started = []
+    monkeypatch.setattr(widget, "_start", lambda job, *args, **kwargs: started.append(args))
+    widget.steps_spin.setValue(1800)
+    widget.reinit_check.setChecked(True)
+    widget.train()
+    settings = started[-1][1]
+    assert settings.train.steps == 1800 and settings.init == "wsl"
+    assert settings.train.crop_size == 64 and settings.tile_px == 256  # the rest: the project's
+    widget.reinit_check.setChecked(False)
+    widget.train()
+    assert started[-1][1].init == "previous" and started[-1][1].train.steps == 1800
+    assert ALSettings.of_project(Project.open(project.path)).train.steps == 1
+    widget.project_edit.setText(str(project.path.parent / "elsewhere"))
+    widget.load_project(notify=False)
+    assert widget.steps_spin.value() == ALSettings().train.steps == 300
+    assert not widget.reinit_check.isChecked()
+
+
 def test_a_project_path_typed_and_left_is_opened(make_napari_viewer, project, tmp_path):
     """Leaving the project field (Tab, or a click on Suggest) opens the project typed there, so
     that Suggest never writes into the one shown before; the same path again reloads nothing."""

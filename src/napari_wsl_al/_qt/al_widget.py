@@ -23,6 +23,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QEvent, QTimer
 from qtpy.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QFormLayout,
     QHBoxLayout,
@@ -248,6 +249,21 @@ class ActiveLearningWidget(QWidget):
         self.batch_spin = QSpinBox()
         self.batch_spin.setRange(1, 500)
         self.batch_spin.setToolTip("Regions suggested per slide")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 100000)
+        self.steps_spin.setSingleStep(100)
+        self.steps_spin.setToolTip(
+            "Training steps of the next round (the project's setting, 300 by default). Once "
+            "the labelling is done, a long training from the start (1800 steps, 'From the "
+            "start' ticked) makes the most of the labels."
+        )
+        self.reinit_check = QCheckBox("From the start")
+        self.reinit_check.setToolTip(
+            "Train the next round from the weakly-supervised model instead of the last round's"
+        )
+        training_row = QHBoxLayout()
+        training_row.addWidget(self.steps_spin)
+        training_row.addWidget(self.reinit_check)
         self.mode_combo = QComboBox()
         self.mode_combo.addItems([label for label, _ in MODES])
         self.mode_combo.currentIndexChanged.connect(lambda _index: self._mode_chosen())
@@ -293,6 +309,7 @@ class ActiveLearningWidget(QWidget):
         form.addRow("Slide", self.slide_combo)
         form.addRow("Strategy", self.strategy_combo)
         form.addRow("Batch size", self.batch_spin)
+        form.addRow("Training steps", training_row)
         form.addRow("Mode", self.mode_combo)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
@@ -343,15 +360,12 @@ class ActiveLearningWidget(QWidget):
         if (path / PROJECT_FILE).is_file():
             self.project = Project.open(path)
             settings = rounds.ALSettings.of_project(self.project)
-            self.strategy_combo.setCurrentText(settings.strategy)
-            self.batch_spin.setValue(settings.n_suggestions)
+            self._show_settings(settings)
             self.status.setText(
                 f"Project {self.project.path.name}: {len(self.project.slide_names())} slides"
             )
         else:
-            defaults = rounds.ALSettings()
-            self.strategy_combo.setCurrentText(defaults.strategy)
-            self.batch_spin.setValue(defaults.n_suggestions)
+            self._show_settings(rounds.ALSettings())
             self.status.setText(
                 "No project here yet: Suggest creates it with the default model's classes."
             )
@@ -359,6 +373,12 @@ class ActiveLearningWidget(QWidget):
                 show_info(f"{path}: no project yet; Suggest creates it")
         self._slide_name = None
         self._refresh_slides()
+
+    def _show_settings(self, settings: rounds.ALSettings) -> None:
+        self.strategy_combo.setCurrentText(settings.strategy)
+        self.batch_spin.setValue(settings.n_suggestions)
+        self.steps_spin.setValue(settings.train.steps)
+        self.reinit_check.setChecked(settings.init == "wsl")
 
     def _entry_for_layer(self, layer: Image) -> dict:
         reader: SlideReader = layer.metadata["reader"]
@@ -899,10 +919,13 @@ class ActiveLearningWidget(QWidget):
             raise WslAlError("no project yet", hint="press Suggest and label some regions first")
         # read again: another dock (Model, Project) may have changed the settings
         self.project = Project.open(self.project.path)
+        settings = rounds.ALSettings.of_project(self.project)
         settings = replace(
-            rounds.ALSettings.of_project(self.project),
+            settings,
             strategy=self.strategy_combo.currentText(),
             n_suggestions=self.batch_spin.value(),
+            train=replace(settings.train, steps=self.steps_spin.value()),
+            init="wsl" if self.reinit_check.isChecked() else "previous",
         )
         self._start(
             round_and_open,
