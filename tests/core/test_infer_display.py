@@ -198,3 +198,4 @@ def test_resolution_warning_only_when_the_model_resolution_cannot_apply():
     no_mpp_model = _Model()
     no_mpp_model.mpp = None
     assert resolution_warning(unknown, no_mpp_model, config) is None
+    assert resolution_warning(unknown, object(), config) is None  # a model without the attribute
