@@ -253,13 +253,12 @@ class ActiveLearningWidget(QWidget):
         self.steps_spin.setRange(1, 100000)
         self.steps_spin.setSingleStep(100)
         self.steps_spin.setToolTip(
-            "Training steps of the next round (the project's setting, 300 by default). Once "
-            "the labelling is done, a long training from the start (1800 steps, 'From the "
-            "start' ticked) makes the most of the labels."
+            "Training steps of the next round (the project's setting, 300 by default)"
         )
         self.reinit_check = QCheckBox("From the start")
         self.reinit_check.setToolTip(
-            "Train the next round from the weakly-supervised model instead of the last round's"
+            "Train the next round from the weakly-supervised model instead of the last "
+            "round's (to start over, e.g. after many labels were changed)"
         )
         training_row = QHBoxLayout()
         training_row.addWidget(self.steps_spin)
