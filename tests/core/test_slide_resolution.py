@@ -187,7 +187,7 @@ def test_cli_slide_mpp_is_kept_by_the_project_for_later_runs(tmp_path, folder, c
     assert "warning" not in captured.err and "0 of 2 patches computed" in captured.out
     # without a recorded resolution the warning names the option
     assert main([*arguments[:5], str(tmp_path / "other.wslal"), *arguments[6:]]) == 0
-    assert "give it with --slide-mpp" in capsys.readouterr().err
+    assert "Give it with --slide-mpp" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("bad", ["0", "-2", "abc", "inf"])
