@@ -49,7 +49,7 @@ from ..core.io.base import SlideReader, given_mpp
 from ..core.project import PROJECT_FILE, Project
 from .infer_widget import default_project_path, keep_selection
 from .slide_widget import match_recorded_resolution, slide_layers
-from .slots import reported
+from .slots import reported, set_progress
 
 #: Names of the layers the widget draws.
 SUGGESTIONS_LAYER = "suggestions"
@@ -821,7 +821,7 @@ class ActiveLearningWidget(QWidget):
 
     # ------------------------------------------------------------------ jobs
     def _start(self, job, *args, on_returned, message: str, **kwargs) -> None:
-        self.progress_bar.setRange(0, 0)
+        set_progress(self.progress_bar, 0, 0)
         self.status.setText(message)
         self.suggest_button.setEnabled(False)
         self.train_button.setEnabled(False)
@@ -946,9 +946,11 @@ class ActiveLearningWidget(QWidget):
         text = f"Round {result['round']} done: loss {result['metrics']['loss']:.3f}"
         self.status.setText(text)
         show_info(text)
-        if session is not None:
-            self._queue_round_maps(session.slide, result["round"])
+        if session is not None:  # in a later pass of the event loop, after this one returns
+            slide, number = session.slide, result["round"]
+            QTimer.singleShot(0, lambda: self._queue_round_maps(slide, number))
 
+    @reported
     def _queue_round_maps(self, slide: str, number: int | None) -> None:
         """Show round ``number``'s maps of ``slide`` (:data:`ROUND_MAP_LAYERS`) and, hidden,
         the round before's foreground for comparison.
@@ -1020,8 +1022,7 @@ class ActiveLearningWidget(QWidget):
             self.cancel_button.setEnabled(False)
 
     def _on_progress(self, progress) -> None:
-        self.progress_bar.setRange(0, progress.total or 0)
-        self.progress_bar.setValue(progress.step)
+        set_progress(self.progress_bar, progress.step, progress.total or 0)
         self.status.setText(progress.message)
 
     def _on_error(self, error: Exception) -> None:
@@ -1035,5 +1036,4 @@ class ActiveLearningWidget(QWidget):
         self.suggest_button.setEnabled(True)
         self.train_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1)
+        set_progress(self.progress_bar, 1, 1)

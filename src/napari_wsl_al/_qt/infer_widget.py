@@ -54,7 +54,7 @@ from ..core.project import PROJECT_FILE, Project
 from .map_legend import MapLegend, line_pixmap, ramp_pixmap
 from .patch_table import PatchTable
 from .slide_widget import match_recorded_resolution, slide_layers
-from .slots import reported
+from .slots import reported, set_progress
 
 #: Seconds between refreshes of the visible map layers while a run goes on.
 REFRESH_INTERVAL_S = 1.0
@@ -715,20 +715,9 @@ class InferenceWidget(QWidget):
             self._on_progress(item)
 
     def _set_progress(self, step: int, total: int) -> None:
-        """The progress bar at ``step`` of ``total`` (``total`` 0: busy).
-
-        ``QProgressBar.setValue`` repaints the bar at once, and a repaint of a dock flushes
-        napari's whole window (about 20 ms on a busy machine, measured), before the status
-        line's own repaint: the bar is changed with its updates off, and painted with the
-        status line in the next paint of the window.
-        """
-        bar = self.progress_bar
-        bar.setUpdatesEnabled(False)
-        try:
-            bar.setRange(0, total)
-            bar.setValue(step)
-        finally:
-            bar.setUpdatesEnabled(True)
+        """The progress bar at ``step`` of ``total`` (``total`` 0: busy), painted with the
+        status line (:func:`set_progress`)."""
+        set_progress(self.progress_bar, step, total)
 
     def _on_progress(self, progress: Progress) -> None:
         self._set_progress(progress.step, progress.total or 0)

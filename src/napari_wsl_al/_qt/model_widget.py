@@ -52,7 +52,7 @@ from ..core.progress import Progress
 from ..core.project import PROJECT_FILE, Project
 from ..core.wsl.train import train_wsl
 from .infer_widget import InferenceWidget, default_project_path
-from .slots import reported
+from .slots import reported, set_progress
 
 #: Choices of the model source.
 SOURCE_DEFAULT = "Shipped default"
@@ -744,7 +744,7 @@ class ModelWidget(QWidget):
         self._training_folder = Path(folder).expanduser()
         self._val_error = None
         self._started = time.monotonic()
-        self.progress_bar.setRange(0, 0)
+        set_progress(self.progress_bar, 0, 0)
         self.progress_label.setText("Starting…")
         self.status.setText("")
         self.train_button.setEnabled(False)
@@ -772,8 +772,7 @@ class ModelWidget(QWidget):
     def _on_progress(self, progress: Progress) -> None:
         metrics = progress.metrics
         if "batch" in metrics:
-            self.progress_bar.setRange(0, progress.total or 0)
-            self.progress_bar.setValue(progress.step)
+            set_progress(self.progress_bar, progress.step, progress.total or 0)
             epochs = (progress.total or 0) // max(1, metrics["batches"])
             text = (f"Epoch <b>{metrics['epoch'] + 1}</b> of {epochs} · batch {metrics['batch']} "
                     f"of {metrics['batches']} · loss <b>{metrics['train_loss']:.4f}</b>")
@@ -784,7 +783,7 @@ class ModelWidget(QWidget):
                     f"<b>{metrics['train_loss']:.4f}</b>")
         else:
             if progress.total is None:
-                self.progress_bar.setRange(0, 0)
+                set_progress(self.progress_bar, 0, 0)
             self.progress_label.setText(progress.message[:1].upper() + progress.message[1:] + "…")
             return
         if self._val_error is not None:
@@ -794,8 +793,7 @@ class ModelWidget(QWidget):
 
     @reported
     def _on_trained(self, path: Path) -> None:
-        self.progress_bar.setRange(0, 1)
-        self.progress_bar.setValue(1)
+        set_progress(self.progress_bar, 1, 1)
         self.progress_label.setText(
             f"Done in {time.monotonic() - self._started:.0f} s: {Path(path).name}"
             + (f" · validation error {_percent(self._val_error)}"
