@@ -16,6 +16,10 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py cv --fold 0 # 5-fold CV by patient: the bar and random, oreal
                                               # on fold 0 (one process per fold, or all folds)
     python benchmarks/bench_al.py cv-report   # per fold and over the folds: % of the bar
+    python benchmarks/bench_al.py cv --freeze --out DIR         # rounds train the decoder only
+    python benchmarks/bench_al.py cv --self-training 1 --out DIR  # rounds with self-training
+    python benchmarks/bench_al.py coverage --fold 0 --steps 600   # region labels, exact masks
+                                              # in the same superpixels, every mask
 
 Outputs go to ``benchmarks/results/al/``.
 """
@@ -52,8 +56,16 @@ def base_config(args) -> sim.SimulationConfig:
         mpp=args.mpp,
         superpixels=SuperpixelConfig(region_px=32),
         train=RegionTrainConfig(steps=args.steps, batch_size=4, crop_size=192, lr=1e-3,
-                                ema=args.ema),
+                                ema=args.ema, freeze_classifier=args.freeze,
+                                self_training=args.self_training,
+                                self_training_threshold=args.self_threshold),
     )
+
+
+def bar_config(config: sim.SimulationConfig) -> sim.SimulationConfig:
+    """The bar: the whole model on every mask, whatever the rounds freeze or pseudo-label."""
+    return replace(config, train=replace(config.train, freeze_classifier=False,
+                                         self_training=0.0))
 
 
 def _append(path: Path, rows: list[dict]) -> None:
@@ -82,7 +94,7 @@ def run_bar(args, data) -> None:
     for seed in range(args.seeds):
         if seed in done:
             continue
-        config = replace(base_config(args), seed=seed)
+        config = bar_config(replace(base_config(args), seed=seed))
         result = run_to_end(sim.full_supervision(data, config, args.bar_steps), _log)
         runs.append({**result, "seed": seed, "regions": data.n_regions})
         OUT.mkdir(parents=True, exist_ok=True)
@@ -256,7 +268,8 @@ def run_cv(args) -> None:
               f"{data.n_regions} superpixels", flush=True)
         bar_path = out / f"bar-fold{fold}.json"
         if not bar_path.exists():
-            result = run_to_end(sim.full_supervision(data, config, args.bar_steps), _log)
+            result = run_to_end(sim.full_supervision(data, bar_config(config), args.bar_steps),
+                                _log)
             bar_path.write_text(json.dumps({**result, "fold": fold, "regions": data.n_regions,
                                             "validation": len(data.validation)}, indent=2))
             print(f"fold {fold}: full supervision {result}", flush=True)
@@ -406,6 +419,80 @@ def run_glass(args) -> None:
               "glass")
 
 
+def run_coverage(args) -> None:
+    """Where the gap to full supervision comes from, on fold ``--fold`` (first given; 0 by
+    default): the same 300 random superpixels (seed 0) as multi-hot region labels, as exact
+    masks inside them, and every mask of the pool, each trained ``--steps`` steps from the
+    shipped default and scored on the fold's validation images."""
+    from napari_wsl_al.core.al.losses import pseudo_label_ce
+    from napari_wsl_al.core.al.train import (
+        _augment,
+        _crop_around,
+        _Optimiser,
+        _to_tensor,
+        segmentation_scores,
+        train_regions,
+    )
+    from napari_wsl_al.core.models.joint import IGNORE_INDEX
+
+    fold = (args.fold or [0])[0]
+    config = replace(base_config(args), folds=args.folds, fold=fold)
+    data = sim.prepare_dataset(DATA, config)
+    rng = np.random.default_rng(0)
+    candidates = np.unique(np.concatenate(
+        [np.unique(item.superpixels[item.superpixels > 0]) for item in data.pool]))
+    picks = rng.choice(candidates, 300, replace=False)
+    answers = data.oracle.answer(picks, "multi")
+    table = np.zeros((data.n_regions + 1, len(data.classes)), bool)
+    table[answers.region_ids[answers.answered]] = answers.classes[answers.answered]
+    print(f"fold {fold}: 300 random superpixels, {int((table.sum(1) > 1).sum())} with several "
+          "classes", flush=True)
+
+    def score(model, what, seconds):
+        dice = segmentation_scores(model, data.validation, data.validation_truth)["dice"]
+        print(f"{what} ({args.steps} steps, {seconds:.0f} s): Dice {dice:.4f}", flush=True)
+
+    def dense(maps, around_labels):
+        torch.manual_seed(0)
+        model, _ = sim._initial_model(config, data.classes)
+        optimiser = _Optimiser(model, replace(config.train, steps=args.steps), args.steps)
+        draw = np.random.default_rng(0)
+        labelled = [np.flatnonzero(m.ravel() != IGNORE_INDEX) for m in maps]
+        used = [i for i, index in enumerate(labelled) if index.size]
+        start = time.perf_counter()
+        model.train()
+        for _ in range(args.steps):
+            images, targets = [], []
+            for _ in range(config.train.batch_size):
+                i = used[int(draw.integers(len(used)))]
+                height, width = maps[i].shape
+                if around_labels:
+                    centre = divmod(int(labelled[i][int(draw.integers(labelled[i].size))]), width)
+                else:
+                    centre = (int(draw.integers(height)), int(draw.integers(width)))
+                crops = _augment(_crop_around([data.pool[i].image, maps[i]], centre,
+                                              config.train.crop_size, [0, IGNORE_INDEX]), draw)
+                images.append(crops[0])
+                targets.append(crops[1].astype(np.int64))
+            logits = model(_to_tensor(model, images, "cpu"))["seg_logits"]
+            optimiser.step(pseudo_label_ce(logits, torch.from_numpy(np.stack(targets))))
+        optimiser.finish()
+        model.eval()
+        return model, time.perf_counter() - start
+
+    torch.manual_seed(0)
+    model, _ = sim._initial_model(config, data.classes)
+    result = run_to_end(train_regions(model, data.pool, table,
+                                      replace(config.train, steps=args.steps, seed=0)))
+    score(model, "multi-hot labels of the 300 superpixels", result["seconds"])
+    inside = [np.where(np.isin(item.superpixels, picks), truth, IGNORE_INDEX).astype(np.uint8)
+              for item, truth in zip(data.pool, data.pool_truth)]
+    model, seconds = dense(inside, True)
+    score(model, "exact masks inside the same superpixels", seconds)
+    model, seconds = dense(list(data.pool_truth), False)
+    score(model, "every mask of the pool", seconds)
+
+
 def main(argv=None) -> int:
     global OUT
     parser = argparse.ArgumentParser(
@@ -413,7 +500,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("part",
                         choices=("bar", "strategies", "modes", "pseudo", "labelprop", "glass",
-                                 "final", "ema", "report", "cv", "cv-report"))
+                                 "final", "ema", "report", "cv", "cv-report", "coverage"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="final, ema: start at this seed (parallel processes)")
@@ -426,6 +513,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--ema", type=float, default=0.0,
                         help="weight averaging in each round's training (the ema part: 0.99)")
+    parser.add_argument("--freeze", action="store_true",
+                        help="rounds train the decoder only: backbone and classifier frozen "
+                             "(WACV'21, Sec. 3); the bar trains everything")
+    parser.add_argument("--self-training", type=float, default=0.0,
+                        help="weight of the self-training loss in the rounds (0: off)")
+    parser.add_argument("--self-threshold", type=float, default=0.9,
+                        help="confidence of a self-training pseudo label")
     parser.add_argument("--tag", default="", help="suffix of the CSV (parallel processes)")
     parser.add_argument("--out", default=str(OUT),
                         help="results folder (default benchmarks/results/al)")
@@ -448,6 +542,9 @@ def main(argv=None) -> int:
         return cv_report()
     if args.part == "glass":
         run_glass(args)
+        return 0
+    if args.part == "coverage":
+        run_coverage(args)
         return 0
     if not DATA.is_dir():
         print(f"{DATA} is missing", file=sys.stderr)

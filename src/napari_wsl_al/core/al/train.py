@@ -87,6 +87,17 @@ class RegionTrainConfig:
         Weights of Eq. 10.
     seed : int
         Crops, flips and batch order.
+    self_training : float
+        Weight of the self-training loss (0: off). After ``self_training_start`` of the
+        stage-1 steps, the model labels every unlabelled pixel of the training images whose
+        most probable class has probability above ``self_training_threshold`` (labelled
+        regions keep their own labels), and each later step adds this weight times the pixel
+        cross-entropy on those pseudo labels to Eq. 10; half of those steps' crops are drawn
+        anywhere in the images instead of around labelled regions.
+    self_training_threshold : float
+        Confidence a pseudo label needs, in ``[0.5, 1)``.
+    self_training_start : float
+        Part of the stage-1 steps trained on the labels alone, in ``(0, 1)``.
     """
 
     steps: int = 300
@@ -99,6 +110,21 @@ class RegionTrainConfig:
     ema: float = 0.0
     loss: RegionLossConfig = field(default_factory=RegionLossConfig)
     seed: int = 0
+    self_training: float = 0.0
+    self_training_threshold: float = 0.9
+    self_training_start: float = 0.5
+
+    def __post_init__(self):
+        if not (self.self_training >= 0 and math.isfinite(self.self_training)):
+            raise ActiveLearningError(
+                f"the self-training weight must be >= 0, not {self.self_training}")
+        if not 0.5 <= self.self_training_threshold < 1.0:
+            raise ActiveLearningError(
+                "the self-training threshold must be in [0.5, 1), not "
+                f"{self.self_training_threshold}")
+        if not 0.0 < self.self_training_start < 1.0:
+            raise ActiveLearningError(
+                f"self_training_start must be in (0, 1), not {self.self_training_start}")
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able dict."""
@@ -516,7 +542,8 @@ def train_regions(
     -------
     dict
         ``loss`` (mean of the last 20 steps), ``history`` (per-step loss), ``seconds``,
-        ``stage2_pixels`` (pseudo-labelled pixels of stage 2), ``labelled_images``,
+        ``stage2_pixels`` (pseudo-labelled pixels of stage 2), ``self_training_pixels``
+        (pixels pseudo-labelled for self-training), ``labelled_images``,
         ``pseudo_images`` (images trained on with their pseudo-segmentation).
 
     Raises
@@ -538,6 +565,15 @@ def train_regions(
     pseudo = _check_pseudo_maps(items, pseudo_maps)
     if not pseudo_weight >= 0:
         raise ActiveLearningError(f"lambda must be >= 0, not {pseudo_weight}")
+    if pseudo and config.self_training:
+        raise ActiveLearningError(
+            "self-training and Label_prop pseudo labels cannot be combined",
+            hint="set the self-training weight to 0 or leave Label_prop off")
+    self_start = (
+        max(1, round(config.steps * config.self_training_start))
+        if config.self_training and config.steps > 1 else None
+    )
+    self_maps: list[np.ndarray] | None = None
     # Crops are drawn from L + P, every image as likely (Eq. 1 sums over images).
     sources = [(i, False) for i in used] + [(i, True) for i in pseudo]
     rng = np.random.default_rng(config.seed)
@@ -557,20 +593,24 @@ def train_regions(
 
     def sample_batch(label_maps: list[np.ndarray] | None):
         images, sps, targets, from_pseudo = [], [], [], []
-        for _ in range(config.batch_size):
-            if label_maps is None:
+        for k in range(config.batch_size):
+            anywhere = self_maps is not None and label_maps is None and k % 2 == 1
+            if anywhere:  # self-training: every other crop anywhere in any image
+                i, is_pseudo = int(rng.integers(len(items))), False
+            elif label_maps is None:
                 i, is_pseudo = sources[int(rng.integers(len(sources)))]
             else:
                 i, is_pseudo = used[int(rng.integers(len(used)))], False
             item = items[i]
             width = item.image.shape[1]
-            if is_pseudo:
+            if is_pseudo or anywhere:
                 centre = divmod(int(rng.integers(item.image.shape[0] * width)), width)
             else:
                 flat = pixel_index[i][int(rng.integers(pixel_index[i].size))]
                 centre = divmod(int(flat), width)
             target = pseudo_maps[i] if is_pseudo else (
-                None if label_maps is None else label_maps[i])
+                label_maps[i] if label_maps is not None
+                else None if self_maps is None else self_maps[i])
             arrays = [item.image, item.superpixels]
             fill = [0, 0]
             if target is not None:
@@ -594,6 +634,11 @@ def train_regions(
             )
             label_maps = _stage2_maps(model, items, used, region_classes, adjacency, device)
             model.train()
+        if step == self_start:
+            yield Progress(step, total, "self-training: pseudo labels of the unlabelled pixels")
+            self_maps = self_training_maps(
+                model, items, labelled, config.self_training_threshold, device)
+            model.train()
         images, sps, targets, from_pseudo = sample_batch(label_maps if stage2 else None)
         x = _to_tensor(model, images, device)
         seg_logits = model(x)["seg_logits"]
@@ -607,6 +652,9 @@ def train_regions(
         else:
             sp = torch.from_numpy(np.stack(sps)).to(device)
             loss, _ = region_loss(seg_logits, sp, classes_t, config.loss, region_weights=weights_t)
+            if self_maps is not None:
+                loss = loss + config.self_training * pseudo_label_ce(
+                    seg_logits, torch.from_numpy(np.stack(targets)).to(device))
         optimiser.step(loss)
         record = optimiser.progress("training")
         if record is not None:
@@ -623,6 +671,9 @@ def train_regions(
         "history": history,
         "seconds": time.perf_counter() - start,
         "stage2_pixels": stage2_pixels,
+        "self_training_pixels": (
+            0 if self_maps is None else int(sum(int((m != IGNORE_INDEX).sum()) for m in self_maps))
+        ),
         "labelled_images": len(used),
         "pseudo_images": len(pseudo),
     }
@@ -663,6 +714,34 @@ def _stage2_maps(model, items, used, region_classes, adjacency, device) -> list[
         )
         maps[used[k]] = np.asarray(labels[0].cpu().numpy(), dtype=np.int64)
     return maps
+
+
+def self_training_maps(
+    model: JointModel,
+    items: Sequence[RegionItem],
+    labelled: np.ndarray,
+    threshold: float,
+    device: str | torch.device | None = "cpu",
+) -> list[np.ndarray]:
+    """Self-training pseudo labels: per item, the ``(H, W)`` most probable class of every pixel
+    whose probability exceeds ``threshold``, ``IGNORE_INDEX`` elsewhere and on the pixels of
+    labelled regions (``labelled``: ``(R+1,)`` bool over region ids)."""
+    return [
+        confident_labels(probs, items[index].superpixels, labelled, threshold)
+        for index, probs, _, _ in predict_items(model, items, device)
+    ]
+
+
+def confident_labels(
+    probs: np.ndarray, superpixels: np.ndarray, labelled: np.ndarray, threshold: float
+) -> np.ndarray:
+    """The ``(H, W)`` uint8 most probable class of ``(K, H, W)`` ``probs`` where its
+    probability exceeds ``threshold`` and the pixel's region (``superpixels``, ids into the
+    ``(R+1,)`` bool ``labelled``) has no label; ``IGNORE_INDEX`` elsewhere."""
+    probs = np.asarray(probs)
+    confident = probs.max(axis=0) > threshold
+    confident &= ~np.asarray(labelled, dtype=bool)[superpixels]
+    return np.where(confident, probs.argmax(axis=0), IGNORE_INDEX).astype(np.uint8)
 
 
 def train_dense(
