@@ -17,6 +17,7 @@ Parts (run them in separate processes to use both cores; each appends to its own
                                               # on fold 0 (one process per fold, or all folds)
     python benchmarks/bench_al.py cv-report   # per fold and over the folds: % of the bar
     python benchmarks/bench_al.py cv --strategies oreal --label dominant   # one class per answer
+    python benchmarks/bench_al.py cv --strategies oreal --pseudo-labels   # stage-2 pseudo labels
     python benchmarks/bench_al.py cv --freeze --out DIR         # rounds train the decoder only
     python benchmarks/bench_al.py cv --self-training 1 --out DIR  # rounds with self-training
     python benchmarks/bench_al.py coverage --fold 0 --steps 600   # region labels, exact masks
@@ -275,12 +276,13 @@ def run_cv(args) -> None:
                                             "validation": len(data.validation)}, indent=2))
             print(f"fold {fold}: full supervision {result}", flush=True)
         for strategy in args.strategies.split(","):
-            suffix = "" if args.label == "multi" else f"-{args.label}"
+            suffix = ("" if args.label == "multi" else f"-{args.label}") + (
+                "-pseudo" if args.pseudo_labels else "")
             path = out / f"fold{fold}-{strategy}{suffix}.csv"
             if path.exists():
                 continue
             run = replace(config, strategy=strategy, final_steps=args.final_steps,
-                          label=args.label)
+                          label=args.label, pseudo_labels=args.pseudo_labels)
             rows = run_to_end(sim.simulate_run(data, run, None), _log)
             _append(path.with_suffix(".part"), rows)
             path.with_suffix(".part").rename(path)
@@ -537,6 +539,9 @@ def main(argv=None) -> int:
     parser.add_argument("--label", choices=("multi", "dominant"), default="multi",
                         help="cv: the oracle's answers (dominant runs go to "
                              "fold<F>-<strategy>-dominant.csv)")
+    parser.add_argument("--pseudo-labels", action="store_true",
+                        help="cv: stage-2 pseudo labels in every round (runs go to "
+                             "fold<F>-<strategy>-pseudo.csv)")
     parser.add_argument("--fold", type=int, nargs="+", default=None,
                         help="cv: only these folds (0-based; default all)")
     args = parser.parse_args(argv)
