@@ -118,6 +118,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     recipe.add_argument("--cutmix", type=float, default=0.0, help="same-class CutMix probability")
     recipe.add_argument("--tta", action="store_true", help="test-time flips")
     recipe.add_argument("--hed", type=float, default=0.03, help="stain augmentation strength")
+    recipe.add_argument("--scale", type=float, default=0.0,
+                        help="multi-scale crops: side x a factor in [1/(1+X), 1+X]")
     recipe.add_argument("--colour", type=float, default=0.1,
                         help="brightness / contrast / saturation jitter")
     recipe.add_argument("--pretrained", default=None, metavar="PATH",
@@ -150,7 +152,7 @@ def recipe_config(args) -> TrainConfig:
         target_mpp=args.target_mpp, warmup_epochs=args.warmup, ema_decay=args.ema,
         select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
         augment=AugmentConfig(brightness=args.colour, contrast=args.colour,
-                              saturation=args.colour, hed=args.hed),
+                              saturation=args.colour, hed=args.hed, scale=args.scale),
     )
 
 

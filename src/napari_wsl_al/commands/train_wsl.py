@@ -81,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           help="validate on the four flips of each image")
     training.add_argument("--stain", type=float, default=None,
                           help="H&E stain augmentation strength (default 0.03)")
+    training.add_argument("--scale-jitter", type=float, default=0.0, metavar="X",
+                          help="multi-scale crops: each crop's side is the crop size times a "
+                               "factor in [1/(1+X), 1+X], resized to the crop size (default 0)")
     training.add_argument("--reinhard", action=argparse.BooleanOptionalAction, default=True,
                           help="colour-normalise every image (Reinhard, in L*a*b*) to the "
                                "training images' average tissue colour; the model keeps the "
@@ -225,7 +228,8 @@ def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None,
         warmup_epochs=(min(DEFAULT_WARMUP, max(0, args.epochs - 1)) if args.warmup is None
                        else args.warmup),
         ema_decay=args.ema or None, select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
-        **({} if args.stain is None else {"augment": AugmentConfig(hed=args.stain)}),
+        augment=AugmentConfig(**({} if args.stain is None else {"hed": args.stain}),
+                              scale=getattr(args, "scale_jitter", 0.0)),
     )
     colour = None
     if getattr(args, "reinhard", False):

@@ -86,6 +86,10 @@ class AugmentConfig:
         Maximum relative perturbation of the haematoxylin / eosin / DAB optical densities
         (stain augmentation in HED space, a factor in ``[1 - x, 1 + x]`` and a shift in
         ``[-x, x]`` of each channel's range).
+    scale : float
+        Multi-scale crops: the side of a training crop is the crop size times a factor drawn
+        log-uniformly in ``[1 / (1 + x), 1 + x]`` (at most the image's shorter side, and never
+        below the crop size on that account), and the crop is resized to the crop size. 0: off.
     """
 
     flips: bool = True
@@ -95,6 +99,11 @@ class AugmentConfig:
     saturation: float = 0.1
     hue: float = 0.02
     hed: float = 0.03
+    scale: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.scale <= 1.0:
+            raise ValueError(f"scale must be in [0, 1], got {self.scale}")
 
     @property
     def jitters_colour(self) -> bool:
@@ -306,14 +315,23 @@ class PatchTorchDataset(torch.utils.data.Dataset):
         return tensor, label, torch.from_numpy(np.ascontiguousarray(mask).astype(np.int64))
 
     def _random_transform(self, image, mask, rng):
-        size = self.crop_size
-        image, mask = _pad_to_size(image, mask, size)
-        height, width = image.shape[:2]
-        top = int(rng.integers(0, height - size + 1))
-        left = int(rng.integers(0, width - size + 1))
-        image = image[top : top + size, left : left + size]
-        mask = mask[top : top + size, left : left + size]
+        size = side = self.crop_size
         augment = self.augment
+        if augment.scale > 0:
+            span = np.log1p(augment.scale)
+            side = round(size * float(np.exp(rng.uniform(-span, span))))
+            side = max(1, min(side, max(size, min(image.shape[:2]))))
+        image, mask = _pad_to_size(image, mask, side)
+        height, width = image.shape[:2]
+        top = int(rng.integers(0, height - side + 1))
+        left = int(rng.integers(0, width - side + 1))
+        image = image[top : top + side, left : left + side]
+        mask = mask[top : top + side, left : left + side]
+        if side != size:
+            image = np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(
+                (size, size), Image.BILINEAR))
+            mask = np.asarray(Image.fromarray(np.ascontiguousarray(mask).astype(np.uint8)).resize(
+                (size, size), Image.NEAREST)).astype(np.int8)
         if augment.flips:
             if rng.random() < 0.5:
                 image, mask = image[:, ::-1], mask[:, ::-1]
