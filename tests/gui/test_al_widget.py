@@ -102,11 +102,15 @@ def test_the_labelling_loop(make_napari_viewer, qtbot, project, slide_path):
     assert widget.slide_combo.currentText() == "synth" and len(slide_layers(viewer)) == 1
     assert widget.batch_spin.value() == 4 and widget.strategy_combo.currentText() == "oreal"
     assert "No suggestions yet" in widget.current_label.text()
+    assert widget.mode() == "multi"  # the default: several classes
+    widget.mode_combo.setCurrentIndex(0)
+    assert widget.mode() == "dominant"
 
     widget.suggest()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
     assert "4 suggestions" in widget.status.text(), widget.status.text()
     session = widget.session
+    assert session.mode == "dominant"
     first = session.current_region
     assert first == shown_regions(widget)[0]
     outlines = viewer.layers[SUGGESTIONS_LAYER]
@@ -350,7 +354,7 @@ def test_the_loop_on_a_folder_of_patches(make_napari_viewer, qtbot, tmp_path):
     widget = ActiveLearningWidget(viewer)
     viewer.window.add_dock_widget(widget, name="Active learning", area="right")
     assert widget.slide_combo.currentText() == "images  (new: Suggest adds it)"
-    widget.mode_combo.setCurrentIndex(1)  # several classes per region
+    assert widget.mode() == "multi"  # several classes per region, the default
     widget.suggest()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
     assert "4 suggestions" in widget.status.text(), widget.status.text()
