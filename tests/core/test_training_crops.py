@@ -106,3 +106,90 @@ def test_train_wsl_passes_scale_jitter(tmp_path):
     assert config.augment.scale == 0.25 and config.augment.hed == 0.05
     default, _ = train_wsl.configs_from_args(parser.parse_args([str(tmp_path), "--no-reinhard"]), classes, None)
     assert default.augment.scale == 0.0 and default.augment.hed == 0.03
+
+
+def _coded(tmp_path, scale, height=96):
+    """An image whose red channel tells its mask (0 -> 0, 1 -> 120), in blocks of 8 pixels
+    (so that resizing keeps most pixels inside one block); green is the source column and
+    blue the source row."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    blocks = rng.integers(0, 2, size=(height // 8, 16))
+    codes = np.kron(blocks, np.ones((8, 8), dtype=np.int64))  # height x 128
+    image = np.zeros((*codes.shape, 3), np.uint8)
+    image[..., 0] = (codes * 120).astype(np.uint8)
+    image[..., 1] = np.arange(codes.shape[1], dtype=np.uint8)[None, :]
+    image[..., 2] = np.arange(codes.shape[0], dtype=np.uint8)[:, None]
+    Image.fromarray(image).save(tmp_path / "c.png")
+    Image.fromarray(codes.astype(np.uint8)).save(tmp_path / "c_mask.png")
+    record = PatchRecord("c", tmp_path / "c.png", tmp_path / "c_mask.png", 0, "benign")
+    augment = AugmentConfig(flips=True, rotate90=True, brightness=0.0, contrast=0.0,
+                            saturation=0.0, hue=0.0, hed=0.0, scale=scale)
+    return PatchTorchDataset([record], MEAN, STD, train=True, crop_size=48, augment=augment,
+                             seed=2)
+
+
+def _agreement(image, mask):
+    red = (image[0].numpy() * 255).round()
+    known = mask >= 0
+    return np.mean((red[known] > 60) == (mask[known] == 1))
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_image_and_mask_move_together(tmp_path, scale):
+    """Flips, turns and rescaled crops apply to the mask as to the image, and every flip and
+    turn of the square occurs."""
+    dataset = _coded(tmp_path, scale)
+    orientations = set()
+    for epoch in range(40):
+        dataset.set_epoch(epoch)
+        image, _, mask = dataset[0]
+        mask = mask.numpy()
+        assert set(np.unique(mask).tolist()) <= {0, 1}
+        assert _agreement(image, mask) > (0.999 if scale == 0 else 0.9), epoch
+        green, blue = image[1].numpy(), image[2].numpy()
+        # which way the source columns (green) and rows (blue) run along the crop's axes
+        orientations.add(tuple(int(np.sign(np.diff(c, axis=a).sum()))
+                               for c in (green, blue) for a in (1, 0)))
+    assert len(orientations) == 8
+    assert (1, 0, 0, 1) in orientations  # the crop as it lies in the image
+
+
+def test_padding_stays_ignored_through_rescaling(tmp_path):
+    """An image lower than the crop is padded: its padding is ignored (-1) in the mask after
+    the crop is resized, never 255 and never blended into a label."""
+    dataset = _coded(tmp_path, 0.5, height=40)
+    padded = 0
+    for epoch in range(30):
+        dataset.set_epoch(epoch)
+        image, _, mask = dataset[0]
+        mask = mask.numpy()
+        assert set(np.unique(mask).tolist()) <= {-1, 0, 1}
+        padded += int((mask == -1).sum() > 0)
+        assert _agreement(image, mask) > 0.9
+    assert padded > 5
+
+
+def test_rescaled_crop_uses_bilinear_resampling(tmp_path):
+    """The zoomed crop is the PIL bilinear resize of the window the draws pick."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, size=(120, 200, 3), dtype=np.uint8)  # no ramp: bicubic differs
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    record = PatchRecord("noise", tmp_path / "noise.png", None, 0, "benign")
+    dataset = PatchTorchDataset([record], MEAN, STD, train=True, crop_size=40,
+                                augment=AugmentConfig(**STILL, scale=0.5), seed=5)
+    source, _ = dataset.load(0)
+    for epoch in range(6):
+        rng = np.random.default_rng([5, epoch, 0])
+        side = round(40 * float(np.exp(rng.uniform(-np.log(1.5), np.log(1.5)))))
+        top = int(rng.integers(0, 120 - side + 1))
+        left = int(rng.integers(0, 200 - side + 1))
+        window = np.ascontiguousarray(source[top:top + side, left:left + side])
+        expected = np.asarray(Image.fromarray(window).resize((40, 40), Image.BILINEAR))
+        dataset.set_epoch(epoch)
+        image, _, _ = dataset[0]
+        got = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(got, expected)
