@@ -286,7 +286,10 @@ def test_fixed_statistics_are_applied_once_per_colour_with_the_same_result(share
     expected = reinhard(images.float(), target, source)
     got = reinhard_colours(images, target, source)
     assert got.dtype == torch.float32 and got.shape == expected.shape
-    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-4)
+    # whole levels, as the training images are rounded: within half a level of reinhard
+    np.testing.assert_array_equal(got.numpy(), np.round(got.numpy()))
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=0.5 + 1e-3)
+    assert np.mean(got.numpy() == np.floor(expected.numpy() + 0.5)) > 0.999
     # every image keeps its own pixels (the gather puts each colour back where it was)
     assert not torch.equal(got[0], got[1])
     with pytest.raises(TypeError, match="uint8"):
@@ -297,6 +300,6 @@ def test_fixed_statistics_are_applied_once_per_colour_with_the_same_result(share
     std = torch.tensor(model.std).view(1, 3, 1, 1)
     mean = torch.tensor(model.mean).view(1, 3, 1, 1)
     normalised = model.normalize(images.permute(0, 2, 3, 1), colour_source=source)
-    np.testing.assert_allclose(normalised.numpy(), ((expected / 255.0 - mean) / std).numpy(),
+    np.testing.assert_allclose(normalised.numpy(), ((got / 255.0 - mean) / std).numpy(),
                                atol=1e-5)
     assert images.dtype == torch.uint8  # the input is left alone

@@ -62,7 +62,7 @@ class WslModel(nn.Module):
         if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
             x = x.permute(0, 3, 1, 2)
         if self.colour_target is not None and colour_source is not None and x.dtype == torch.uint8:
-            # fixed statistics (a slide's tiles): once per distinct colour, the same result
+            # fixed statistics (a slide's tiles): each colour converted once per slide
             x = reinhard_colours(x, self.colour_target, colour_source)
         else:
             x = x.to(torch.float32, copy=True)  # the in-place steps below leave the input alone
