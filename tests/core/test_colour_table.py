@@ -65,6 +65,23 @@ def test_hand_worked_entry_of_a_neutral_grey():
     assert lighter[0] == lighter[1] == lighter[2] and lighter[0] > 150
 
 
+def test_black_and_white_are_kept_once_computed(monkeypatch):
+    """An entry of 0 (a colour normalised to black) is a known colour, not a missing one; white
+    stays white (255.5 truncates to 255)."""
+    identity = (50.0, 10.0, 10.0, 5.0, 5.0, 5.0)
+    table = ColourTable(identity, identity)
+    pixels = torch.zeros((1, 3, 2, 2), dtype=torch.uint8)
+    pixels[0, :, 1, 1] = 255
+    assert table(pixels)[0, :, 0, 0].tolist() == [0.0, 0.0, 0.0]
+    assert table(pixels)[0, :, 1, 1].tolist() == [255.0, 255.0, 255.0]
+    assert int(table.values[0]) == 0 and int(table.values[(1 << 24) - 1]) == (1 << 24) - 1
+    assert table.fill(colour._colour_codes(pixels)) == 0
+    calls = []
+    monkeypatch.setattr(table, "fill", lambda codes: calls.append(codes) or 0)
+    table(pixels)
+    assert calls == []  # nothing looked missing
+
+
 def test_table_refuses_float_images():
     with pytest.raises(TypeError, match="uint8"):
         ColourTable(TARGET, SOURCE)(torch.zeros((1, 3, 2, 2)))

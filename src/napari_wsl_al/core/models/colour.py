@@ -145,7 +145,7 @@ class ColourTable:
             if missing.numel() == 0:
                 return 0
             moved = reinhard(_colours_of(missing), self.target, self.source)[0, :, :, 0]
-            levels = (moved + 0.5).clamp(0, 255).to(torch.int32)  # (3, N)
+            levels = (moved + 0.5).to(torch.int32)  # (3, N); moved is in [0, 255]
             self.values[missing.long()] = (levels[0] << 16) | (levels[1] << 8) | levels[2]
             return int(missing.numel())
 
