@@ -18,6 +18,8 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py cv-report   # per fold and over the folds: % of the bar
     python benchmarks/bench_al.py cv --strategies oreal --label dominant   # one class per answer
     python benchmarks/bench_al.py cv --strategies oreal --pseudo-labels   # stage-2 pseudo labels
+    python benchmarks/bench_al.py cv --strategies oreal --first-seed 1  # another seed of the runs
+                                              # (the same folds and bars; files end in -seed1)
     python benchmarks/bench_al.py cv --freeze --out DIR         # rounds train the decoder only
     python benchmarks/bench_al.py cv --self-training 1 --out DIR  # rounds with self-training
     python benchmarks/bench_al.py coverage --fold 0 --steps 600   # region labels, exact masks
@@ -256,7 +258,8 @@ def report() -> int:
 
 def run_cv(args) -> None:
     """``--folds``-fold cross-validation by patient (the folds of ``bench_wsl.py --cv``): for
-    each fold in ``--fold`` (all by default), the bar (seed 0) and each strategy (seed 0),
+    each fold in ``--fold`` (all by default), the bar (seed 0) and each strategy (seed
+    ``--first-seed``, 0 by default),
     with that fold as the validation images (``--final-steps N``: each run's final labels
     also trained again from the start for N steps, as the bar). Files in ``OUT/cv/``; a fold's part already
     written is kept, so the part can be resumed."""
@@ -277,12 +280,14 @@ def run_cv(args) -> None:
             print(f"fold {fold}: full supervision {result}", flush=True)
         for strategy in args.strategies.split(","):
             suffix = ("" if args.label == "multi" else f"-{args.label}") + (
-                "-pseudo" if args.pseudo_labels else "")
+                "-pseudo" if args.pseudo_labels else "") + (
+                f"-seed{args.first_seed}" if args.first_seed else "")
             path = out / f"fold{fold}-{strategy}{suffix}.csv"
             if path.exists():
                 continue
             run = replace(config, strategy=strategy, final_steps=args.final_steps,
-                          label=args.label, pseudo_labels=args.pseudo_labels)
+                          label=args.label, pseudo_labels=args.pseudo_labels,
+                          seed=args.first_seed)
             rows = run_to_end(sim.simulate_run(data, run, None), _log)
             _append(path.with_suffix(".part"), rows)
             path.with_suffix(".part").rename(path)
