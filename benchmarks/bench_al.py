@@ -374,7 +374,8 @@ def plot_cv_curves(path: Path, curves: dict[str, list], folds: int) -> None:
     axes.axhline(95, color="grey", linestyle=":", label="95 % of full supervision")
     axes.set_xlabel("superpixels labelled (%)")
     axes.set_ylabel("validation Dice, % of the fold's full supervision")
-    axes.set_title(f"Active learning on {folds} folds by patient (GlaS train), seed 0")
+    seeds = "seed 0" if not any("-seed" in name for name in curves) else "seed 0 unless named"
+    axes.set_title(f"Active learning on {folds} folds by patient (GlaS train), {seeds}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
