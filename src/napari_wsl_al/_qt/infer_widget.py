@@ -615,7 +615,7 @@ class InferenceWidget(QWidget):
         self._match_project_resolution(layer)
         self._slide = layer
         self._update_resolution_warning()
-        self._set_progress(0, 0)
+        set_progress(self.progress_bar, 0, 0)
         self.status.setText("starting…")
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
@@ -714,13 +714,8 @@ class InferenceWidget(QWidget):
         elif isinstance(item, Progress):
             self._on_progress(item)
 
-    def _set_progress(self, step: int, total: int) -> None:
-        """The progress bar at ``step`` of ``total`` (``total`` 0: busy), painted with the
-        status line (:func:`set_progress`)."""
-        set_progress(self.progress_bar, step, total)
-
     def _on_progress(self, progress: Progress) -> None:
-        self._set_progress(progress.step, progress.total or 0)
+        set_progress(self.progress_bar, progress.step, progress.total or 0)
         warning = progress.metrics.get("warning")
         if warning:
             self._set_warning(warning)
@@ -739,7 +734,7 @@ class InferenceWidget(QWidget):
         if result is None:
             self.status.setText("cancelled; run again to resume")
             return
-        self._set_progress(result.tiles_total, max(1, result.tiles_total))
+        set_progress(self.progress_bar, result.tiles_total, max(1, result.tiles_total))
         self.status.setText(result_summary(result, self.session.unit))
         show_info(f"Maps written to {result.path}")
 
@@ -752,7 +747,7 @@ class InferenceWidget(QWidget):
         self.run_button.setEnabled(True)
         self.cancel_button.setEnabled(False)
         if self.progress_bar.maximum() == 0:
-            self._set_progress(0, 1)
+            set_progress(self.progress_bar, 0, 1)
 
     # ------------------------------------------------------------------ layers
     def map_layers(self, store: str | None = None) -> list[Image]:

@@ -229,7 +229,7 @@ def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None,
                        else args.warmup),
         ema_decay=args.ema or None, select_on=args.select, cutmix=args.cutmix, tta_flips=args.tta,
         augment=AugmentConfig(**({} if args.stain is None else {"hed": args.stain}),
-                              scale=getattr(args, "scale_jitter", 0.0)),
+                              scale=args.scale_jitter),
     )
     colour = None
     if getattr(args, "reinhard", False):
