@@ -14,7 +14,12 @@ With ``--cv K`` the data set is cut into K folds by patient (:func:`patient_fold
 is predicted by a model trained on the other folds, whose epoch is chosen on an inner
 validation part of its training patients (``--select error|loss``) or is the last one
 (``--select last``, no inner part). One line per recipe and method (mean and spread over the
-folds, and each fold) is appended to ``benchmarks/results/wsl_cv.jsonl``.
+folds, and each fold) is appended to ``benchmarks/results/wsl_cv.jsonl``. Each fold also
+records the pixel average precision of the foreground maps (``pxap``, threshold-free; a map
+that knows nothing scores ``prevalence``), F1+ / F1- at other thresholds
+(``f1_by_threshold``) and the misclassified images (one view each), which
+``--breakdown RECIPE`` counts by patient and by the finer grade of ``grade.csv``.
+``--members N`` trains N models per fold (other seeds) and scores their average.
 
 For CAM-Avg, WILDCAT, Max-Min (SEM + ASC) and min-max entropy, each model is trained from
 scratch with the same seed, split, crops and schedule, bounded by ``--epochs`` and
@@ -30,10 +35,12 @@ a narrow ResNet, a few epochs, a CPU, and the held-out part of the training spli
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -127,12 +134,20 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                              "(e.g. from 'napari-wsl-al pretrain-ssl'); name their source in "
                              "--recipe, since label-free pre-training may have seen the "
                              "validation folds' images")
+    recipe.add_argument("--members", type=int, default=1,
+                        help="cv: train this many models per fold (seeds --seed, 1000 + --seed, "
+                             "2000 + --seed, ...) and score their average (class probabilities "
+                             "and foreground maps); the first member is the single-model run")
     recipe.add_argument("--cv-out", default=str(REPOSITORY / "benchmarks" / "results" / "wsl_cv.jsonl"))
     recipe.add_argument("--reinhard", action="store_true",
                         help="colour-normalised models, as train-wsl --reinhard: every image's "
                              "tissue given the mean and spread of L*, a*, b* of the fold's "
                              "training images")
     recipe.add_argument("--table", action="store_true", help="print the recipes measured so far")
+    recipe.add_argument("--breakdown", metavar="RECIPE", default=None,
+                        help="the misclassified images of a recipe's cross-validation rows "
+                             "(--methods, every partition) counted by patient and by the "
+                             "finer grade of grade.csv's fourth column")
     recipe.add_argument("--colour-baseline", action="store_true",
                         help="the same folds classified by colour alone (mean and spread of "
                              "R, G, B per image, nearest class centroid): no CNN")
@@ -165,8 +180,45 @@ def _mean_spread(values) -> tuple[float, float]:
     return mean, spread
 
 
+#: Foreground thresholds of the F1 trade-off recorded per fold (one view per image).
+THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+class Ensemble(torch.nn.Module):
+    """Models of one fold averaged: class probabilities, and foreground maps as each member
+    localises its own output (members share the fold's colour target and input settings)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+        first = members[0]
+        for name in ("mean", "std", "output_stride", "colour_target", "classes"):
+            if hasattr(first, name):
+                setattr(self, name, getattr(first, name))
+
+    def forward(self, images):
+        outputs = [member(images) for member in self.members]
+        probabilities = torch.stack(
+            [torch.softmax(o["logits"].float(), dim=1) for o in outputs]).mean(dim=0)
+        return {"logits": probabilities.clamp_min(1e-12).log(), "members": outputs}
+
+    def localize(self, output, size):
+        return torch.stack([member.localize(o, size) for member, o
+                            in zip(self.members, output["members"])]).mean(dim=0)
+
+
+def member_seed(seed: int, member: int) -> int:
+    """Training seed of a fold's ``member``-th model (the first keeps the run's seed)."""
+    return seed + 1000 * member
+
+
 def cross_validate(args) -> int:
     """K-fold cross-validation by patient of one recipe, for each method; appends to --cv-out."""
+    if args.members < 1:
+        raise SystemExit(f"--members must be at least 1, not {args.members}")
+    if args.members > 1 and any(METHODS[label][0] == "maxmin" for label in args.methods):
+        raise SystemExit("--members averages CAM-family models only: leave Max-Min out "
+                         "(--methods CAM-Avg WILDCAT)")
     dataset = load_glas(args.data)
     folds = patient_folds(dataset, k=args.cv, seed=args.seed)
     chosen = args.folds if args.folds is not None else list(range(args.cv))
@@ -184,50 +236,77 @@ def cross_validate(args) -> int:
             if config.select_on != "last":
                 inner = split_by_patient(fold.train, val_fraction=0.2, seed=args.seed)
                 train_part = inner.train
-            seed_everything(args.seed)
-            colour = None
-            if args.reinhard:  # the target of this fold's training images, as train-wsl
-                colour = colour_target(read_rgb(record.image_path) for record in train_part)
-            model = build_model(ModelConfig(
-                arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
-                output_stride=args.output_stride,
-                mpp=args.target_mpp or dataset.mpp, head=head, colour_target=colour,
-            ))
-            if args.pretrained:
-                load_backbone_weights(model.backbone, args.pretrained)
-            result = run_to_end(
-                train_wsl(model, train_part, inner.val if inner else None, config),
-                lambda record, label=label, index=index: print(
-                    f"  [{args.recipe} | {label} | fold {index}] {record.message}", flush=True),
-            )
-            scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips)
+            members, member_errors, results = [], [], []
+            for member in range(args.members):
+                seed = member_seed(args.seed, member)
+                seed_everything(seed)
+                colour = None
+                if args.reinhard:  # the target of this fold's training images, as train-wsl
+                    colour = colour_target(read_rgb(record.image_path) for record in train_part)
+                model = build_model(ModelConfig(
+                    arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
+                    output_stride=args.output_stride,
+                    mpp=args.target_mpp or dataset.mpp, head=head, colour_target=colour,
+                ))
+                if args.pretrained:
+                    load_backbone_weights(model.backbone, args.pretrained)
+                results.append(run_to_end(
+                    train_wsl(model, train_part, inner.val if inner else None,
+                              replace(config, seed=seed)),
+                    lambda record, label=label, index=index: print(
+                        f"  [{args.recipe} | {label} | fold {index}] {record.message}",
+                        flush=True),
+                ))
+                members.append(model)
+                if args.members > 1:
+                    member_errors.append(
+                        evaluate(model, fold.val, "cpu", config=config)["error"])
+            result = results[0]
+            if args.members > 1:
+                model = Ensemble(members)
+            scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips,
+                              thresholds=() if config.tta_flips else THRESHOLDS)
             per_image = {}
+            if member_errors:
+                per_image["member_errors"] = member_errors
             if arch == "maxmin":  # as train-wsl ships it: the foreground calibrated
                 per_image = {"f1_pos_per_image": scores["f1_pos"],
                              "f1_neg_per_image": scores["f1_neg"]}
                 whole = make_torch_dataset(train_part, model, config, train=False)
                 calibrate_foreground(model, (image for image, *_ in whole))
-                scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips)
+                scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips,
+                                  thresholds=() if config.tta_flips else THRESHOLDS)
             if config.tta_flips:  # as the plug-in infers: one view of each image
-                plain = evaluate(model, fold.val, "cpu", config=config, flips=False)
+                plain = evaluate(model, fold.val, "cpu", config=config, flips=False,
+                                 thresholds=THRESHOLDS)
                 per_image.update({f"{key}_no_flips": plain[key]
-                                  for key in ("error", "f1_pos", "f1_neg")})
+                                  for key in ("error", "f1_pos", "f1_neg", "pxap")})
+                per_image["f1_by_threshold"] = plain["f1_by_threshold"]
+            else:
+                plain = scores
+                per_image["f1_by_threshold"] = scores["f1_by_threshold"]
+            per_image["misclassified"] = [  # one view per image, as the plug-in infers
+                record.name for record, predicted in zip(fold.val.records, plain["predicted"])
+                if predicted != record.label]
             per_fold.append({
                 "fold": index, "patients": list(fold.val_groups), "n_images": len(fold.val),
                 "error": scores["error"], "f1_pos": scores["f1_pos"], "f1_neg": scores["f1_neg"],
                 **per_image,
-                "all_ones_f1_pos": scores["all_ones_f1_pos"], "best_epoch": result.best_epoch,
+                "all_ones_f1_pos": scores["all_ones_f1_pos"], "pxap": scores["pxap"],
+                "prevalence": scores["prevalence"], "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history), "seconds": result.seconds,
             })
             print(f"  [{args.recipe} | {label} | fold {index}] error {_percent(scores['error'])}% "
                   f"F1+ {_percent(scores['f1_pos'])}% F1- {_percent(scores['f1_neg'])}% "
+                  f"PxAP {_percent(scores['pxap'])}% (foreground {_percent(scores['prevalence'])}%) "
                   f"(epoch {result.best_epoch + 1} of {len(result.history)})", flush=True)
         row = {"recipe": args.recipe, "method": label, "folds": per_fold,
                "arguments": {k: v for k, v in vars(args).items() if k not in ("table",)},
                "wall_seconds": time.perf_counter() - started,
                "torch": torch.__version__, "threads": torch.get_num_threads()}
         for key in ("error", "f1_pos", "f1_neg", "all_ones_f1_pos", "f1_pos_per_image",
-                    "f1_neg_per_image", "error_no_flips", "f1_pos_no_flips", "f1_neg_no_flips"):
+                    "f1_neg_per_image", "error_no_flips", "f1_pos_no_flips", "f1_neg_no_flips",
+                    "pxap", "pxap_no_flips", "prevalence"):
             if all(key in f for f in per_fold):
                 row[key] = _mean_spread([f[key] for f in per_fold])
         with out.open("a") as stream:
@@ -295,17 +374,17 @@ def print_cv_table(path: Path) -> None:
         return
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     header = (f"{'recipe':<46} {'method':<18} {'folds':>5} {'cl.err %':>14} {'F1+ %':>14} "
-              f"{'F1- %':>14} {'min/fold':>8}")
+              f"{'F1- %':>14} {'min/fold':>8} {'PxAP %':>14}")
     print(header)
     print("-" * len(header))
     for row in rows:
         cells = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
-                 if k in row else "-" for k in ("error", "f1_pos", "f1_neg")]
+                 if k in row else "-" for k in ("error", "f1_pos", "f1_neg", "pxap")]
         minutes = row["wall_seconds"] / 60 / max(1, len(row["folds"]))
         seed = row.get("arguments", {}).get("seed", 0)
         name = row["recipe"] + (f" [folds seed {seed}]" if seed else "")
         print(f"{name:<46} {row['method']:<18} {len(row['folds']):>5} "
-              f"{cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {minutes:>8.1f}")
+              f"{cells[0]:>14} {cells[1]:>14} {cells[2]:>14} {minutes:>8.1f} {cells[3]:>14}")
         if "f1_pos_per_image" in row:  # Max-Min: F1 above with the calibrated foreground
             plain = [f"{_percent(row[k][0]).strip():>6} +- {_percent(row[k][1]).strip():>5}"
                      for k in ("f1_pos_per_image", "f1_neg_per_image")]
@@ -356,12 +435,58 @@ def print_repeated(rows: list[dict]) -> None:
                   f"{_percent(one['f1_pos'][0]).strip()}, F1- {_percent(one['f1_neg'][0]).strip()}")
 
 
+def error_breakdown(rows: list[dict], dataset, finer: dict[str, str]) -> list[tuple]:
+    """``(group, name, wrong, views)`` per patient and per finer grade over the fold rows:
+    every image of a fold's validation part is one view, wrong when it is misclassified."""
+    counts: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        folds = patient_folds(dataset, k=row["arguments"]["cv"], seed=row["arguments"]["seed"])
+        for fold in row["folds"]:
+            validation = folds[fold["fold"]].val
+            wrong = set(fold["misclassified"])
+            for record in validation.records:
+                for key in (("patient", f"{record.patient_id} ({record.class_name})"),
+                            ("grade", finer.get(record.name, record.class_name))):
+                    tally = counts.setdefault(key, [0, 0])
+                    tally[0] += record.name in wrong
+                    tally[1] += 1
+    return sorted(((group, name, w, n) for (group, name), (w, n) in counts.items()),
+                  key=lambda item: (item[0], -item[2] / item[3], item[1]))
+
+
+def finer_grades(data: str) -> dict[str, str]:
+    """Image name -> the fourth column of ``grade.csv`` (GlaS: the finer grade), if any."""
+    path = Path(data) / "grade.csv"
+    with path.open(newline="") as stream:
+        rows = list(csv.reader(stream))
+    return {row[0].strip(): row[3].strip() for row in rows[1:] if len(row) > 3}
+
+
+def print_breakdown(args) -> int:
+    rows = [json.loads(line) for line in Path(args.cv_out).read_text().splitlines()
+            if line.strip()]
+    rows = [row for row in rows if row["recipe"] == args.breakdown
+            and row["method"] in args.methods and all("misclassified" in f for f in row["folds"])]
+    if not rows:
+        print(f"{args.cv_out}: no row of recipe {args.breakdown!r} ({', '.join(args.methods)}) "
+              "lists its misclassified images")
+        return 1
+    dataset = load_glas(args.data)
+    print(f"{args.breakdown} ({len(rows)} rows, "
+          f"{sum(len(row['folds']) for row in rows)} folds): misclassified views")
+    for group, name, wrong, views in error_breakdown(rows, dataset, finer_grades(args.data)):
+        print(f"  {group:<8} {name:<40} {wrong:>3} / {views:<3} {100 * wrong / views:5.1f} %")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     torch.set_num_threads(args.threads)
     if args.table:
         print_cv_table(Path(args.cv_out))
         return 0
+    if args.breakdown:
+        return print_breakdown(args)
     if args.colour_baseline:
         return colour_baseline(args)
     if args.cv:

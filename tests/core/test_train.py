@@ -405,3 +405,57 @@ def test_train_wsl_defaults_are_the_cross_validated_recipe():
         parser.parse_args(["data", "--ema", "0", "--warmup", "0", "--no-reinhard"]), ("a", "b"), None)
     assert train.ema_decay is None and train.warmup_epochs == 0
     assert parser.parse_args(["data", "--no-reinhard"]).reinhard is False
+
+
+def test_evaluate_reports_pxap_and_f1_at_other_thresholds(blob_split):
+    from napari_wsl_al.core.metrics import foreground_background_f1, pixel_average_precision
+    from napari_wsl_al.core.wsl.train import make_torch_dataset, predict
+
+    torch.manual_seed(0)
+    model = TinyCamModel()  # untrained: its maps are whatever they are, the sums must agree
+    config = TrainConfig(eval_crop_size=None)
+    items = list(predict(model, make_torch_dataset(blob_split.val, model, config, False), "cpu"))
+    masks = [mask for *_, mask in items]
+    maps = [foreground for _, _, foreground, _ in items]
+    scores = evaluate(model, blob_split.val, "cpu", thresholds=(0.0, 0.5, 0.75))
+    expected = pixel_average_precision(masks, maps)
+    assert scores["pxap"] == pytest.approx(expected["pxap"])
+    assert scores["prevalence"] == pytest.approx(expected["prevalence"])
+    assert 0 < scores["prevalence"] < 0.5
+    by_threshold = scores["f1_by_threshold"]
+    assert list(by_threshold) == ["0.0", "0.5", "0.75"]
+    assert by_threshold["0.5"] == [scores["f1_pos"], scores["f1_neg"]]
+    at_75 = foreground_background_f1(masks, [m > 0.75 for m in maps])
+    assert by_threshold["0.75"] == [at_75["f1_pos"], at_75["f1_neg"]]
+    assert by_threshold["0.75"] != by_threshold["0.5"]
+    # above 0 is every pixel but each image's minimum: close to all-ones
+    assert by_threshold["0.0"][0] == pytest.approx(scores["all_ones_f1_pos"], abs=0.05)
+    assert "f1_by_threshold" not in evaluate(model, blob_split.val, "cpu")
+
+
+def test_evaluate_loss_and_confusion_without_class_names(blob_split):
+    from napari_wsl_al.core.wsl.train import make_torch_dataset, predict
+
+    torch.manual_seed(1)
+    model = TinyCamModel()
+    config = TrainConfig(eval_crop_size=None)
+    items = list(predict(model, make_torch_dataset(blob_split.val, model, config, False), "cpu"))
+    scores = evaluate(model, blob_split.val, "cpu")
+    expected = np.mean([-np.log(probs[int(label)]) for label, probs, _, _ in items])
+    assert scores["loss"] == pytest.approx(expected, rel=1e-6) and scores["loss"] > 0
+    labels = [int(label) for label, *_ in items]
+    predicted = [int(np.argmax(probs)) for _, probs, _, _ in items]
+    assert max(labels + predicted) == 1
+    assert scores["predicted"] == predicted
+    model.classes = ()  # no class names: as many classes as the largest index seen + 1
+    confusion = np.array(evaluate(model, blob_split.val, "cpu")["confusion"])
+    assert confusion.shape == (2, 2) and confusion.sum() == len(items)
+    assert confusion.tolist() == [[sum(1 for t, p in zip(labels, predicted) if (t, p) == (a, b))
+                                   for b in range(2)] for a in range(2)]
+
+
+def test_evaluate_an_empty_data_set(blob_split):
+    scores = evaluate(TinyCamModel(), blob_split.val.subset([]), "cpu")
+    assert np.isnan(scores["error"]) and np.isnan(scores["loss"])
+    assert scores["n_images"] == 0 and scores["predicted"] == []
+    assert scores["confusion"] == [[0, 0], [0, 0]] and "pxap" not in scores

@@ -154,6 +154,61 @@ def all_ones_baseline(
     )
 
 
+def pixel_average_precision(
+    gt_masks: Iterable[np.ndarray], score_maps: Iterable[np.ndarray]
+) -> dict[str, float]:
+    """Pixel average precision (PxAP) of continuous foreground maps, pooled over images.
+
+    The area under the precision-recall curve of "foreground where the score is at least
+    ``s``" over every threshold ``s``: ``sum_k (R_k - R_{k-1}) P_k`` with the pixels of all
+    images ranked by score and pixels of equal score taken together (as scikit-learn's
+    ``average_precision_score``). It does not depend on a threshold (Choe et al., "Evaluating
+    weakly supervised object localization methods right", CVPR 2020, Sec. 4.1). A map that
+    carries no information about the foreground scores the foreground's share of the pixels,
+    returned as ``prevalence``.
+
+    Parameters
+    ----------
+    gt_masks : iterable of array
+        Per image, ground truth (0 / 1, negative = ignored).
+    score_maps : iterable of array
+        Per image, the foreground score of every pixel (same shape).
+
+    Returns
+    -------
+    dict
+        ``{"pxap": AP, "prevalence": foreground fraction, "n_pixels": N}``; AP is NaN when
+        no valid pixel is foreground.
+    """
+    truths, scores = [], []
+    for gt, score in zip(gt_masks, score_maps, strict=True):
+        gt = np.asarray(gt)
+        score = np.asarray(score, dtype=np.float64)
+        if gt.shape != score.shape:
+            raise ValueError(f"mask and map shapes differ: {gt.shape} vs {score.shape}")
+        valid = gt >= 0
+        truths.append(gt[valid] > 0)
+        scores.append(score[valid])
+    truth = np.concatenate(truths) if truths else np.zeros(0, dtype=bool)
+    score = np.concatenate(scores) if scores else np.zeros(0)
+    positives = int(truth.sum())
+    n_pixels = int(truth.size)
+    prevalence = positives / n_pixels if n_pixels else float("nan")
+    if positives == 0:
+        return {"pxap": float("nan"), "prevalence": prevalence, "n_pixels": n_pixels}
+    order = np.argsort(-score)  # any order within equal scores: each run is one threshold
+    score, truth = score[order], truth[order]
+    true_positives = np.cumsum(truth)
+    # the last pixel of every run of equal scores: one threshold each
+    last = np.flatnonzero(np.r_[score[1:] != score[:-1], True])
+    true_positives = true_positives[last]
+    precision = true_positives / (last + 1)
+    recall = true_positives / positives
+    gained = np.diff(np.r_[0.0, recall])
+    return {"pxap": float(np.sum(gained * precision)), "prevalence": prevalence,
+            "n_pixels": n_pixels}
+
+
 def iou_per_class(confusion: np.ndarray) -> np.ndarray:
     """Intersection over union of every class from a confusion matrix; NaN for absent classes."""
     confusion = np.asarray(confusion, dtype=np.float64)

@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ..metrics import (
     classification_error,
     confusion_matrix,
     foreground_background_f1,
+    pixel_average_precision,
 )
 from ..progress import Progress
 
@@ -576,6 +577,7 @@ def evaluate(
     threshold: float = 0.5,
     config: TrainConfig | None = None,
     flips: bool = False,
+    thresholds: Sequence[float] = (),
 ) -> dict[str, Any]:
     """Classification and localisation figures of a model on a labelled data set.
 
@@ -594,43 +596,60 @@ def evaluate(
         Resolution and crop of the evaluation images, when ``dataset`` is a PatchDataset.
     flips : bool
         Average the predictions over the four flips of each image (:func:`predict`).
+    thresholds : sequence of float
+        Other foreground thresholds to score the masks at (``f1_by_threshold``).
 
     Returns
     -------
     dict
         ``error`` (fraction misclassified), ``loss`` (cross-entropy of the logits),
-        ``confusion`` (nested list), ``n_images``; with ground-truth masks also ``f1_pos``,
-        ``f1_neg`` (per image, averaged), ``all_ones_f1_pos``, ``all_ones_f1_neg`` and
-        ``n_masks``.
+        ``confusion`` (nested list), ``predicted`` (the predicted class of every image, in
+        the data set's order), ``n_images``; with ground-truth masks also ``f1_pos``,
+        ``f1_neg`` (per image, averaged), ``all_ones_f1_pos``, ``all_ones_f1_neg``,
+        ``pxap`` (pixel average precision of the foreground probability over every
+        threshold, :func:`~napari_wsl_al.core.metrics.pixel_average_precision`),
+        ``prevalence`` (the foreground's share of the pixels: the PxAP of a map that knows
+        nothing), ``n_masks`` and, for each of ``thresholds``, ``f1_by_threshold[str(t)] =
+        [F1+, F1-]``.
     """
     config = config or TrainConfig(eval_crop_size=None)
     data = make_torch_dataset(dataset, model, config, train=False)
     labels, predicted, losses = [], [], []
-    gt_masks, pred_masks = [], []
+    gt_masks, fg_maps = [], []
     for label, probabilities, foreground, mask in predict(model, data, device, flips=flips):
         labels.append(int(label))
         predicted.append(int(np.argmax(probabilities)))
         losses.append(-math.log(max(float(probabilities[int(label)]), 1e-12)))
         if np.any(mask != IGNORE_INDEX):
             gt_masks.append(mask)
-            pred_masks.append(foreground > threshold)
+            fg_maps.append(foreground)
     n_classes = len(getattr(model, "classes", ()) or ()) or (max(labels + predicted) + 1 if labels else 1)
     scores: dict[str, Any] = {
         "error": classification_error(labels, predicted),
         "loss": float(np.mean(losses)) if losses else float("nan"),
         "n_images": len(labels),
         "confusion": confusion_matrix(labels, predicted, n_classes).tolist(),
+        "predicted": predicted,
     }
     if gt_masks:
-        f1 = foreground_background_f1(gt_masks, pred_masks)
+        f1 = foreground_background_f1(gt_masks, [fg > threshold for fg in fg_maps])
         baseline = all_ones_baseline(gt_masks)
+        ranking = pixel_average_precision(gt_masks, fg_maps)
         scores.update(
             {
                 "f1_pos": f1["f1_pos"],
                 "f1_neg": f1["f1_neg"],
                 "all_ones_f1_pos": baseline["f1_pos"],
                 "all_ones_f1_neg": baseline["f1_neg"],
+                "pxap": ranking["pxap"],
+                "prevalence": ranking["prevalence"],
                 "n_masks": len(gt_masks),
             }
         )
+        if thresholds:
+            by_threshold = {}
+            for value in thresholds:
+                other = foreground_background_f1(gt_masks, [fg > value for fg in fg_maps])
+                by_threshold[str(float(value))] = [other["f1_pos"], other["f1_neg"]]
+            scores["f1_by_threshold"] = by_threshold
     return scores
