@@ -258,7 +258,8 @@ class ActiveLearningWidget(QWidget):
         self.steps_spin.setRange(1, 100000)
         self.steps_spin.setSingleStep(100)
         self.steps_spin.setToolTip(
-            "Training steps of the next round (the project's setting, 300 by default)"
+            "Training steps of the next round (the project's setting, 300 by default). "
+            "More steps on a few labels over-fit them: raise it when the labels are many"
         )
         self.reinit_check = QCheckBox("From the start")
         self.reinit_check.setToolTip(
