@@ -236,13 +236,13 @@ def cross_validate(args) -> int:
             if config.select_on != "last":
                 inner = split_by_patient(fold.train, val_fraction=0.2, seed=args.seed)
                 train_part = inner.train
+            colour = None
+            if args.reinhard:  # the target of this fold's training images, as train-wsl
+                colour = colour_target(read_rgb(record.image_path) for record in train_part)
             members, member_errors, results = [], [], []
             for member in range(args.members):
                 seed = member_seed(args.seed, member)
                 seed_everything(seed)
-                colour = None
-                if args.reinhard:  # the target of this fold's training images, as train-wsl
-                    colour = colour_target(read_rgb(record.image_path) for record in train_part)
                 model = build_model(ModelConfig(
                     arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
                     output_stride=args.output_stride,
@@ -264,8 +264,10 @@ def cross_validate(args) -> int:
             result = results[0]
             if args.members > 1:
                 model = Ensemble(members)
+            # F1 by threshold from the one-view evaluation only
+            main_thresholds = () if config.tta_flips else THRESHOLDS
             scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips,
-                              thresholds=() if config.tta_flips else THRESHOLDS)
+                              thresholds=main_thresholds)
             per_image = {}
             if member_errors:
                 per_image["member_errors"] = member_errors
@@ -275,16 +277,15 @@ def cross_validate(args) -> int:
                 whole = make_torch_dataset(train_part, model, config, train=False)
                 calibrate_foreground(model, (image for image, *_ in whole))
                 scores = evaluate(model, fold.val, "cpu", config=config, flips=config.tta_flips,
-                                  thresholds=() if config.tta_flips else THRESHOLDS)
+                                  thresholds=main_thresholds)
             if config.tta_flips:  # as the plug-in infers: one view of each image
                 plain = evaluate(model, fold.val, "cpu", config=config, flips=False,
                                  thresholds=THRESHOLDS)
                 per_image.update({f"{key}_no_flips": plain[key]
                                   for key in ("error", "f1_pos", "f1_neg", "pxap")})
-                per_image["f1_by_threshold"] = plain["f1_by_threshold"]
             else:
                 plain = scores
-                per_image["f1_by_threshold"] = scores["f1_by_threshold"]
+            per_image["f1_by_threshold"] = plain["f1_by_threshold"]
             per_image["misclassified"] = [  # one view per image, as the plug-in infers
                 record.name for record, predicted in zip(fold.val.records, plain["predicted"])
                 if predicted != record.label]
@@ -367,12 +368,17 @@ def colour_baseline(args) -> int:
     return 0
 
 
+def load_rows(path: Path) -> list[dict]:
+    """The cross-validation rows of a ``--cv-out`` file, one JSON object a line."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def print_cv_table(path: Path) -> None:
     """Every recipe measured so far (mean +- standard deviation over the folds)."""
     if not path.exists():
         print(f"{path}: no cross-validation yet")
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = load_rows(path)
     header = (f"{'recipe':<46} {'method':<18} {'folds':>5} {'cl.err %':>14} {'F1+ %':>14} "
               f"{'F1- %':>14} {'min/fold':>8} {'PxAP %':>14}")
     print(header)
@@ -463,9 +469,7 @@ def finer_grades(data: str) -> dict[str, str]:
 
 
 def print_breakdown(args) -> int:
-    rows = [json.loads(line) for line in Path(args.cv_out).read_text().splitlines()
-            if line.strip()]
-    rows = [row for row in rows if row["recipe"] == args.breakdown
+    rows = [row for row in load_rows(Path(args.cv_out)) if row["recipe"] == args.breakdown
             and row["method"] in args.methods and all("misclassified" in f for f in row["folds"])]
     if not rows:
         print(f"{args.cv_out}: no row of recipe {args.breakdown!r} ({', '.join(args.methods)}) "
