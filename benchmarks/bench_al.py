@@ -22,8 +22,12 @@ Parts (run them in separate processes to use both cores; each appends to its own
                                               # (the same folds and bars; files end in -seed1)
     python benchmarks/bench_al.py cv --freeze --out DIR         # rounds train the decoder only
     python benchmarks/bench_al.py cv --self-training 1 --out DIR  # rounds with self-training
+    python benchmarks/bench_al.py cv --colour-jitter 0 --out DIR  # rounds and bar without colour
+                                              # augmentation of the crops
     python benchmarks/bench_al.py coverage --fold 0 --steps 600   # region labels, exact masks
                                               # in the same superpixels, every mask
+    python benchmarks/bench_al.py sparse --steps 600 [--colour-jitter X] [--whole-image-colour]
+                                              # per fold: 300 random superpixels, every mask
 
 Outputs go to ``benchmarks/results/al/``.
 """
@@ -62,7 +66,8 @@ def base_config(args) -> sim.SimulationConfig:
         train=RegionTrainConfig(steps=args.steps, batch_size=4, crop_size=192, lr=1e-3,
                                 ema=args.ema, freeze_classifier=args.freeze,
                                 self_training=args.self_training,
-                                self_training_threshold=args.self_threshold),
+                                self_training_threshold=args.self_threshold,
+                                colour_jitter=args.colour_jitter),
     )
 
 
@@ -430,66 +435,82 @@ def run_glass(args) -> None:
               "glass")
 
 
-def run_coverage(args) -> None:
-    """Where the gap to full supervision comes from, on fold ``--fold`` (first given; 0 by
-    default): the same 300 random superpixels (seed 0) as multi-hot region labels, as exact
-    masks inside them, and every mask of the pool, each trained ``--steps`` steps from the
-    shipped default and scored on the fold's validation images."""
+def _random_region_labels(data, count: int = 300, seed: int = 0):
+    """``count`` random superpixels of the pool (``seed``) and their multi-hot answers as a
+    ``(R+1, K)`` table."""
+    rng = np.random.default_rng(seed)
+    candidates = np.unique(np.concatenate(
+        [np.unique(item.superpixels[item.superpixels > 0]) for item in data.pool]))
+    picks = rng.choice(candidates, count, replace=False)
+    answers = data.oracle.answer(picks, "multi")
+    table = np.zeros((data.n_regions + 1, len(data.classes)), bool)
+    table[answers.region_ids[answers.answered]] = answers.classes[answers.answered]
+    return picks, table
+
+
+def _dense_model(data, config, items, maps, around_labels: bool, steps: int):
+    """The shipped default's joint model trained ``steps`` steps on dense label ``maps`` (one
+    per pool image, ``IGNORE_INDEX`` where unknown), crops centred on labelled pixels or
+    anywhere; ``items`` are the pool images as trained on. Returns the model and seconds."""
     from napari_wsl_al.core.al.losses import pseudo_label_ce
     from napari_wsl_al.core.al.train import (
         _augment,
         _crop_around,
         _Optimiser,
         _to_tensor,
-        segmentation_scores,
-        train_regions,
+        colour_jitter_config,
     )
+    from napari_wsl_al.core.models.joint import IGNORE_INDEX
+
+    torch.manual_seed(0)
+    model, _ = sim._initial_model(config, data.classes)
+    if items is not data.pool:  # already colour-normalised
+        model.colour_target = None
+    optimiser = _Optimiser(model, replace(config.train, steps=steps), steps)
+    colour = colour_jitter_config(config.train.colour_jitter)
+    draw = np.random.default_rng(0)
+    labelled = [np.flatnonzero(m.ravel() != IGNORE_INDEX) for m in maps]
+    used = [i for i, index in enumerate(labelled) if index.size]
+    start = time.perf_counter()
+    model.train()
+    for _ in range(steps):
+        images, targets = [], []
+        for _ in range(config.train.batch_size):
+            i = used[int(draw.integers(len(used)))]
+            height, width = maps[i].shape
+            if around_labels:
+                centre = divmod(int(labelled[i][int(draw.integers(labelled[i].size))]), width)
+            else:
+                centre = (int(draw.integers(height)), int(draw.integers(width)))
+            crops = _augment(_crop_around([items[i].image, maps[i]], centre,
+                                          config.train.crop_size, [0, IGNORE_INDEX]), draw, colour)
+            images.append(crops[0])
+            targets.append(crops[1].astype(np.int64))
+        logits = model(_to_tensor(model, images, "cpu"))["seg_logits"]
+        optimiser.step(pseudo_label_ce(logits, torch.from_numpy(np.stack(targets))))
+    optimiser.finish()
+    model.eval()
+    return model, time.perf_counter() - start
+
+
+def run_coverage(args) -> None:
+    """Where the gap to full supervision comes from, on fold ``--fold`` (first given; 0 by
+    default): the same 300 random superpixels (seed 0) as multi-hot region labels, as exact
+    masks inside them, and every mask of the pool, each trained ``--steps`` steps from the
+    shipped default and scored on the fold's validation images."""
+    from napari_wsl_al.core.al.train import segmentation_scores, train_regions
     from napari_wsl_al.core.models.joint import IGNORE_INDEX
 
     fold = (args.fold or [0])[0]
     config = replace(base_config(args), folds=args.folds, fold=fold)
     data = sim.prepare_dataset(DATA, config)
-    rng = np.random.default_rng(0)
-    candidates = np.unique(np.concatenate(
-        [np.unique(item.superpixels[item.superpixels > 0]) for item in data.pool]))
-    picks = rng.choice(candidates, 300, replace=False)
-    answers = data.oracle.answer(picks, "multi")
-    table = np.zeros((data.n_regions + 1, len(data.classes)), bool)
-    table[answers.region_ids[answers.answered]] = answers.classes[answers.answered]
+    picks, table = _random_region_labels(data)
     print(f"fold {fold}: 300 random superpixels, {int((table.sum(1) > 1).sum())} with several "
           "classes", flush=True)
 
     def score(model, what, seconds):
         dice = segmentation_scores(model, data.validation, data.validation_truth)["dice"]
         print(f"{what} ({args.steps} steps, {seconds:.0f} s): Dice {dice:.4f}", flush=True)
-
-    def dense(maps, around_labels):
-        torch.manual_seed(0)
-        model, _ = sim._initial_model(config, data.classes)
-        optimiser = _Optimiser(model, replace(config.train, steps=args.steps), args.steps)
-        draw = np.random.default_rng(0)
-        labelled = [np.flatnonzero(m.ravel() != IGNORE_INDEX) for m in maps]
-        used = [i for i, index in enumerate(labelled) if index.size]
-        start = time.perf_counter()
-        model.train()
-        for _ in range(args.steps):
-            images, targets = [], []
-            for _ in range(config.train.batch_size):
-                i = used[int(draw.integers(len(used)))]
-                height, width = maps[i].shape
-                if around_labels:
-                    centre = divmod(int(labelled[i][int(draw.integers(labelled[i].size))]), width)
-                else:
-                    centre = (int(draw.integers(height)), int(draw.integers(width)))
-                crops = _augment(_crop_around([data.pool[i].image, maps[i]], centre,
-                                              config.train.crop_size, [0, IGNORE_INDEX]), draw)
-                images.append(crops[0])
-                targets.append(crops[1].astype(np.int64))
-            logits = model(_to_tensor(model, images, "cpu"))["seg_logits"]
-            optimiser.step(pseudo_label_ce(logits, torch.from_numpy(np.stack(targets))))
-        optimiser.finish()
-        model.eval()
-        return model, time.perf_counter() - start
 
     torch.manual_seed(0)
     model, _ = sim._initial_model(config, data.classes)
@@ -498,10 +519,52 @@ def run_coverage(args) -> None:
     score(model, "multi-hot labels of the 300 superpixels", result["seconds"])
     inside = [np.where(np.isin(item.superpixels, picks), truth, IGNORE_INDEX).astype(np.uint8)
               for item, truth in zip(data.pool, data.pool_truth)]
-    model, seconds = dense(inside, True)
+    model, seconds = _dense_model(data, config, data.pool, inside, True, args.steps)
     score(model, "exact masks inside the same superpixels", seconds)
-    model, seconds = dense(list(data.pool_truth), False)
+    model, seconds = _dense_model(data, config, data.pool, list(data.pool_truth), False,
+                                  args.steps)
     score(model, "every mask of the pool", seconds)
+
+
+def run_sparse(args) -> None:
+    """How the rounds' training uses few labels, per fold (``--fold``; all by default): the
+    same 300 random superpixels (seed 0) as multi-hot region labels, and every mask of the
+    pool, each trained ``--steps`` steps from the shipped default, with the crops' colour
+    augmentation of ``--colour-jitter`` and, with ``--whole-image-colour``, every image
+    colour-normalised from its whole image's statistics instead of each crop from its own.
+    One JSON line per fold, appended to ``OUT/sparse.jsonl``."""
+    from napari_wsl_al.core.al.train import RegionItem, segmentation_scores, train_regions
+    from napari_wsl_al.core.models.colour import normalise_image
+
+    out = OUT / "sparse.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for fold in (args.fold if args.fold is not None else range(args.folds)):
+        config = replace(base_config(args), folds=args.folds, fold=fold)
+        data = sim.prepare_dataset(DATA, config)
+        _, table = _random_region_labels(data)
+        pool, validation = data.pool, data.validation
+        torch.manual_seed(0)
+        model, _ = sim._initial_model(config, data.classes)
+        if args.whole_image_colour:
+            target = model.colour_target
+            pool, validation = ([RegionItem(i.name, normalise_image(i.image, target),
+                                            i.superpixels) for i in items]
+                                for items in (data.pool, data.validation))
+            model.colour_target = None
+        result = run_to_end(train_regions(model, pool, table,
+                                          replace(config.train, steps=args.steps, seed=0)))
+        sparse = segmentation_scores(model, validation, data.validation_truth)["dice"]
+        model, seconds = _dense_model(data, config, pool, list(data.pool_truth), False,
+                                      args.steps)
+        dense = segmentation_scores(model, validation, data.validation_truth)["dice"]
+        row = {"fold": fold, "steps": args.steps, "colour_jitter": config.train.colour_jitter,
+               "whole_image_colour": bool(args.whole_image_colour),
+               "regions_dice": round(sparse, 4), "masks_dice": round(dense, 4),
+               "part": round(sparse / dense, 4),
+               "seconds": [round(result["seconds"]), round(seconds)]}
+        print(json.dumps(row), flush=True)
+        with open(out, "a") as stream:
+            stream.write(json.dumps(row) + "\n")
 
 
 def main(argv=None) -> int:
@@ -511,7 +574,8 @@ def main(argv=None) -> int:
     )
     parser.add_argument("part",
                         choices=("bar", "strategies", "modes", "pseudo", "labelprop", "glass",
-                                 "final", "ema", "report", "cv", "cv-report", "coverage"))
+                                 "final", "ema", "report", "cv", "cv-report", "coverage",
+                                 "sparse"))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--first-seed", type=int, default=0,
                         help="final, ema: start at this seed (parallel processes)")
@@ -531,6 +595,12 @@ def main(argv=None) -> int:
                         help="weight of the self-training loss in the rounds (0: off)")
     parser.add_argument("--self-threshold", type=float, default=0.9,
                         help="confidence of a self-training pseudo label")
+    parser.add_argument("--colour-jitter", type=float,
+                        default=RegionTrainConfig().colour_jitter,
+                        help="colour augmentation of the crops, rounds and bar alike "
+                             "(default: the rounds' default; 0: off)")
+    parser.add_argument("--whole-image-colour", action="store_true",
+                        help="sparse: colour-normalise whole images, not each crop")
     parser.add_argument("--tag", default="", help="suffix of the CSV (parallel processes)")
     parser.add_argument("--out", default=str(OUT),
                         help="results folder (default benchmarks/results/al)")
@@ -562,6 +632,9 @@ def main(argv=None) -> int:
         return 0
     if args.part == "coverage":
         run_coverage(args)
+        return 0
+    if args.part == "sparse":
+        run_sparse(args)
         return 0
     if not DATA.is_dir():
         print(f"{DATA} is missing", file=sys.stderr)

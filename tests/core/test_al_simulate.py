@@ -400,3 +400,19 @@ def test_the_smallest_rounds_budget_and_neighbours_are_one():
             small_config(**changes)
     with pytest.raises(ValueError, match="label_prop_k must be at least 1, not 0"):
         small_config(label_prop_k=0)
+
+
+def test_cli_colour_jitter_reaches_every_run(tmp_path):
+    import argparse
+
+    from napari_wsl_al.commands import simulate as simulate_command
+    from napari_wsl_al.core.al.train import RegionTrainConfig
+
+    parser = argparse.ArgumentParser()
+    simulate_command.add_arguments(parser)
+    base = ["data", "--strategy", "random,oreal", "--rounds", "1", "--budget", "2", "--seeds",
+            "2", "--out", str(tmp_path)]
+    configs = list(simulate_command._configs(parser.parse_args(base + ["--colour-jitter", "0.2"])))
+    assert len(configs) == 4 and {c.train.colour_jitter for c in configs} == {0.2}
+    configs = list(simulate_command._configs(parser.parse_args(base)))
+    assert {c.train.colour_jitter for c in configs} == {RegionTrainConfig().colour_jitter}

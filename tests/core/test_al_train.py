@@ -2,6 +2,7 @@
 Label_prop's Eq. 1."""
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -453,3 +454,68 @@ def test_round_optimiser_learning_rate_decays_on_a_cosine_to_zero():
     assert rates == pytest.approx(expected, abs=1e-9)
     assert float(model.segmentation_trained) == 1.0  # a step marks the head as trained
     assert len(optimiser.history) == 4
+
+
+def test_colour_jitter_config_and_its_checks():
+    from napari_wsl_al.core.al.train import colour_jitter_config
+
+    assert colour_jitter_config(0.0) is None
+    jitter = colour_jitter_config(0.05)
+    assert (jitter.hed, jitter.brightness, jitter.contrast, jitter.saturation, jitter.hue) == (
+        0.05, 0.1, 0.1, 0.1, 0.02)
+    for bad in (-0.01, 1.5, float("nan")):
+        with pytest.raises(ActiveLearningError, match="colour jitter"):
+            RegionTrainConfig(colour_jitter=bad)
+    assert RegionTrainConfig(colour_jitter=1.0).colour_jitter == 1.0
+    config = RegionTrainConfig(colour_jitter=0.07)
+    assert RegionTrainConfig.from_json(config.to_json()).colour_jitter == 0.07
+    # settings saved before the option existed read with the default
+    old = config.to_json()
+    del old["colour_jitter"]
+    assert RegionTrainConfig.from_json(old).colour_jitter == RegionTrainConfig().colour_jitter
+
+
+def test_augment_jitters_the_image_only_and_keeps_the_geometry():
+    from napari_wsl_al.core.al.train import _augment, colour_jitter_config
+    from napari_wsl_al.core.data.patches import stain_jitter
+
+    rng = np.random.default_rng(3)
+    image = rng.integers(30, 220, (8, 8, 3)).astype(np.uint8)
+    labels = np.arange(64).reshape(8, 8)
+    plain = _augment([image, labels], np.random.default_rng(11))
+    jitter = colour_jitter_config(0.2)
+    jittered = _augment([image, labels], np.random.default_rng(11), jitter)
+    assert np.array_equal(plain[1], jittered[1])  # the same flips and turns
+    # the image is the plain crop jittered with the draws that follow the geometry's
+    draws = np.random.default_rng(11)
+    draws.random(), draws.random(), draws.integers(0, 4)
+    assert np.array_equal(jittered[0], stain_jitter(plain[0], draws, jitter))
+    assert not np.array_equal(jittered[0], plain[0])
+    # without jitter, the image moves exactly as the labels do
+    positions = [np.argwhere(plain[1] == v)[0] for v in (0, 9, 63)]
+    for value, (y, x) in zip((0, 9, 63), positions):
+        assert np.array_equal(plain[0][y, x], image[value // 8, value % 8])
+
+
+@pytest.mark.parametrize("jitter", [0.0, 0.05])
+def test_training_jitters_every_crop_when_asked(monkeypatch, jitter):
+    import napari_wsl_al.core.al.train as train_module
+
+    calls = []
+    original = train_module.stain_jitter
+
+    def counting(image, rng, config):
+        calls.append(config.hed)
+        return original(image, rng, config)
+
+    monkeypatch.setattr(train_module, "stain_jitter", counting)
+    items, truths = _stripes_items()
+    table = np.zeros((7, 3), bool)
+    table[1, 1] = table[2, 0] = True
+    config = RegionTrainConfig(steps=3, batch_size=2, crop_size=32, colour_jitter=jitter)
+    model, _ = joint_from_wsl(tiny_wsl(), SEG)
+    run_to_end(train_regions(model, items, table, config))
+    assert calls == [jitter] * (6 if jitter else 0)
+    calls.clear()
+    run_to_end(train_dense(model, items, truths, replace(config, steps=2)))
+    assert calls == [jitter] * (4 if jitter else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 
 import pytest
 
@@ -26,6 +27,10 @@ def test_options_override_the_projects_settings():
         "--reinit", "--device", "cpu"))
     assert (settings.label_prop, settings.label_prop_k, settings.label_prop_lambda) == (True, 5, 0.5)
     assert (settings.train.steps, settings.init, settings.device) == (7, "wsl", "cpu")
+    jittered = round_command.round_settings(base, parse("--colour-jitter", "0.2"))
+    assert jittered.train == replace(base.train, colour_jitter=0.2)
+    both = round_command.round_settings(base, parse("--colour-jitter", "0", "--steps", "9"))
+    assert (both.train.colour_jitter, both.train.steps) == (0.0, 9)
     on = ALSettings(label_prop=True)
     assert round_command.round_settings(on, parse("--no-label-prop")).label_prop is False
     assert round_command.round_settings(on, parse()).label_prop is True
@@ -38,4 +43,6 @@ def test_a_bad_option_is_a_message_and_the_project_is_unchanged(tmp_path):
         main(["round", str(project.path), "--label-prop-k", "0"])
     with pytest.raises(SystemExit, match="label_prop_lambda must be >= 0"):
         main(["round", str(project.path), "--label-prop-lambda", "-1"])
+    with pytest.raises(SystemExit, match="colour jitter must be in"):
+        main(["round", str(project.path), "--colour-jitter", "2"])
     assert (project.path / "project.json").read_text() == before

@@ -14,6 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("project", type=Path, metavar="PROJECT", help="project folder")
     parser.add_argument("--steps", type=int, help="training steps (default: the project's, 300)")
     parser.add_argument(
+        "--colour-jitter", type=float, metavar="X",
+        help="colour augmentation of the training crops: stain optical densities changed by up "
+        "to X (default: the project's; 0: off)")
+    parser.add_argument(
         "--reinit",
         action="store_true",
         help="start from the weakly-supervised model instead of the last round",
@@ -41,8 +45,13 @@ def round_settings(settings, args: argparse.Namespace):
     from dataclasses import replace
 
     changes = {}
+    train = {}
     if args.steps:
-        changes["train"] = replace(settings.train, steps=args.steps)
+        train["steps"] = args.steps
+    if getattr(args, "colour_jitter", None) is not None:
+        train["colour_jitter"] = args.colour_jitter
+    if train:
+        changes["train"] = replace(settings.train, **train)
     if args.reinit:
         changes["init"] = "wsl"
     if args.device:
@@ -60,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     """Run one round and print its metrics."""
     from ..core.al.rounds import ALSettings, run_round
     from ..core.device import set_threads
+    from ..core.errors import ActiveLearningError
     from ..core.progress import run_to_end
     from ..core.project import Project
 
@@ -67,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     project = Project.open(args.project)
     try:
         settings = round_settings(ALSettings.of_project(project), args)
-    except ValueError as error:
+    except (ValueError, ActiveLearningError) as error:
         raise SystemExit(f"napari-wsl-al round: error: {error}") from error
 
     def report(record):

@@ -88,6 +88,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crop-size", type=int, default=192, help="training crop side")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument(
+        "--colour-jitter",
+        type=float,
+        default=None,
+        metavar="X",
+        help="colour augmentation of the training crops: stain optical densities changed by "
+        "up to X (default: the rounds' default; 0: off)",
+    )
+    parser.add_argument(
         "--mpp",
         type=float,
         default=1.24,
@@ -134,8 +142,10 @@ def _configs(args: argparse.Namespace):
     from ..core.al.superpixels import SuperpixelConfig
     from ..core.al.train import RegionTrainConfig
 
+    jitter = {} if args.colour_jitter is None else {"colour_jitter": args.colour_jitter}
     train = RegionTrainConfig(
-        steps=args.steps, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr
+        steps=args.steps, batch_size=args.batch_size, crop_size=args.crop_size, lr=args.lr,
+        **jitter,
     )
     for label in args.label:
         for strategy in args.strategy:
