@@ -519,3 +519,20 @@ def test_training_jitters_every_crop_when_asked(monkeypatch, jitter):
     calls.clear()
     run_to_end(train_dense(model, items, truths, replace(config, steps=2)))
     assert calls == [jitter] * (4 if jitter else 0)
+
+
+def test_augment_draws_all_eight_flips_and_turns_alike_for_every_array():
+    from napari_wsl_al.core.al.train import _augment
+
+    image = np.arange(6).reshape(2, 3)
+    labels = image * 10
+    dihedral = {tuple(np.rot90(flipped, k).ravel()) + np.rot90(flipped, k).shape
+                for flipped in (image, image[::-1]) for k in range(4)}
+    seen = set()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        out_image, out_labels = _augment([image, labels], rng)
+        assert np.array_equal(out_labels, out_image * 10)
+        assert out_image.flags["C_CONTIGUOUS"]
+        seen.add(tuple(out_image.ravel()) + out_image.shape)
+    assert seen == dihedral and len(seen) == 8
