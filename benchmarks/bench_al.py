@@ -62,7 +62,7 @@ def base_config(args) -> sim.SimulationConfig:
         rounds=args.rounds,
         budget=args.budget,
         mpp=args.mpp,
-        superpixels=SuperpixelConfig(region_px=32),
+        superpixels=SuperpixelConfig(region_px=args.region_px),
         train=RegionTrainConfig(steps=args.steps, batch_size=4, crop_size=192, lr=1e-3,
                                 ema=args.ema, freeze_classifier=args.freeze,
                                 self_training=args.self_training,
@@ -599,6 +599,8 @@ def main(argv=None) -> int:
                         default=RegionTrainConfig().colour_jitter,
                         help="colour augmentation of the crops, rounds and bar alike "
                              "(default: the rounds' default; 0: off)")
+    parser.add_argument("--region-px", type=int, default=32,
+                        help="superpixel side at the working resolution (default 32)")
     parser.add_argument("--whole-image-colour", action="store_true",
                         help="sparse: colour-normalise whole images, not each crop")
     parser.add_argument("--tag", default="", help="suffix of the CSV (parallel processes)")
