@@ -74,6 +74,12 @@ def test_settings_round_trip_and_damage(project):
         rounds.ALSettings.of_project(project)
     with pytest.raises(ValueError):
         rounds.ALSettings(init="sometimes")
+    # a training setting out of range names the file too, and the file is left as it is
+    project.update_settings(active_learning={"train": {"colour_jitter": 5}})
+    before = (project.path / "project.json").read_text()
+    with pytest.raises(ProjectError, match=r"project\.json: .*colour jitter must be in \[0, 1\], not 5"):
+        rounds.ALSettings.of_project(project)
+    assert (project.path / "project.json").read_text() == before
 
 
 def test_region_classes_put_background_first(project):

@@ -170,7 +170,7 @@ class ALSettings:
         """
         try:
             return cls.from_json(project.settings.get(SETTINGS_KEY))
-        except (TypeError, ValueError) as error:
+        except (TypeError, ValueError, ActiveLearningError) as error:
             raise ProjectError(
                 f"the active-learning settings are damaged: {error}",
                 path=project.path / "project.json",
