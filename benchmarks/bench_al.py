@@ -27,6 +27,7 @@ Parts (run them in separate processes to use both cores; each appends to its own
     python benchmarks/bench_al.py coverage --fold 0 --steps 600   # region labels, exact masks
                                               # in the same superpixels, every mask
     python benchmarks/bench_al.py sparse --steps 600 [--colour-jitter X] [--whole-image-colour]
+                                  [--ema D] [--init scratch]
                                               # per fold: 300 random superpixels, every mask
 
 Outputs go to ``benchmarks/results/al/``.
@@ -63,6 +64,7 @@ def base_config(args) -> sim.SimulationConfig:
         budget=args.budget,
         mpp=args.mpp,
         superpixels=SuperpixelConfig(region_px=args.region_px),
+        init=args.init,
         train=RegionTrainConfig(steps=args.steps, batch_size=4, crop_size=192, lr=1e-3,
                                 ema=args.ema, freeze_classifier=args.freeze,
                                 self_training=args.self_training,
@@ -529,7 +531,8 @@ def run_coverage(args) -> None:
 def run_sparse(args) -> None:
     """How the rounds' training uses few labels, per fold (``--fold``; all by default): the
     same 300 random superpixels (seed 0) as multi-hot region labels, and every mask of the
-    pool, each trained ``--steps`` steps from the shipped default, with the crops' colour
+    pool, each trained ``--steps`` steps from the shipped default (``--init scratch``: from
+    random weights; ``--ema``: averaged weights), with the crops' colour
     augmentation of ``--colour-jitter`` and, with ``--whole-image-colour``, every image
     colour-normalised from its whole image's statistics instead of each crop from its own.
     One JSON line per fold, appended to ``OUT/sparse.jsonl``."""
@@ -557,7 +560,8 @@ def run_sparse(args) -> None:
         model, seconds = _dense_model(data, config, pool, list(data.pool_truth), False,
                                       args.steps)
         dense = segmentation_scores(model, validation, data.validation_truth)["dice"]
-        row = {"fold": fold, "steps": args.steps, "colour_jitter": config.train.colour_jitter,
+        row = {"fold": fold, "steps": args.steps, "init": config.init, "ema": config.train.ema,
+               "colour_jitter": config.train.colour_jitter,
                "whole_image_colour": bool(args.whole_image_colour),
                "regions_dice": round(sparse, 4), "masks_dice": round(dense, 4),
                "part": round(sparse / dense, 4),
@@ -599,6 +603,9 @@ def main(argv=None) -> int:
                         default=RegionTrainConfig().colour_jitter,
                         help="colour augmentation of the crops, rounds and bar alike "
                              "(default: the rounds' default; 0: off)")
+    parser.add_argument("--init", choices=("wsl", "scratch"), default="wsl",
+                        help="the joint model's backbone and classifier: the shipped default's "
+                             "(wsl) or random (scratch)")
     parser.add_argument("--region-px", type=int, default=32,
                         help="superpixel side at the working resolution (default 32)")
     parser.add_argument("--whole-image-colour", action="store_true",
