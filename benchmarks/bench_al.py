@@ -22,8 +22,8 @@ Parts (run them in separate processes to use both cores; each appends to its own
                                               # (the same folds and bars; files end in -seed1)
     python benchmarks/bench_al.py cv --freeze --out DIR         # rounds train the decoder only
     python benchmarks/bench_al.py cv --self-training 1 --out DIR  # rounds with self-training
-    python benchmarks/bench_al.py cv --colour-jitter 0 --out DIR  # rounds and bar without colour
-                                              # augmentation of the crops
+    python benchmarks/bench_al.py cv --colour-jitter 0.05 --out DIR  # rounds and bar with
+                                              # colour augmentation of the crops
     python benchmarks/bench_al.py coverage --fold 0 --steps 600   # region labels, exact masks
                                               # in the same superpixels, every mask
     python benchmarks/bench_al.py sparse --steps 600 [--colour-jitter X] [--whole-image-colour]
@@ -451,7 +451,7 @@ def _random_region_labels(data, count: int = 300, seed: int = 0):
 
 
 def _dense_model(data, config, items, maps, around_labels: bool, steps: int):
-    """The shipped default's joint model trained ``steps`` steps on dense label ``maps`` (one
+    """The simulation's initial joint model trained ``steps`` steps on dense label ``maps`` (one
     per pool image, ``IGNORE_INDEX`` where unknown), crops centred on labelled pixels or
     anywhere; ``items`` are the pool images as trained on. Returns the model and seconds."""
     from napari_wsl_al.core.al.losses import pseudo_label_ce
