@@ -450,10 +450,13 @@ def _random_region_labels(data, count: int = 300, seed: int = 0):
     return picks, table
 
 
-def _dense_model(data, config, items, maps, around_labels: bool, steps: int):
+def _dense_model(data, config, items, maps, around_labels: bool, steps: int,
+                 normalised: bool = False):
     """The simulation's initial joint model trained ``steps`` steps on dense label ``maps`` (one
     per pool image, ``IGNORE_INDEX`` where unknown), crops centred on labelled pixels or
-    anywhere; ``items`` are the pool images as trained on. Returns the model and seconds."""
+    anywhere; ``items`` are the pool images as trained on (``normalised``: already
+    colour-normalised, so the model does not normalise them again). Returns the model and
+    seconds."""
     from napari_wsl_al.core.al.losses import pseudo_label_ce
     from napari_wsl_al.core.al.train import (
         _augment,
@@ -466,7 +469,7 @@ def _dense_model(data, config, items, maps, around_labels: bool, steps: int):
 
     torch.manual_seed(0)
     model, _ = sim._initial_model(config, data.classes)
-    if items is not data.pool:  # already colour-normalised
+    if normalised:
         model.colour_target = None
     optimiser = _Optimiser(model, replace(config.train, steps=steps), steps)
     colour = colour_jitter_config(config.train.colour_jitter)
@@ -558,7 +561,7 @@ def run_sparse(args) -> None:
                                           replace(config.train, steps=args.steps, seed=0)))
         sparse = segmentation_scores(model, validation, data.validation_truth)["dice"]
         model, seconds = _dense_model(data, config, pool, list(data.pool_truth), False,
-                                      args.steps)
+                                      args.steps, normalised=args.whole_image_colour)
         dense = segmentation_scores(model, validation, data.validation_truth)["dice"]
         row = {"fold": fold, "steps": args.steps, "init": config.init, "ema": config.train.ema,
                "colour_jitter": config.train.colour_jitter,

@@ -48,7 +48,7 @@ def round_settings(settings, args: argparse.Namespace):
     train = {}
     if args.steps:
         train["steps"] = args.steps
-    if getattr(args, "colour_jitter", None) is not None:
+    if args.colour_jitter is not None:
         train["colour_jitter"] = args.colour_jitter
     if train:
         changes["train"] = replace(settings.train, **train)
