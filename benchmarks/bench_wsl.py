@@ -57,7 +57,7 @@ from napari_wsl_al.core.data.glas import (
 from napari_wsl_al.core.data.patches import AugmentConfig, read_rgb
 from napari_wsl_al.core.models.backbones import load_backbone_weights
 from napari_wsl_al.core.models.colour import colour_target
-from napari_wsl_al.core.models.factory import ModelConfig, build_model
+from napari_wsl_al.core.models.factory import CAM_ARCHITECTURES, ModelConfig, build_model
 from napari_wsl_al.core.models.maxmin import calibrate_foreground
 from napari_wsl_al.core.progress import run_to_end
 from napari_wsl_al.core.wsl.train import (
@@ -134,6 +134,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
                              "(e.g. from 'napari-wsl-al pretrain-ssl'); name their source in "
                              "--recipe, since label-free pre-training may have seen the "
                              "validation folds' images")
+    recipe.add_argument("--fg-class", default=None, metavar="CLASS",
+                        help="CAM-family models: the class whose map is the foreground (e.g. "
+                             "malignant); default: the predicted class's")
     recipe.add_argument("--members", type=int, default=1,
                         help="cv: train this many models per fold (seeds --seed, 1000 + --seed, "
                              "2000 + --seed, ...) and score their average (class probabilities "
@@ -247,6 +250,7 @@ def cross_validate(args) -> int:
                     arch=arch, classes=dataset.classes, depth=args.depth, width=args.width,
                     output_stride=args.output_stride,
                     mpp=args.target_mpp or dataset.mpp, head=head, colour_target=colour,
+                    fg_class=args.fg_class if arch in CAM_ARCHITECTURES else None,
                 ))
                 if args.pretrained:
                     load_backbone_weights(model.backbone, args.pretrained)

@@ -91,8 +91,9 @@ MAP_HELP = {
     "cam": ("P(class): one class activation map per class, how strongly each spot looks like "
             "that class, 0 to 1; the class of interest (the last class, or the project's "
             "class_of_interest) is shown first"),
-    "fg": ("foreground: where the model finds the evidence for its decision, 0 to 1, outlined "
-           "in yellow above the outline threshold"),
+    "fg": ("foreground: where the model finds its evidence, 0 to 1: for its foreground class "
+           "when it has one (the shipped model: malignant), else for its decision; outlined in "
+           "yellow above the outline threshold"),
     "bg": "background: 1 - foreground",
     "probs": ("tile P(class): the class probabilities of the whole tile (or patch) around "
               "each spot, the image-level decision"),

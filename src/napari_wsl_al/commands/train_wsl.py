@@ -38,6 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="input pixels per CAM pixel (16, as the shipped model, and 8: dilated "
                             "last stages, finer maps; 32: a plain ResNet)")
     model.add_argument(
+        "--fg-class", default=None, metavar="CLASS",
+        help="CAM architectures: the class whose activation map is the foreground map on every "
+             "image (e.g. the disease class, as the shipped model); default: the predicted "
+             "class's map")
+    model.add_argument(
         "--head", action="append", default=[], metavar="NAME=VALUE",
         help="head hyper-parameter override (JSON value), e.g. --head sigma=0.15; repeatable",
     )
@@ -162,6 +167,8 @@ def model_card(model_config: dict, extra: dict) -> dict:
             "classes": model_config.get("classes"),
             "mpp": model_config.get("mpp"),
             "head": model_config.get("head"),
+            # the class whose map is the foreground; None: each image's predicted class
+            "fg_class": model_config.get("fg_class"),
             "pretrained": extra.get("pretrained"),
         },
         "command": extra.get("command"),
@@ -237,10 +244,22 @@ def configs_from_args(args: argparse.Namespace, classes, data_mpp: float | None,
         from ..core.models.colour import colour_target
 
         colour = colour_target(read_rgb(record.image_path) for record in train_records)
+    fg_class = getattr(args, "fg_class", None)
+    if fg_class is not None:
+        from ..core.models.factory import CAM_ARCHITECTURES
+
+        if args.arch not in CAM_ARCHITECTURES:
+            raise SystemExit(f"{NAME}: --fg-class applies to the CAM architectures "
+                             f"({', '.join(CAM_ARCHITECTURES)}); a {args.arch} model has its "
+                             "own foreground map: leave --fg-class out")
+        if fg_class not in classes:
+            raise SystemExit(f"{NAME}: --fg-class {fg_class!r} is not one of the data set's "
+                             f"classes ({', '.join(classes)})")
     model_config = ModelConfig(
         arch=args.arch, classes=classes, depth=args.depth, width=args.width,
         dropout=args.dropout, output_stride=args.output_stride,
         mpp=args.target_mpp or data_mpp, head=_parse_head(args.head), colour_target=colour,
+        fg_class=fg_class,
     )
     return train_config, model_config
 

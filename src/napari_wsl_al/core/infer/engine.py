@@ -332,10 +332,13 @@ def _layout(model: WslModel, probe: dict[str, torch.Tensor], wanted: tuple[str, 
 
 
 def model_fingerprint(model: WslModel) -> str:
-    """A short hash of a model's type, classes and weights (a store's maps belong to one model)."""
+    """A short hash of a model's type, classes, weights and foreground class (a store's maps
+    belong to one model)."""
     digest = hashlib.sha1()
     digest.update(type(model).__qualname__.encode())
     digest.update(repr((tuple(model.classes), model.output_stride, model.mean, model.std)).encode())
+    if getattr(model, "fg_index", None) is not None:  # the same weights, another foreground
+        digest.update(f"fg_class {model.fg_index}".encode())
     for name, tensor in model.state_dict().items():
         digest.update(name.encode())
         flat = tensor.detach().reshape(-1)

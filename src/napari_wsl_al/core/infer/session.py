@@ -86,8 +86,9 @@ MAP_TITLES = {
 MAP_DESCRIPTIONS = {
     "cam": ("how strongly each spot looks like {c} to the model (class activation map, softmax "
             "over the classes); 0 on glass"),
-    "fg": ("where the model finds the evidence for its decision (its localisation mask); "
-           "outlined above the outline threshold"),
+    "fg": ("where the model finds its evidence (its localisation mask): for its foreground "
+           "class on every image when it has one (the shipped model: malignant), else for its "
+           "decision; outlined above the outline threshold"),
     "bg": "1 - foreground: glass and where the model finds no evidence",
     "probs": "the model's probability of {c} for the whole tile or patch, not per pixel",
     "seg": "the segmentation head's probability of {c} at each spot",

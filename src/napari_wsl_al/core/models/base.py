@@ -99,9 +99,10 @@ class WslModel(nn.Module):
     def localize(self, output: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
         """Foreground probability ``(B, 1, H, W)`` in ``[0, 1]`` at input size ``(H, W)``.
 
-        The default, for the CAM family: the CAM of the predicted class, min-max normalised per
-        image and upsampled bilinearly. Models with an explicit mask (Max-Min's M+, the joint
-        model's segmentation) override it.
+        The default: the CAM of the predicted class, min-max normalised per image and
+        upsampled bilinearly. The CAM family (:class:`~.cam_models.CamModel`: also a
+        calibrated range, or one class's map on every image) and the models with an explicit
+        mask (Max-Min's M+, the joint model's segmentation) override it.
         """
         cams = output["cams"]
         predicted = output["logits"].argmax(dim=1)

@@ -27,6 +27,9 @@ ARCHITECTURES = (
     "joint",
 )
 
+#: Architectures whose foreground map is a class activation map (:class:`CamModel`).
+CAM_ARCHITECTURES = ("cam-avg", "cam-max", "cam-lse", "wildcat", "deepmil")
+
 _WILDCAT_GLAS = {"modalities": 5, "kmax": 0.3, "kmin": 0.0, "alpha": 0.6}
 
 #: Head hyper-parameters and their defaults per architecture (paper values; see the modules).
@@ -105,6 +108,10 @@ class ModelConfig:
         Colour normalisation (:mod:`~napari_wsl_al.core.models.colour`): every image's tissue
         is given these L*, a*, b* means and standard deviations before the model sees it;
         None: images as they are.
+    fg_class : str or None
+        CAM architectures: the image-level class whose activation map is the foreground map
+        (e.g. the disease class, shown on every image whatever its predicted class); None:
+        the predicted class's map, as in the papers.
     """
 
     arch: str = "maxmin"
@@ -119,6 +126,7 @@ class ModelConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     head: dict[str, Any] = field(default_factory=dict, hash=False)
     colour_target: tuple[float, ...] | None = None
+    fg_class: str | None = None
 
     def __post_init__(self):
         if self.arch not in ARCHITECTURES:
@@ -137,6 +145,14 @@ class ModelConfig:
             object.__setattr__(self, "colour_target", target)
         if len(self.classes) < 1 or len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct names, got {self.classes}")
+        if self.fg_class is not None:
+            if self.arch not in CAM_ARCHITECTURES:
+                raise ValueError(
+                    f"fg_class applies to the CAM architectures {CAM_ARCHITECTURES}; a "
+                    f"{self.arch!r} model has its own foreground map")
+            if self.fg_class not in self.classes:
+                raise ValueError(
+                    f"fg_class {self.fg_class!r} is not one of the classes {list(self.classes)}")
         if len(self.mean) != 3 or len(self.std) != 3:
             raise ValueError("mean and std need three values (RGB)")
         unknown = set(self.head) - set(DEFAULT_HEAD_PARAMS[self.arch])
@@ -159,6 +175,8 @@ class ModelConfig:
             del data["colour_target"]  # so that older versions still read such configurations
         else:
             data["colour_target"] = list(self.colour_target)
+        if self.fg_class is None:
+            del data["fg_class"]  # likewise
         data["head"] = dict(self.head)
         return data
 
@@ -196,10 +214,11 @@ def build_model(config: ModelConfig) -> WslModel:
 
     backbone = trunk()
     arch = config.arch
-    if arch in ("cam-avg", "cam-max", "cam-lse", "wildcat", "deepmil"):
+    if arch in CAM_ARCHITECTURES:
         kind = {"cam-avg": "avg", "cam-max": "max", "cam-lse": "lse"}.get(arch, arch)
         pooling = build_pooling(kind, backbone.out_channels, len(config.classes), **params)
-        model: WslModel = CamModel(backbone, pooling, config.classes, **common)
+        model: WslModel = CamModel(backbone, pooling, config.classes, fg_class=config.fg_class,
+                                   **common)
     elif arch in ("maxmin", "minmax-entropy"):
         separate = params.pop("separate_classifier_backbone")
         classifier_backbone = trunk() if separate else None
