@@ -207,7 +207,8 @@ def test_choose_a_checkpoint_file(make_napari_viewer, qtbot, tmp_path, errors, m
     assert "no checkpoint file" in errors[-1]
 
 
-def test_bad_folders_become_notifications(make_napari_viewer, qtbot, tmp_path, errors):
+def test_bad_folders_become_notifications(make_napari_viewer, qtbot, tmp_path, errors,
+                                          patches):
     viewer = make_napari_viewer()
     widget = open_dock(viewer, qtbot)
 
@@ -243,6 +244,9 @@ def test_bad_folders_become_notifications(make_napari_viewer, qtbot, tmp_path, e
 
     message = train_on(folders, options="--no-such-option")
     assert "unrecognized arguments: --no-such-option" in message
+    message = train_on(patches, options=TINY + " --fg-class tumour")
+    assert str(patches) in message
+    assert "--fg-class 'tumour' is not one of the data set's classes (benign, malignant)" in message
     widget.folder_edit.setText("")
     widget.train()
     assert "no patch folder" in errors[-1]

@@ -325,8 +325,11 @@ def train_from_folder(args: argparse.Namespace) -> Generator[Progress, None, Pat
             hint="add --mpp (microns per pixel of the images) to the options, or drop --target-mpp",
         )
     split = split_by_patient(dataset, val_fraction=args.val_fraction, seed=args.seed)
-    train_config, model_config = train_command.configs_from_args(
-        args, dataset.classes, data_mpp, split.train)
+    try:
+        train_config, model_config = train_command.configs_from_args(
+            args, dataset.classes, data_mpp, split.train)
+    except SystemExit as error:  # an option that does not fit the data (--fg-class)
+        raise DatasetError(str(error), folder, hint="change the option under More options") from None
     model, pretrained, split_train, split_val = train_command.model_and_data(
         args, model_config, split, data_mpp)
     result = yield from train_wsl(
@@ -488,7 +491,9 @@ class ModelWidget(QWidget):
         self.options_edit.setPlaceholderText("--width 0.5 --batch-size 16 --device cuda")
         self.options_edit.setToolTip(
             "Further options of `napari-wsl-al train-wsl` (see its --help): depth, width, "
-            "batch size, validation fraction, patience, device, --mpp of the images ..."
+            "batch size, validation fraction, patience, device, --mpp of the images, --fg-class "
+            "(the class whose map is the foreground on every image, as the shipped model's "
+            "malignant) ..."
         )
         self.train_button = QPushButton("Train")
         self.train_button.setToolTip("Train in the background; the new model is then used")
