@@ -163,3 +163,12 @@ def test_maps_of_the_same_weights_with_another_foreground_are_not_reused(tmp_pat
                                fresh.maps["fg"].levels[0].compute(), atol=1e-6)
     assert (MapStore(tmp_path / "s.zarr").read_info()["spec"]["fg_range"]
             == MapStore(tmp_path / "f.zarr").read_info()["spec"]["fg_range"])
+
+
+def test_a_cam_model_built_directly_refuses_an_unknown_fg_class():
+    from napari_wsl_al.core.models.cam_models import CamModel
+
+    model = tiny()
+    with pytest.raises(ValueError, match=r"fg_class 'x' is not one of the classes \['benign', 'malignant'\]"):
+        CamModel(model.backbone, model.pooling, model.classes, fg_class="x")
+    assert CamModel(model.backbone, model.pooling, model.classes, fg_class="benign").fg_index == 0
