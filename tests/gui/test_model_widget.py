@@ -77,6 +77,7 @@ def test_train_from_the_dock_and_use_the_new_model(make_napari_viewer, qtbot, pa
     summary = widget.summary_label.text()
     assert "Trained on every image: no validation figures." in summary
     assert "Best epoch 60 of 60" in summary and "Colour-normalises" in summary
+    assert "Its foreground is the malignant class's map on every image." in summary
     assert not (tmp_path / "study.wslal").exists()  # showing the default writes nothing
 
     changed = []
@@ -105,6 +106,7 @@ def test_train_from_the_dock_and_use_the_new_model(make_napari_viewer, qtbot, pa
     assert high > low and trained.fg_range == (low, high)
     assert trained_extra["fg_range"] == [low, high]
     assert "--reinhard" in info.details and "Colour-normalises every image" in info.summary
+    assert "foreground is the" not in info.summary  # Max-Min: its own mask
     assert len(trained_config.colour_target) == 6 and trained.colour_target is not None
     assert widget.file_radio.isChecked() and widget.file_edit.text() == str(out)
     assert "Done in" in widget.progress_label.text()

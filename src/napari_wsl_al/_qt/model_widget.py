@@ -160,6 +160,8 @@ def checkpoint_summary(config: ModelConfig, extra: dict) -> tuple[str, str]:
         sentences.append("No training record in the checkpoint.")
     if config.colour_target is not None:
         sentences.append("Colour-normalises every image (Reinhard).")
+    if config.fg_class is not None:
+        sentences.append(f"Its foreground is the {config.fg_class} class's map on every image.")
     return " ".join(sentences), str(card.get("command") or "")
 
 
