@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -172,3 +173,74 @@ def test_a_cam_model_built_directly_refuses_an_unknown_fg_class():
     with pytest.raises(ValueError, match=r"fg_class 'x' is not one of the classes \['benign', 'malignant'\]"):
         CamModel(model.backbone, model.pooling, model.classes, fg_class="x")
     assert CamModel(model.backbone, model.pooling, model.classes, fg_class="benign").fg_index == 0
+
+
+def test_infer_fg_class_shows_that_class_s_map_without_retraining(tmp_path, capsys):
+    import pickle
+
+    import tifffile
+
+    from napari_wsl_al.cli import main
+    from napari_wsl_al.core.infer.loading import load_with_foreground_class
+    from napari_wsl_al.core.models.checkpoint import save_checkpoint
+
+    config = ModelConfig(arch="cam-avg", classes=("benign", "malignant"), width=0.0625)
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "plain.pt", build_model(config), config)
+    slide = tmp_path / "s.tif"
+    tifffile.imwrite(slide, gradient_image(128, 128), tile=(64, 64), photometric="rgb")
+
+    def infer(project, *more):
+        return main(["infer", str(slide), "--model", str(checkpoint), "--project",
+                     str(tmp_path / project), "--level", "0", "--tile-size", "64", "--overlap",
+                     "0", "--maps", "fg", "--device", "cpu", "--tissue-threshold", "0", *more])
+
+    def fg(project):
+        return MapStore(tmp_path / project / "maps" / "s.zarr").handles()["fg"].levels[0].compute()
+
+    assert infer("plain.wslal") == 0
+    assert infer("benign.wslal", "--fg-class", "benign") == 0
+    assert infer("malignant.wslal", "--fg-class", "malignant") == 0
+    assert infer("predicted.wslal", "--fg-class", "predicted") == 0
+    # the same weights, each run's foreground that of a model configured with that class
+    reader = ArrayReader(gradient_image(128, 128), mpp=None)
+    run = InferenceConfig(tile_size=64, overlap=0, batch_size=8, device="cpu", readers=1,
+                          tissue_threshold=0, maps=("fg",), level=0)
+    for fg_class in ("benign", "malignant"):
+        model = load_with_foreground_class(checkpoint, fg_class, "cpu")
+        assert model.fg_index == ("benign", "malignant").index(fg_class)
+        assert model.config.fg_class == fg_class
+        expected = run_to_end(infer_slide(reader, model, run, MapStore(tmp_path / f"{fg_class}.zarr")))
+        np.testing.assert_allclose(fg(f"{fg_class}.wslal"),
+                                   expected.maps["fg"].levels[0].compute(), atol=1e-5)
+    np.testing.assert_allclose(fg("predicted.wslal"), fg("plain.wslal"), atol=1e-6)
+    assert not np.allclose(fg("benign.wslal"), fg("malignant.wslal"))
+    # a checkpoint's own class is cleared by "predicted"; the choice travels to workers
+    shipped = load_with_foreground_class(checkpoint, "malignant", "cpu")
+    assert set_back(shipped).fg_index is None and shipped.config.fg_class is None
+    assert pickle.loads(pickle.dumps(functools.partial(
+        load_with_foreground_class, checkpoint, "benign")))().fg_index == 0
+
+
+def set_back(model):
+    from napari_wsl_al.core.infer.loading import set_foreground_class
+
+    return set_foreground_class(model, "predicted")
+
+
+@pytest.mark.parametrize("arch, fg_class, message", [
+    ("cam-avg", "tumour",
+     "--fg-class 'tumour' is not one of the model's classes (benign, malignant) nor 'predicted'"),
+    ("maxmin", "benign", "a MaxMinModel model shows its own foreground mask"),
+])
+def test_infer_refuses_a_wrong_fg_class_before_reading_a_slide(tmp_path, arch, fg_class, message):
+    from napari_wsl_al.cli import main
+    from napari_wsl_al.core.models.checkpoint import save_checkpoint
+
+    config = ModelConfig(arch=arch, classes=("benign", "malignant"), width=0.0625)
+    checkpoint = save_checkpoint(tmp_path / "m.pt", build_model(config), config)
+    with pytest.raises(SystemExit) as error:
+        main(["infer", str(tmp_path / "missing.tif"), "--model", str(checkpoint), "--project",
+              str(tmp_path / "p.wslal"), "--fg-class", fg_class, "--device", "cpu"])
+    assert message in str(error.value)
+    assert not (tmp_path / "p.wslal").exists()

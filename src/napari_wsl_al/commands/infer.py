@@ -60,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tissue-threshold", type=float, default=0.05,
                         help="least tissue fraction of a processed tile (0: all tiles)")
     parser.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    parser.add_argument("--fg-class", default=None, metavar="CLASS",
+                        help="CAM models: show this class's map as the foreground on every "
+                             "image, or 'predicted' for each image's predicted class (default: "
+                             "the model's own choice; the shipped model's is malignant)")
     parser.add_argument("--scheduler", help="dask.distributed scheduler address: one task per slide")
     parser.add_argument("--lock-timeout", type=float, default=None, metavar="SECONDS",
                         help="how long to wait for another run writing the same slide's maps "
@@ -108,6 +112,16 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SystemExit(f"napari-wsl-al infer: error: {error}") from error
     model_choice = args.model if args.model == "default" else Path(args.model)
+    if args.fg_class is not None:
+        import functools
+
+        from ..core.infer.loading import load_with_foreground_class
+
+        try:  # checked here, before any slide is read or a task is sent
+            load_with_foreground_class(model_choice, args.fg_class, "cpu")
+        except ValueError as error:
+            raise SystemExit(f"napari-wsl-al infer: error: {error}") from None
+        model_choice = functools.partial(load_with_foreground_class, model_choice, args.fg_class)
     if args.scheduler:
         from ..core.infer.distributed import infer_slides_distributed
 
