@@ -112,21 +112,22 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise SystemExit(f"napari-wsl-al infer: error: {error}") from error
     model_choice = args.model if args.model == "default" else Path(args.model)
+    # loaded once: run here, or read for its classes when the workers load their own
+    model = load_inference_model(model_choice, "cpu" if args.scheduler else config.device)
     if args.fg_class is not None:
         import functools
 
-        from ..core.infer.loading import load_with_foreground_class
+        from ..core.infer.loading import load_with_foreground_class, set_foreground_class
 
         try:  # checked here, before any slide is read or a task is sent
-            load_with_foreground_class(model_choice, args.fg_class, "cpu")
+            set_foreground_class(model, args.fg_class)
         except ValueError as error:
             raise SystemExit(f"napari-wsl-al infer: error: {error}") from None
         model_choice = functools.partial(load_with_foreground_class, model_choice, args.fg_class)
     if args.scheduler:
         from ..core.infer.distributed import infer_slides_distributed
 
-        classes = load_inference_model(model_choice, "cpu").classes
-        project = _project(args, classes)
+        project = _project(args, model.classes)
         summaries = infer_slides_distributed(args.slides, model_choice, project, config,
                                              args.scheduler, region=args.region,
                                              lock_timeout=args.lock_timeout,
@@ -140,7 +141,6 @@ def run(args: argparse.Namespace) -> int:
                 print(patch_summary(summary["patches"], summary["patches_csv"]))
         return 0
 
-    model = load_inference_model(model_choice, config.device)
     project = _project(args, model.classes)
     outcomes = []  # (slide, "done" | "reused" | "failed", detail)
     for path in args.slides:
