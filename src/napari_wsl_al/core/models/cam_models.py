@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..wsl.losses import minmax_normalize
 from .backbones import ResNet
 from .base import IMAGENET_MEAN, IMAGENET_STD, WslModel
 
@@ -85,9 +86,7 @@ class CamModel(WslModel):
         normalised per image."""
         cam = self._foreground_cam(output)
         if self.fg_range is None or self.training:
-            low = cam.amin(dim=(2, 3), keepdim=True)
-            high = cam.amax(dim=(2, 3), keepdim=True)
-            cam = (cam - low) / (high - low).clamp_min(1e-6)
+            cam = minmax_normalize(cam)
         else:
             low, high = self.fg_range
             cam = ((cam - low) / (high - low)).clamp(0.0, 1.0)
