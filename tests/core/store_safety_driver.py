@@ -82,13 +82,14 @@ GATED_CONFIG = replace(CONFIG, tissue_gate=True)
 
 
 def cam_model():
-    """A small seeded WILDCAT with a colour target, as the shipped model is: its slide needs
-    colour statistics and a foreground range, both kept in the store's spec."""
+    """A small seeded WILDCAT with a colour target and one class's map as its foreground, as
+    the shipped model is: its slide needs colour statistics and a foreground range (of that
+    class's map), both kept in the store's spec."""
     from napari_wsl_al.core.models.factory import ModelConfig, build_model
 
     torch.manual_seed(0)
     config = ModelConfig(arch="wildcat", classes=("red", "green"), width=0.0625,
-                         colour_target=COLOUR_TARGET)
+                         colour_target=COLOUR_TARGET, fg_class="green")
     return build_model(config).eval()
 
 
